@@ -1,0 +1,14 @@
+"""QATIE: see, measure and fix what INT8 quantization does to an image-enhancement network."""
+from .errors import CheckpointError, ImageReadError, ModelFileError, QatieError
+
+__version__ = "0.1.0"
+
+
+def build_model(width: int = 32, variant: str = "full"):
+    """Build the paper's network (imports torch lazily so the ONNX runtime path stays torch-free)."""
+    from .model import build_model as _build
+
+    return _build(width, variant)
+
+
+__all__ = ["build_model", "QatieError", "ImageReadError", "CheckpointError", "ModelFileError", "__version__"]

@@ -1,0 +1,191 @@
+"""The paper's three-scale enhancement network and its ablation variants.
+
+Every tensor that the INT8 scheme quantizes passes through a named `QPoint`. In FP32 a QPoint
+is the identity; `qatie.quant` arms it with a fake quantizer (QAT), a range recorder (PTQ
+calibration) or an ONNX marker (export). That is how the torch simulation, the calibration and
+the exported INT8 graph all quantize exactly the same tensors.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .padding import crop, pad_torch
+
+WIDTHS = (16, 24, 32)
+VARIANTS = ("full", "no_global_residual", "no_fusion_refiner", "no_encoder_refiner")
+
+
+class QPoint(nn.Module):
+    """A quantization point: the identity unless `hook` is set.
+
+    `fixed` pins (scale, zero_point) — the network input and output are always 1/255, 0.
+    `share` names the QPoint whose parameters this one reuses (max-pool and nearest resize do
+    not change the value grid, so their outputs keep their input's scale and ORT runs them on
+    uint8 directly).
+    """
+
+    def __init__(self, fixed: Optional[tuple[float, int]] = None):
+        super().__init__()
+        self.fixed = fixed
+        self.share: Optional[QPoint] = None
+        self.qname = ""  # set by the network after construction (its dotted module path)
+        self.hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.hook is None else self.hook(x)
+
+
+class QConv2d(nn.Conv2d):
+    """Conv2d whose weight can be fake-quantized (int8, symmetric, per output channel)."""
+
+    weight_quant: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        return self._conv_forward(x, w, self.bias)
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> QConv2d:
+    return QConv2d(cin, cout, k, stride=stride, padding=k // 2, bias=True)
+
+
+def lrelu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+class GatedEncoder(nn.Module):
+    """Two parallel stride-2 convs; tanh of each; their product is the gated feature."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.a, self.b = conv(cin, cout, 3, 2), conv(cin, cout, 3, 2)
+        self.q_a, self.q_b, self.q_ta, self.q_tb, self.q_gate = (QPoint() for _ in range(5))
+
+    def forward(self, x):
+        xa = self.q_ta(torch.tanh(self.q_a(self.a(x))))
+        xb = self.q_tb(torch.tanh(self.q_b(self.b(x))))
+        return xa, self.q_gate(xa * xb), xb
+
+
+class Refine(nn.Module):
+    """Refinement block: an InstanceNorm branch and a 1×1 branch, two 3×3 convs, 1×1 skip."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.t_conv = conv(cin, cin, 3)
+        self.t_norm = nn.InstanceNorm2d(cin, affine=True)
+        self.u = conv(cin, cin, 1)
+        self.m1, self.m2 = conv(2 * cin, cout, 3), conv(cout, cout, 3)
+        self.skip = conv(2 * cin, cout, 1)
+        names = ("t_conv", "t_norm", "t_act", "u", "cat", "m1", "m1_act", "m2", "m2_act", "skip", "out")
+        self.q = nn.ModuleDict({n: QPoint() for n in names})
+
+    def forward(self, x):
+        q = self.q
+        t = q["t_act"](lrelu(q["t_norm"](self.t_norm(q["t_conv"](self.t_conv(x))))))
+        cat = q["cat"](torch.cat([t, q["u"](self.u(x))], 1))
+        m = q["m1_act"](lrelu(q["m1"](self.m1(cat))))
+        m = q["m2_act"](lrelu(q["m2"](self.m2(m))))
+        return q["out"](m + q["skip"](self.skip(cat)))
+
+
+class ConvAct(nn.Module):
+    """conv3×3 + LeakyReLU: stands in for a refinement block in the ablation variants."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = conv(cin, cout, 3)
+        self.q_conv, self.q_out = QPoint(), QPoint()
+
+    def forward(self, x):
+        return self.q_out(lrelu(self.q_conv(self.conv(x))))
+
+
+class Up(nn.Module):
+    """Nearest-neighbour 2× resize (sizes are multiples of 8, so 2× is the target size), conv."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = conv(cin, cout, 3)
+        self.q_resize, self.q_conv = QPoint(), QPoint()
+
+    def forward(self, x):
+        return self.q_conv(self.conv(self.q_resize(F.interpolate(x, scale_factor=2.0, mode="nearest"))))
+
+
+class Fuse(nn.Module):
+    """Concatenate decoder, refined and skip features and mix them with a 1×1 conv."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = conv(cin, cout, 1)
+        self.q_cat, self.q_conv = QPoint(), QPoint()
+
+    def forward(self, *xs):
+        return self.q_conv(self.conv(self.q_cat(torch.cat(xs, 1))))
+
+
+class QATIENet(nn.Module):
+    """Input N×3×H×W RGB in [0,1] (any H, W); output the same shape in [0,1]."""
+
+    def __init__(self, width: int = 32, variant: str = "full"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if not isinstance(width, int) or width < 4:
+            raise ValueError(f"width must be an integer ≥ 4 (the paper uses {WIDTHS}), got {width!r}")
+        c = self.width = width
+        self.variant = variant
+        enc_block = ConvAct if variant == "no_encoder_refiner" else Refine
+        fuse_block = ConvAct if variant == "no_fusion_refiner" else Refine
+        self.q_input = QPoint(fixed=(1 / 255, 0))
+        self.enc1, self.enc2 = GatedEncoder(3, c), GatedEncoder(c, 2 * c)
+        self.ref_s2, self.ref_s4 = enc_block(c, c), enc_block(2 * c, 2 * c)
+        self.q_pool = QPoint()
+        self.bottleneck = enc_block(2 * c, 4 * c)
+        self.up4, self.up2, self.up1 = Up(4 * c, 2 * c), Up(2 * c, c), Up(c, c)
+        self.fuse4, self.fuse2 = Fuse(8 * c, 2 * c), Fuse(4 * c, c)
+        self.ref_f4, self.ref_f2 = fuse_block(2 * c, 2 * c), fuse_block(c, c)
+        self.delta = conv(c, 3, 3)
+        self.q_delta = QPoint()
+        self.q_output = QPoint(fixed=(1 / 255, 0))
+        for name, m in self.named_modules():
+            if isinstance(m, QPoint):
+                m.qname = name
+        # Value-grid-preserving ops keep their input's quantization parameters.
+        self.q_pool.share = self.ref_s4.q["out"] if isinstance(self.ref_s4, Refine) else self.ref_s4.q_out
+        for up, src in ((self.up4, self.bottleneck), (self.up2, self.ref_f4), (self.up1, self.ref_f2)):
+            up.q_resize.share = src.q["out"] if isinstance(src, Refine) else src.q_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, plan = pad_torch(x)
+        x = self.q_input(x)
+        xa1, g1, xb1 = self.enc1(x)
+        s2 = self.ref_s2(g1)
+        xa2, g2, xb2 = self.enc2(s2)
+        s4 = self.ref_s4(g2)
+        b = self.bottleneck(self.q_pool(F.max_pool2d(s4, 2)))
+        f4 = self.ref_f4(self.fuse4(self.up4(b), s4, xa2, xb2))
+        f2 = self.ref_f2(self.fuse2(self.up2(f4), s2, xa1, xb1))
+        delta = self.q_delta(self.delta(self.up1(f2)))
+        y = delta if self.variant == "no_global_residual" else x + delta
+        return crop(torch.clamp(self.q_output(y), 0.0, 1.0), plan)
+
+    def qpoints(self) -> list[QPoint]:
+        return [m for m in self.modules() if isinstance(m, QPoint)]
+
+    def convs(self) -> list[QConv2d]:
+        return [m for m in self.modules() if isinstance(m, QConv2d)]
+
+
+def build_model(width: int = 32, variant: str = "full") -> QATIENet:
+    """Build the network: `width` is the paper's c (16, 24 or 32), `variant` an ablation."""
+    return QATIENet(width, variant)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
