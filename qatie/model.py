@@ -151,6 +151,8 @@ class QATIENet(nn.Module):
         self.fuse4, self.fuse2 = Fuse(8 * c, 2 * c), Fuse(4 * c, c)
         self.ref_f4, self.ref_f2 = fuse_block(2 * c, 2 * c), fuse_block(c, c)
         self.delta = conv(c, 3, 3)
+        # Start as the identity (delta = 0): a fresh model leaves photos alone and learns changes.
+        nn.init.zeros_(self.delta.weight), nn.init.zeros_(self.delta.bias)
         self.q_delta = QPoint()
         self.q_output = QPoint(fixed=(1 / 255, 0))
         for name, m in self.named_modules():

@@ -1,0 +1,223 @@
+"""Training and evaluation data: sources named by a SPEC string, patch sampling, fixed splits.
+
+SPEC forms: `clean:DIR` (clean photos, degraded on the fly by `qatie.degrade`),
+`pairs:INPUT_DIR,TARGET_DIR` (aligned pairs matched by file stem), `dped:ROOT[:phone]` (the
+DPED layout the paper trains on) and `samples` (colour photos bundled inside scikit-image).
+
+Batches are drawn from a generator seeded by (seed, step, rank): a resumed or distributed run
+sees exactly the batches it would have seen uninterrupted.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import degrade as degrade_mod
+from .errors import QatieError
+from .imageio import list_images, read_image, to_uint8
+
+SAMPLE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "motorcycle_right",
+                "immunohistochemistry", "retina", "hubble_deep_field", "colorwheel", "cat", "logo")
+PHOTO_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "motorcycle_right", "cat")
+SPLIT_FILE = Path(__file__).with_name("clean_split.json")
+
+
+def sample_images(names=PHOTO_SAMPLES) -> dict[str, np.ndarray]:
+    """scikit-image's bundled colour photos as float32 RGB (no download: they ship in the wheel)."""
+    import skimage.data
+
+    out = {}
+    for name in names:
+        img = getattr(skimage.data, name)()
+        if img.ndim == 3 and img.shape[2] >= 3:
+            out[name] = img[..., :3].astype(np.float32) / 255.0
+    return out
+
+
+@dataclass
+class Source:
+    """A list of (input, target) uint8 images; input None means: degrade the target on the fly."""
+
+    spec: str
+    names: list[str]
+    targets: list[np.ndarray]
+    inputs: list[np.ndarray | None] = field(default_factory=list)
+
+    @property
+    def synthetic(self) -> bool:
+        return not self.inputs or self.inputs[0] is None
+
+    def describe(self) -> str:
+        kind = "clean photos + phone-camera degradation" if self.synthetic else "aligned pairs"
+        return f"{self.spec}: {len(self.targets)} images ({kind})"
+
+
+def _stem_map(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in list_images(folder)}
+
+
+def _load(paths) -> list[np.ndarray]:
+    return [to_uint8(read_image(p)) for p in paths]
+
+
+def match_pairs(input_dir, target_dir) -> list[tuple[str, Path, Path]]:
+    """(stem, input, target) for every stem present in both folders."""
+    a, b = _stem_map(Path(input_dir)), _stem_map(Path(target_dir))
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise QatieError(f"no file stems in common between {input_dir} and {target_dir}")
+    return [(s, a[s], b[s]) for s in common]
+
+
+def dped_dirs(root, phone: str | None = None, split: str = "train") -> tuple[Path, Path]:
+    """Input/target folders of a DPED tree: ROOT/<phone>/training_data/{<phone>,canon}/ and
+    ROOT/<phone>/test_data/patches/{<phone>,canon}/."""
+    root = Path(root)
+    phones = [phone] if phone else sorted(p.name for p in root.iterdir() if (p / "training_data").is_dir()) if root.is_dir() else []
+    if not phones:
+        raise QatieError(f"{root}: no DPED phone folders (expected ROOT/<phone>/training_data/<phone>/ and canon/)")
+    base = root / phones[0] / ("training_data" if split == "train" else "test_data/patches")
+    inp, tgt = base / phones[0], base / "canon"
+    if not inp.is_dir() or not tgt.is_dir():
+        raise QatieError(f"{root}: DPED layout not found — missing {inp if not inp.is_dir() else tgt}")
+    return inp, tgt
+
+
+def load_split() -> dict:
+    """The fixed split of ../shared/data/clean: which files are test and validation, never trained on."""
+    return json.loads(SPLIT_FILE.read_text())
+
+
+def split_files(clean_root, part: str) -> list[Path]:
+    """Files of the documented split `part` ("train", "val" or "test") under a clean-photo root.
+    The split applies when the root is the shared clean set (subfolders named in the split file)."""
+    root = Path(clean_root)
+    split = load_split()
+    held = set(split["test"]) | set(split["val"])
+    if part in ("test", "val"):
+        files = [root / rel for rel in split[part] if (root / rel).exists()]
+    else:
+        files = [p for p in _all_clean(root) if p.relative_to(root).as_posix() not in held]
+    return files
+
+
+def _all_clean(root: Path) -> list[Path]:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    files = list_images(root)
+    for d in subdirs:
+        files += list_images(d)
+    return files
+
+
+def _uses_split(root: Path) -> bool:
+    split = load_split()
+    return any((root / rel).exists() for rel in split["test"][:5])
+
+
+def load_source(spec: str, part: str = "train") -> Source:
+    """Load a data SPEC into memory. For `clean:DIR` on the shared set, `part` selects the split."""
+    kind, _, arg = spec.partition(":")
+    if kind == "samples":
+        imgs = sample_images()
+        return Source(spec, list(imgs), [to_uint8(v) for v in imgs.values()])
+    if kind == "clean":
+        root = Path(arg)
+        if not root.is_dir():
+            raise QatieError(f"{spec}: {root} is not a folder")
+        files = split_files(root, part) if _uses_split(root) else _all_clean(root)
+        if not files:
+            raise QatieError(f"{spec}: no images found")
+        return Source(spec, [f.relative_to(root).as_posix() for f in files], _load(files))
+    if kind in ("pairs", "dped"):
+        if kind == "pairs":
+            if "," not in arg:
+                raise QatieError(f"{spec}: expected pairs:INPUT_DIR,TARGET_DIR")
+            inp, tgt = arg.split(",", 1)
+        else:
+            root, _, phone = arg.partition(":")
+            inp, tgt = dped_dirs(root, phone or None, "train" if part == "train" else "test")
+        pairs = match_pairs(inp, tgt)
+        inputs, targets = _load(p for _, p, _ in pairs), _load(t for _, _, t in pairs)
+        for (stem, _, _), a, b in zip(pairs, inputs, targets):
+            if a.shape != b.shape:
+                raise QatieError(f"{spec}: {stem} input {a.shape[:2]} and target {b.shape[:2]} differ in size")
+        return Source(spec, [s for s, _, _ in pairs], targets, inputs)
+    raise QatieError(f"unknown data SPEC {spec!r}: use clean:DIR, pairs:INPUT_DIR,TARGET_DIR, dped:ROOT[:phone] or samples")
+
+
+def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip / 90° rotation applied to every array of an aligned pair."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for a in arrays:
+        a = np.rot90(a, k)
+        out.append(a[:, ::-1] if flip else a)
+    return out
+
+
+class PatchSampler:
+    """Draws (input, target) batches of random aligned crops from one or more sources."""
+
+    def __init__(self, sources: list[Source], patch: int, degradation=degrade_mod.DEFAULT):
+        self.items = [(src, i) for src in sources for i in range(len(src.targets))]
+        if not self.items:
+            raise QatieError("no training images")
+        self.patch = patch
+        self.degradation = degradation
+
+    def crop_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        src, i = self.items[int(rng.integers(len(self.items)))]
+        tgt = src.targets[i]
+        h, w = tgt.shape[:2]
+        p = min(self.patch, h, w)
+        y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        t = tgt[y:y + p, x:x + p].astype(np.float32) / 255.0
+        if src.synthetic:
+            inp = degrade_mod.degrade(t, rng, self.degradation)
+        else:
+            inp = src.inputs[i][y:y + p, x:x + p].astype(np.float32) / 255.0
+        inp, t = augment([inp, t], rng)
+        return _fit(inp, self.patch), _fit(t, self.patch)
+
+    def batch(self, batch_size: int, seed: int, step: int, rank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """N×3×P×P float32 input and target arrays for one optimisation step."""
+        rng = np.random.default_rng([seed, step, rank])
+        pairs = [self.crop_pair(rng) for _ in range(batch_size)]
+        inp = np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2)
+        tgt = np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(inp), np.ascontiguousarray(tgt)
+
+
+def _fit(a: np.ndarray, p: int) -> np.ndarray:
+    """Reflect-pad a crop smaller than the patch size (tiny images) up to p×p."""
+    h, w = a.shape[:2]
+    if h == p and w == p:
+        return np.ascontiguousarray(a)
+    return np.pad(a, ((0, p - h), (0, p - w), (0, 0)), mode="edge")
+
+
+def eval_pairs(input_dir=None, target_dir=None, clean_dir=None, seed: int = 0, part: str = "test",
+               limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, input, target) float images for evaluation: real pairs, or clean photos degraded at
+    a fixed seed (the test split when `clean_dir` is the shared set; never the clean-pass case)."""
+    if clean_dir is not None:
+        root = Path(clean_dir)
+        files = split_files(root, part) if _uses_split(root) else _all_clean(root)
+        cfg = EVAL_DEGRADATION
+        out = []
+        for f in files[:limit]:
+            name = f.relative_to(root).as_posix()
+            t = read_image(f)
+            out.append((name, degrade_mod.degrade(t, degrade_mod.seed_for(name, seed), cfg), t))
+        return out
+    if clean_dir is None and (input_dir is None or target_dir is None):
+        raise QatieError("give --input-dir and --target-dir, or --clean-dir")
+    pairs = match_pairs(input_dir, target_dir)[:limit]
+    return [(s, read_image(a), read_image(b)) for s, a, b in pairs]
+
+
+# Test sets are always degraded (a clean-pass image would score infinite PSNR for the input).
+EVAL_DEGRADATION = degrade_mod.DegradationConfig(p_clean=0.0)
