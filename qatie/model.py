@@ -175,7 +175,8 @@ class QATIENet(nn.Module):
         f2 = self.ref_f2(self.fuse2(self.up2(f4), s2, xa1, xb1))
         delta = self.q_delta(self.delta(self.up1(f2)))
         y = delta if self.variant == "no_global_residual" else x + delta
-        return crop(torch.clamp(self.q_output(y), 0.0, 1.0), plan)
+        y = torch.clamp(self.q_output(y), 0.0, 1.0)
+        return y if plan.is_noop else crop(y, plan)  # no-op skipped so ONNX export keeps H, W dynamic
 
     def qpoints(self) -> list[QPoint]:
         return [m for m in self.modules() if isinstance(m, QPoint)]

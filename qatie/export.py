@@ -1,0 +1,225 @@
+"""ONNX export: the FP32 model, and the INT8 QDQ model of a set of ranges (PTQ or QAT alike).
+
+The network is traced once with every QPoint emitted as a `qatie::QPoint` marker node. The
+FP32 model drops the markers; the INT8 model turns each into QuantizeLinear → DequantizeLinear
+with that point's (scale, zero point) from `qatie.quant.quant_params`, and stores every conv
+weight as int8 per output channel (+ int32 bias) behind a DequantizeLinear — the QDQ form that
+ONNX Runtime fuses into integer kernels (QLinearConv and friends).
+
+Contract of every exported model: input `image` float32 N×3×H×W RGB in [0,1], output `output`
+of the same shape; N, H, W dynamic, H and W multiples of 8 and ≥ 16 (`qatie.padding` pads any
+image to that; `qatie.runtime` does it for you). Each INT8 model gets a JSON sidecar
+(`<model>.json`) listing every quantized tensor with its scale and zero point.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from .model import QATIENet
+from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
+
+OPSET = 17
+TRACE_SIZE = 64
+
+
+class _Marker(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, name):
+        return x
+
+    @staticmethod
+    def symbolic(g, x, name):
+        out = g.op("qatie::QPoint", x, name_s=name)
+        out.setType(x.type())
+        return out
+
+
+def _trace(model: QATIENet, path: Path) -> onnx.ModelProto:
+    """Trace `model` to ONNX with QPoint markers (weights as float, fake quantizers off)."""
+    saved_hooks = [(qp, qp.hook) for qp in model.qpoints()]
+    saved_wq = [(c, c.weight_quant) for c in model.convs()]
+    was_training = model.training
+    model.eval()
+    try:
+        for qp in model.qpoints():
+            qp.hook = (lambda name: (lambda x: _Marker.apply(x, name)))(qp.qname)
+        for c in model.convs():
+            c.weight_quant = None
+        x = torch.rand(1, 3, TRACE_SIZE, TRACE_SIZE)
+        dyn = {0: "batch", 2: "height", 3: "width"}
+        tmp = path.with_name(f".{path.name}.trace.onnx")
+        with warnings.catch_warnings():  # tracer chatter about the (constant) padding decision
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.cpu(), (x,), str(tmp), input_names=["image"], output_names=["output"],
+                              dynamic_axes={"image": dyn, "output": dyn}, opset_version=OPSET,
+                              custom_opsets={"qatie": 1}, dynamo=False, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        tmp.unlink()
+        return proto
+    finally:
+        for qp, h in saved_hooks:
+            qp.hook = h
+        for c, w in saved_wq:
+            c.weight_quant = w
+        model.train(was_training)
+
+
+def _marker_name(node) -> str:
+    return next(a.s.decode() for a in node.attribute if a.name == "name")
+
+
+def _rename_input(graph, old: str, new: str) -> None:
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name == old:
+                n.input[i] = new
+    for o in graph.output:
+        if o.name == old:
+            o.name = new
+
+
+def _finish(proto: onnx.ModelProto, path: Path, doc: str) -> Path:
+    del proto.opset_import[:]
+    proto.opset_import.extend([helper.make_opsetid("", OPSET)])
+    proto.doc_string = doc
+    proto.producer_name = "qatie"
+    onnx.checker.check_model(proto)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def _fix_output(graph) -> None:
+    """Make sure the graph output is called `output` (a marker may have renamed it)."""
+    out = graph.output[0]
+    if out.name != "output":
+        _rename_input(graph, out.name, "output")
+        for n in graph.node:
+            for i, o in enumerate(n.output):
+                if o == out.name:
+                    n.output[i] = "output"
+
+
+def export_fp32(model: QATIENet, path) -> Path:
+    """Write the FP32 ONNX model (markers removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proto = _trace(model, path)
+    g = proto.graph
+    for node in [n for n in g.node if n.op_type == "QPoint"]:
+        _bypass(g, node)
+    return _finish(proto, path, f"qatie FP32, width {model.width}, variant {model.variant}")
+
+
+def _bypass(graph, node) -> None:
+    src, dst = node.input[0], node.output[0]
+    graph.node.remove(node)
+    if any(o.name == dst for o in graph.output):
+        for n in graph.node:  # the producer now writes the graph output directly
+            for i, o in enumerate(n.output):
+                if o == src:
+                    n.output[i] = dst
+        _rename_input(graph, src, dst)
+    else:
+        _rename_input(graph, dst, src)
+
+
+def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict | None = None) -> Path:
+    """Write the INT8 QDQ ONNX model for `ranges` (free QPoints → (min, max)) and its sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = quant_params(model, ranges)
+    full_ranges = complete_ranges(model, ranges)
+    proto = _trace(model, path)
+    g = proto.graph
+    inits = {i.name: i for i in g.initializer}
+    tensors, dq_scale = [], {}
+    new_nodes = []
+    for node in list(g.node):
+        if node.op_type != "QPoint":
+            new_nodes.append(node)
+            continue
+        name = _marker_name(node)
+        scale, zp = params[name]
+        base = name.replace(".", "/")
+        s_name, z_name = f"{base}/scale", f"{base}/zero_point"
+        g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), s_name),
+                              numpy_helper.from_array(np.array(zp, np.uint8), z_name)])
+        q_out = f"{base}/quantized"
+        new_nodes.append(helper.make_node("QuantizeLinear", [node.input[0], s_name, z_name], [q_out], name=f"{base}/Q"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [node.output[0]], name=f"{base}/DQ"))
+        dq_scale[node.output[0]] = scale
+        lo, hi = full_ranges[name]
+        tensors.append({"name": name, "onnx_tensor": node.input[0], "scale": scale, "zero_point": zp,
+                        "dtype": SPEC.activation_dtype, "min": lo, "max": hi})
+    weights, weight_nodes = [], []
+    for node in new_nodes:
+        if node.op_type != "Conv":
+            continue
+        x_name, w_name = node.input[0], node.input[1]
+        if x_name not in dq_scale:
+            raise RuntimeError(f"conv {node.name} input {x_name} is not quantized: the network breaks the QuantSpec")
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        sw = weight_scales(torch.from_numpy(w)).numpy().astype(np.float32)
+        wq = np.clip(np.round(w / sw[:, None, None, None]), SPEC.weight_qmin, SPEC.weight_qmax).astype(np.int8)
+        g.initializer.remove(inits[w_name])
+        g.initializer.extend([numpy_helper.from_array(wq, f"{w_name}_int8"),
+                              numpy_helper.from_array(sw, f"{w_name}_scale"),
+                              numpy_helper.from_array(np.zeros(len(sw), np.int8), f"{w_name}_zero_point")])
+        extra = [helper.make_node("DequantizeLinear", [f"{w_name}_int8", f"{w_name}_scale", f"{w_name}_zero_point"],
+                                  [f"{w_name}_dq"], axis=0, name=f"{w_name}/DQ")]
+        node.input[1] = f"{w_name}_dq"
+        if len(node.input) > 2:
+            b_name = node.input[2]
+            b = numpy_helper.to_array(inits[b_name]).astype(np.float64)
+            sb = (np.float32(dq_scale[x_name]) * sw).astype(np.float32)
+            bq = np.round(b / sb.astype(np.float64)).astype(np.int32)
+            g.initializer.remove(inits[b_name])
+            g.initializer.extend([numpy_helper.from_array(bq, f"{b_name}_int32"),
+                                  numpy_helper.from_array(sb, f"{b_name}_scale"),
+                                  numpy_helper.from_array(np.zeros(len(sb), np.int32), f"{b_name}_zero_point")])
+            extra.append(helper.make_node("DequantizeLinear", [f"{b_name}_int32", f"{b_name}_scale", f"{b_name}_zero_point"],
+                                          [f"{b_name}_dq"], axis=0, name=f"{b_name}/DQ"))
+            node.input[2] = f"{b_name}_dq"
+        weights.append({"conv": node.name, "weight": w_name, "scales": sw.tolist()})
+        weight_nodes += extra
+    del g.node[:]
+    g.node.extend(_toposort(weight_nodes + new_nodes, g))
+    _fix_output(g)
+    doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
+    _finish(proto, path, doc)
+    sidecar = {"model": path.name, "source": source, "width": model.width, "variant": model.variant,
+               "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
+               "tensors": tensors, "weights": weights}
+    sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
+    return path
+
+
+def sidecar_path(onnx_path) -> Path:
+    return Path(onnx_path).with_suffix(".json")
+
+
+def _toposort(nodes, graph) -> list:
+    """Order nodes so each comes after the producers of its inputs (required by the checker)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, out = list(nodes), []
+    while pending:
+        progressed = False
+        for n in list(pending):
+            if all(i in ready for i in n.input):
+                out.append(n)
+                ready.update(n.output)
+                pending.remove(n)
+                progressed = True
+        if not progressed:
+            raise RuntimeError(f"cycle or dangling input near {pending[0].name}")
+    return out

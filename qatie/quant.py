@@ -1,0 +1,335 @@
+"""QuantSpec: the one INT8 scheme shared by PTQ, QAT and export — and the torch side of it.
+
+Weights int8, symmetric, per output channel (scale = max|w| / 127, levels −127…127).
+Activations uint8, asymmetric, per tensor, at every `QPoint` of the network (every conv input
+and output, add, concat, LeakyReLU, the tanh outputs and the gating product); tanh and
+InstanceNorm compute in float between dequantize and quantize; the input and output are pinned
+to scale 1/255, zero point 0 (so the output quantizer *is* the final clamp to [0,1]).
+
+PTQ and QAT differ only in where the activation ranges come from: calibration statistics
+(`calibrate`) or training (`prepare_qat` arms every QPoint with a `FakeQuant` whose range is
+initialised by calibration and then tracks a moving average of the batch min/max, or is learned).
+Both end as the same `ranges` dict, which `qatie.export` turns into a QDQ ONNX model.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, QatieError
+from .model import QATIENet, QPoint
+
+Ranges = dict[str, tuple[float, float]]  # QPoint name → (min, max) of the float range
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    weight_dtype: str = "int8"
+    weight_qmin: int = -127
+    weight_qmax: int = 127
+    weight_granularity: str = "per_output_channel"
+    activation_dtype: str = "uint8"
+    act_qmin: int = 0
+    act_qmax: int = 255
+    activation_granularity: str = "per_tensor"
+    bias: str = "int32, scale = input scale × weight scale"
+    float_ops: tuple[str, ...] = ("Tanh", "InstanceNormalization")
+    io_scale: float = 1 / 255
+    io_zero_point: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SPEC = QuantSpec()
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 asymmetric (scale, zero_point) for a float range, computed in float32. The range is
+    widened to include 0 so zero is exact (padding and ReLU-like outputs need it). Used by the
+    fake quantizers *and* the exporter, so simulation and deployment share every bit of it."""
+    lo = torch.clamp(lo.float(), max=0.0)
+    hi = torch.clamp(hi.float(), min=0.0)
+    scale = torch.clamp((hi - lo) / (SPEC.act_qmax - SPEC.act_qmin), min=1e-8)
+    zp = torch.clamp(torch.round(SPEC.act_qmin - lo / scale), SPEC.act_qmin, SPEC.act_qmax).to(torch.int32)
+    return scale, zp
+
+
+def weight_scales(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel symmetric int8 scale: max|w| / 127."""
+    return torch.clamp(w.detach().abs().flatten(1).amax(1), min=1e-12) / SPEC.weight_qmax
+
+
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+    scale = weight_scales(w).float()
+    zp = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, SPEC.weight_qmin, SPEC.weight_qmax)
+
+
+class FakeQuant(nn.Module):
+    """Per-tensor uint8 fake quantization with a straight-through estimator.
+
+    Moving-average mode: in training, lo/hi follow an exponential moving average of each
+    batch's min/max (`momentum`). Learnable mode (LSQ): scale and zero point get gradients.
+    """
+
+    def __init__(self, lo: float, hi: float, momentum: float = 0.01, learnable: bool = False, fixed: bool = False):
+        super().__init__()
+        self.register_buffer("lo", torch.tensor(float(lo)))
+        self.register_buffer("hi", torch.tensor(float(hi)))
+        self.momentum, self.fixed = momentum, fixed
+        self.learnable = learnable and not fixed
+        if self.learnable:
+            scale, zp = act_qparams(self.lo, self.hi)
+            self.scale = nn.Parameter(scale.clone())
+            self.zero_point = nn.Parameter(zp.float())
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.learnable:
+            scale = self.scale.detach().abs().clamp(min=1e-8)
+            zp = self.zero_point.detach().round().clamp(SPEC.act_qmin, SPEC.act_qmax)
+            return scale, zp.to(torch.int32)
+        return act_qparams(self.lo, self.hi)
+
+    def range(self) -> tuple[float, float]:
+        """The float range this quantizer represents (what export writes)."""
+        if not self.learnable:
+            return float(self.lo), float(self.hi)
+        scale, zp = self.qparams()
+        return float((SPEC.act_qmin - zp) * scale), float((SPEC.act_qmax - zp) * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.learnable:
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.scale, self.zero_point, SPEC.act_qmin, SPEC.act_qmax, 1.0 / (x.numel() * SPEC.act_qmax) ** 0.5)
+        if self.training and not self.fixed:
+            with torch.no_grad():
+                m = self.momentum
+                self.lo.mul_(1 - m).add_(m * x.detach().min())
+                self.hi.mul_(1 - m).add_(m * x.detach().max())
+        scale, zp = act_qparams(self.lo, self.hi)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, SPEC.act_qmin, SPEC.act_qmax)
+
+
+def fixed_range(qp: QPoint) -> tuple[float, float]:
+    scale, zp = qp.fixed
+    return (SPEC.act_qmin - zp) * scale, (SPEC.act_qmax - zp) * scale
+
+
+def owner(qp: QPoint) -> QPoint:
+    """The QPoint whose parameters `qp` uses (itself unless it shares)."""
+    while qp.share is not None:
+        qp = qp.share
+    return qp
+
+
+def free_points(model: QATIENet) -> list[QPoint]:
+    """QPoints that need a range of their own (neither fixed nor shared)."""
+    return [qp for qp in model.qpoints() if qp.fixed is None and qp.share is None]
+
+
+def complete_ranges(model: QATIENet, ranges: Ranges) -> Ranges:
+    """Ranges for *every* QPoint: fixed ones pinned, shared ones copied from their owner."""
+    out = {}
+    for qp in model.qpoints():
+        src = owner(qp)
+        if src.fixed is not None:
+            out[qp.qname] = fixed_range(src)
+        elif src.qname in ranges:
+            out[qp.qname] = tuple(float(v) for v in ranges[src.qname])
+        else:
+            raise QatieError(f"no quantization range for {src.qname}")
+    return out
+
+
+def quant_params(model: QATIENet, ranges: Ranges) -> dict[str, tuple[float, int]]:
+    """(scale, zero_point) of every QPoint, as float32-exact Python numbers."""
+    out = {}
+    for name, (lo, hi) in complete_ranges(model, ranges).items():
+        scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi))
+        out[name] = (float(scale), int(zp))
+    return out
+
+
+# ---------------------------------------------------------------- calibration (PTQ, QAT init)
+
+class _Recorder:
+    """Collects per-QPoint min/max (pass 1) and a histogram over that range (pass 2)."""
+
+    BINS = 2048
+
+    def __init__(self):
+        self.lo: dict[str, float] = {}
+        self.hi: dict[str, float] = {}
+        self.hist: dict[str, np.ndarray] = {}
+        self.pass_ = 1
+
+    def hook(self, name: str):
+        def record(x: torch.Tensor) -> torch.Tensor:
+            v = x.detach()
+            if self.pass_ == 1:
+                self.lo[name] = min(self.lo.get(name, np.inf), float(v.min()))
+                self.hi[name] = max(self.hi.get(name, -np.inf), float(v.max()))
+            else:
+                lo, hi = self.lo[name], self.hi[name]
+                h = torch.histc(v.float().flatten(), self.BINS, lo, hi if hi > lo else lo + 1e-6).numpy()
+                self.hist[name] = self.hist.get(name, 0) + h
+            return x
+
+        return record
+
+
+def _percentile_range(hist: np.ndarray, lo: float, hi: float, pct: float) -> tuple[float, float]:
+    """Clip (100 − pct)/2 % of the mass off each tail."""
+    cdf = np.cumsum(hist) / max(hist.sum(), 1)
+    tail = (100.0 - pct) / 200.0
+    edges = np.linspace(lo, hi, len(hist) + 1)
+    i_lo = int(np.searchsorted(cdf, tail, side="left"))
+    i_hi = int(np.searchsorted(cdf, 1 - tail, side="left"))
+    return float(edges[i_lo]), float(edges[min(i_hi + 1, len(hist))])
+
+
+def _entropy_range(hist: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """KL-divergence calibration (TensorRT style) for an asymmetric uint8 range.
+
+    Candidate ranges clip an equal tail mass p from each side, p on a log ladder from 0 to 1 %;
+    for each, the reference distribution P (tails folded into the edge bins) is compared with Q,
+    P re-quantized to 256 levels over the candidate range. The range of smallest KL(P‖Q) wins.
+    A full-range candidate is always included, so entropy can return minmax — it does so only
+    when clipping costs more information than the extra resolution buys.
+    """
+    edges = np.linspace(lo, hi, len(hist) + 1)
+    cdf = np.cumsum(hist) / max(hist.sum(), 1)
+    best, best_kl = (lo, hi), np.inf
+    for p in [0.0] + list(np.logspace(-6, -2, 17)):
+        i_lo = int(np.searchsorted(cdf, p, side="left")) if p > 0 else 0
+        i_hi = int(np.searchsorted(cdf, 1 - p, side="left")) + 1 if p > 0 else len(hist)
+        i_hi = max(i_hi, i_lo + 1)
+        ref = hist[i_lo:i_hi].astype(np.float64).copy()
+        ref[0] += hist[:i_lo].sum()
+        ref[-1] += hist[i_hi:].sum()
+        n_levels = SPEC.act_qmax - SPEC.act_qmin + 1
+        groups = np.array_split(np.arange(len(ref)), min(n_levels, len(ref)))
+        q = np.zeros_like(ref)
+        for g in groups:
+            nz = hist[i_lo:i_hi][g] > 0
+            if nz.any():
+                q[g[nz]] = ref[g].sum() / nz.sum()
+        mask = ref > 0
+        pn, qn = ref / ref.sum(), q / max(q.sum(), 1e-12)
+        kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-12))))
+        if kl < best_kl - 1e-9:
+            best_kl, best = kl, (float(edges[i_lo]), float(edges[i_hi]))
+    return best
+
+
+@torch.no_grad()
+def calibrate(model: QATIENet, images: Iterable[np.ndarray], method: str = "minmax",
+              percentile: float = 99.99) -> Ranges:
+    """Ranges of every free QPoint from FP32 activations on calibration images (H×W×3 float).
+
+    minmax: the observed min and max. percentile: clip (100 − percentile)/2 % of the mass off
+    each tail. entropy: the KL-optimal clipping (see `_entropy_range`).
+    """
+    if method not in CALIBRATION_METHODS:
+        raise QatieError(f"unknown calibration method {method!r}: choose {', '.join(CALIBRATION_METHODS)}")
+    images = list(images)
+    if not images:
+        raise QatieError("calibration needs at least one image")
+    model.eval()
+    rec = _Recorder()
+    points = free_points(model)
+    saved = [(qp, qp.hook) for qp in model.qpoints()]
+    for qp in model.qpoints():
+        qp.hook = rec.hook(qp.qname) if qp in points else None
+    weight_quant = [(c, c.weight_quant) for c in model.convs()]
+    for c in model.convs():
+        c.weight_quant = None
+    try:
+        passes = (1,) if method == "minmax" else (1, 2)
+        for pass_ in passes:
+            rec.pass_ = pass_
+            for img in images:
+                model(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float())
+    finally:
+        for qp, h in saved:
+            qp.hook = h
+        for c, w in weight_quant:
+            c.weight_quant = w
+    ranges = {}
+    for qp in points:
+        lo, hi = rec.lo[qp.qname], rec.hi[qp.qname]
+        if method == "percentile":
+            lo, hi = _percentile_range(rec.hist[qp.qname], lo, hi, percentile)
+        elif method == "entropy":
+            lo, hi = _entropy_range(rec.hist[qp.qname], lo, hi)
+        ranges[qp.qname] = (lo, hi)
+    return ranges
+
+
+# ---------------------------------------------------------------- QAT: arming the network
+
+def prepare_qat(model: QATIENet, ranges: Ranges, learnable: bool = False, momentum: float = 0.01) -> QATIENet:
+    """Arm every QPoint with a FakeQuant (shared points use their owner's) and every conv
+    weight with per-channel fake quantization. The model then computes what the INT8 ONNX
+    model computes."""
+    full = complete_ranges(model, ranges)
+    model.fake_quants = nn.ModuleDict()
+    for qp in model.qpoints():
+        if qp.share is None:
+            fq = FakeQuant(*full[qp.qname], momentum=momentum, learnable=learnable, fixed=qp.fixed is not None)
+            model.fake_quants[qp.qname.replace(".", "__")] = fq
+    for qp in model.qpoints():
+        qp.hook = model.fake_quants[owner(qp).qname.replace(".", "__")]
+    for c in model.convs():
+        c.weight_quant = fake_quant_weight
+    return model
+
+
+def current_ranges(model: QATIENet) -> Ranges:
+    """Ranges of the free QPoints of an armed (QAT) model."""
+    if not hasattr(model, "fake_quants"):
+        raise QatieError("the model has no fake quantizers (it is not a QAT model)")
+    return {qp.qname: model.fake_quants[qp.qname.replace(".", "__")].range() for qp in free_points(model)}
+
+
+def quant_state(model: QATIENet) -> dict:
+    """What a QAT checkpoint stores besides the weights: names, ranges and the mode."""
+    ranges = current_ranges(model)
+    names = sorted(ranges)
+    learnable = any(fq.learnable for fq in model.fake_quants.values())
+    return {"names": names, "ranges": torch.tensor([ranges[n] for n in names], dtype=torch.float64),
+            "learnable": learnable, "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}}
+
+
+def load_quant_state(model: QATIENet, state: dict) -> None:
+    """Set an armed model's ranges from `quant_state` output (used when resuming QAT)."""
+    for name, (lo, hi) in zip(state["names"], state["ranges"].tolist()):
+        fq = model.fake_quants[name.replace(".", "__")]
+        fq.lo.fill_(lo), fq.hi.fill_(hi)
+        if fq.learnable:
+            scale, zp = act_qparams(fq.lo, fq.hi)
+            fq.scale.data.copy_(scale), fq.zero_point.data.copy_(zp.float())
+
+
+def ranges_from_state(state: dict) -> Ranges:
+    return {n: tuple(r) for n, r in zip(state["names"], state["ranges"].tolist())}
+
+
+def model_from_qat_checkpoint(ckpt: dict, label: str = "checkpoint") -> QATIENet:
+    """A QAT checkpoint → the armed model in eval mode (the torch simulation of its INT8 model)."""
+    from .checkpoint import model_from_checkpoint
+
+    if "quant" not in ckpt:
+        raise CheckpointError(f"{label}: a QAT checkpoint without quantization ranges")
+    state = ckpt["quant"]
+    weights = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("fake_quants.")}
+    model = model_from_checkpoint({**ckpt, "state_dict": weights}, label)
+    prepare_qat(model, ranges_from_state(state), learnable=bool(state.get("learnable", False)))
+    load_quant_state(model, state)
+    return model.eval()
