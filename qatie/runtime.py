@@ -122,6 +122,7 @@ def session_options(threads: int = 2, optimized_model_path: str | None = None) -
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: no "removing unused initializer" chatter in the app
     if optimized_model_path:
         so.optimized_model_filepath = os.fspath(optimized_model_path)
     return so
@@ -203,7 +204,7 @@ class OnnxEnhancer:
             )
 
     def __repr__(self) -> str:
-        kind = "int8" if self.is_int8 else "fp32"
+        kind = {True: "int8", False: "fp32"}.get(getattr(self, "is_int8", None), "?")
         return f"OnnxEnhancer({str(self.path)!r}, {kind}, threads={self.threads})"
 
     # -- inference ----------------------------------------------------------------------------
@@ -374,7 +375,19 @@ def measure_latency(fn: Callable[[], object], warmup: int = 1, runs: int = 5) ->
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (2**20 bytes)."""
+    """Peak resident set size of this process so far, in MiB (2**20 bytes).
+
+    On Linux this reads VmHWM from /proc/self/status rather than `ru_maxrss`: the kernel carries
+    `ru_maxrss` across fork+exec, so a child process spawned by a big parent would report the
+    parent's peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
 
