@@ -10,12 +10,16 @@ from .errors import QatieError
 
 
 def _progress_bar(total: int, desc: str):
-    """A tqdm bar fed by the training loop's progress events."""
+    """A tqdm bar fed by the training loop's progress events (created on the first event, so an
+    error before training starts prints only its message)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+    bar = None
 
     def update(event: dict):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, initial=event["step"] - 1)
         bar.n = event["step"]
         bar.set_postfix(loss=f"{event['loss']:.4f}", lr=f"{event['lr']:.1e}", refresh=False)
         bar.refresh()
@@ -47,6 +51,124 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _degradation_config(text: str | None):
+    """EVAL_DEGRADATION with the fields of a JSON object (a file path or inline JSON) overriding it."""
+    import dataclasses
+
+    from .data import EVAL_DEGRADATION
+
+    if not text:
+        return EVAL_DEGRADATION
+    src = text if text.lstrip().startswith("{") else None
+    if src is None:
+        path = Path(text)
+        if not path.is_file():
+            raise QatieError(f"--config {text}: no such file (give a JSON file or an inline JSON object)")
+        src = path.read_text()
+    try:
+        fields = json.loads(src)
+    except json.JSONDecodeError as e:
+        raise QatieError(f"--config {text[:80]}: not valid JSON ({e})") from None
+    if not isinstance(fields, dict):
+        raise QatieError(f"--config {text[:80]}: expected a JSON object of DegradationConfig fields")
+    known = {f.name for f in dataclasses.fields(EVAL_DEGRADATION)}
+    unknown = set(fields) - known
+    if unknown:
+        raise QatieError(f"--config: unknown degradation fields {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(known))})")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return dataclasses.replace(EVAL_DEGRADATION, **fields)
+
+
+def cmd_degrade(args) -> int:
+    from .data import _all_clean
+    from .degrade import degrade, seed_for
+    from .imageio import read_image, write_image
+
+    root, out = Path(args.in_dir), Path(args.out_dir)
+    if not root.is_dir():
+        raise QatieError(f"{root}: not a folder")
+    if out.resolve() == root.resolve():
+        raise QatieError(f"{out}: the output folder must differ from the input folder")
+    cfg = _degradation_config(args.config)
+    # The same files, named the same way, as `qatie eval --clean-dir` (an OUT_DIR inside IN_DIR is skipped).
+    files = [f for f in _all_clean(root) if out.resolve() not in f.resolve().parents]
+    if not files:
+        raise QatieError(f"{root}: no images found")
+    targets: dict[Path, Path] = {}
+    for f in files:
+        rel = f.relative_to(root)
+        dest = out / rel.with_suffix(".png")
+        if dest in targets:
+            raise QatieError(f"{f} and {targets[dest]} would both be written to {dest} (same stem)")
+        targets[dest] = f
+    for dest, f in targets.items():
+        name = f.relative_to(root).as_posix()  # eval seeds each image by this name
+        write_image(dest, degrade(read_image(f), seed_for(name, args.seed), cfg))
+    print(f"degraded {len(targets)} images (seed {args.seed}) → {out}")
+    return 0
+
+
+def cmd_enhance(args) -> int:
+    from .evaluate import load_enhancer
+    from .imageio import read_image, write_image
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise QatieError(f"{out}: the output must end in .png, .jpg or .jpeg")
+    if args.threads < 1:
+        raise QatieError(f"--threads must be ≥ 1, got {args.threads}")
+    image = read_image(args.input)
+    enhance = load_enhancer(args.model, threads=args.threads)
+    write_image(out, enhance(image))
+    print(f"{args.input} → {out} ({image.shape[1]}×{image.shape[0]}, model {args.model})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .data import eval_pairs
+    from .evaluate import evaluate, format_table, jsonable
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise QatieError("--models: give at least one model")
+    if args.clean_dir and (args.input_dir or args.target_dir):
+        raise QatieError("give either --clean-dir or --input-dir/--target-dir, not both")
+    if not args.clean_dir and not (args.input_dir and args.target_dir):
+        raise QatieError("give --input-dir and --target-dir, or --clean-dir (with --seed)")
+    if args.limit is not None and args.limit < 1:
+        raise QatieError(f"--limit must be ≥ 1, got {args.limit}")
+    for d in (args.clean_dir, args.input_dir, args.target_dir):
+        if d and not Path(d).is_dir():
+            raise QatieError(f"{d}: not a folder")
+    pairs = eval_pairs(args.input_dir, args.target_dir, args.clean_dir, seed=args.seed, part=args.split,
+                       limit=args.limit)
+    if not pairs:
+        raise QatieError("no images to evaluate")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(pairs), desc="eval", unit="img", dynamic_ncols=True, disable=None)
+
+    def progress(i, n, name):
+        bar.n = i
+        bar.refresh()
+
+    result = evaluate(models, pairs, threads=args.threads, progress=progress)
+    bar.close()
+    if args.clean_dir:
+        result["data"] = {"clean_dir": args.clean_dir, "seed": args.seed, "split": args.split,
+                          "degradation": "qatie.data.EVAL_DEGRADATION"}
+    else:
+        result["data"] = {"input_dir": args.input_dir, "target_dir": args.target_dir}
+    print(format_table(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(jsonable(result), indent=1, allow_nan=False))
+        print(f"→ {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qatie", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     t.add_argument("--out", required=True, help="output folder (last.pt, best.pt, train_log.jsonl)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    t.add_argument("--width", type=int, choices=(16, 24, 32))
+    t.add_argument("--width", type=int, help="network width c (the paper's: 16, 24, 32; any integer ≥ 4)")
     t.add_argument("--variant")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)
@@ -69,6 +191,47 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int)
     t.add_argument("--device", help="auto, cpu or cuda")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("degrade", help="write phone-camera-degraded copies of clean photos",
+                       description="Degrade every image in IN_DIR (and its direct subfolders) with the "
+                       "phone-camera model and write OUT_DIR/<same path>.png. Each image's randomness "
+                       "comes from (its relative path, --seed), so the output equals the inputs "
+                       "`qatie eval --clean-dir IN_DIR --seed S` scores.")
+    d.add_argument("--seed", type=int, required=True, help="global seed (same seed → same images)")
+    d.add_argument("--config", metavar="JSON", help="DegradationConfig fields overriding the eval "
+                   "defaults: a JSON file or an inline object, e.g. '{\"p_jpeg\": 0}'")
+    d.add_argument("in_dir", metavar="IN_DIR", help="folder of clean photos")
+    d.add_argument("out_dir", metavar="OUT_DIR", help="output folder (created)")
+    d.set_defaults(func=cmd_degrade)
+
+    e = sub.add_parser("enhance", help="enhance one image file",
+                       description="Enhance INPUT (any common image file) with MODEL and write OUTPUT "
+                       "(8-bit .png or .jpg). MODEL: a .pt checkpoint, an .onnx file, or a shipped "
+                       "name: fp32, ptq, qat.")
+    e.add_argument("--model", required=True, help=".pt checkpoint, .onnx file, or fp32 / ptq / qat")
+    e.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    e.add_argument("input", metavar="INPUT", help="image file to enhance")
+    e.add_argument("output", metavar="OUTPUT", help="output .png / .jpg")
+    e.set_defaults(func=cmd_enhance)
+
+    v = sub.add_parser("eval", help="score models on image pairs (PSNR/SSIM, agreement)",
+                       description="Score models against targets: real pairs (--input-dir/--target-dir, "
+                       "matched by file stem) or clean photos degraded at a fixed seed (--clean-dir, "
+                       "--seed; on the shared clean set only its test split). The unprocessed input is "
+                       "scored too, and every model after the first is compared with the first "
+                       "model's output (how INT8 models are scored against FP32).")
+    v.add_argument("--models", required=True, metavar="M1,M2",
+                   help="comma-separated: .pt checkpoints, .onnx files, or fp32 / ptq / qat")
+    v.add_argument("--input-dir", help="folder of input images")
+    v.add_argument("--target-dir", help="folder of target images (same stems)")
+    v.add_argument("--clean-dir", help="folder of clean photos to degrade (instead of pairs)")
+    v.add_argument("--seed", type=int, default=0, help="degradation seed for --clean-dir (default 0)")
+    v.add_argument("--split", choices=("test", "val"), default="test",
+                   help="split of the shared clean set to use (default test)")
+    v.add_argument("--limit", type=int, help="use only the first N images")
+    v.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    v.add_argument("--json", metavar="FILE", help="write the full result (summary + per image) here")
+    v.set_defaults(func=cmd_eval)
     return p
 
 

@@ -1,0 +1,92 @@
+"""Shared fixtures: the repository root, the optional ../shared folder, tiny images and folders,
+and a helper to run the CLI in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_CLEAN = SHARED / "data" / "clean"
+
+needs_shared = pytest.mark.skipif(not SHARED_CLEAN.is_dir(), reason=f"{SHARED_CLEAN} is absent (shared data not available)")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Run torch single-threaded in tests. On a 2-core machine that is also doing other work,
+    torch's 2 OpenMP threads spin-wait on each other: a 3 s training test was measured taking
+    260 s. torch is not imported here (some tests check that a code path stays torch-free)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_clean() -> Path:
+    if not SHARED_CLEAN.is_dir():
+        pytest.skip(f"{SHARED_CLEAN} is absent (shared data not available)")
+    return SHARED_CLEAN
+
+
+def make_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth, photo-like H×W×3 float32 image in [0,1] (gradients plus blobs, some texture)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        fy, fx, ph = rng.uniform(0.02, 0.15), rng.uniform(0.02, 0.15), rng.uniform(0, 6.28)
+        img[..., c] = 0.5 + 0.3 * np.sin(fy * yy + ph) * np.cos(fx * xx + c)
+    img += 0.05 * rng.standard_normal((h, w, 3)).astype(np.float32)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_image() -> np.ndarray:
+    return make_image(24, 32)
+
+
+@pytest.fixture
+def clean_dir(tmp_path) -> Path:
+    """A folder of three small clean PNG photos (crops of scikit-image's samples)."""
+    from qatie.data import sample_images
+    from qatie.imageio import write_image
+
+    d = tmp_path / "clean"
+    for i, (name, img) in enumerate(list(sample_images(("astronaut", "coffee", "chelsea")).items())):
+        write_image(d / f"{name}.png", img[40:40 + 48 + 8 * i, 60:60 + 64])
+    return d
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, cwd=None, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m qatie.cli ARGS` in a subprocess; on unexpected failure the output is shown."""
+    proc = subprocess.run([sys.executable, "-m", "qatie.cli", *map(str, args)], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"qatie {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
