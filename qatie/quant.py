@@ -284,8 +284,8 @@ def prepare_qat(model: QATIENet, ranges: Ranges, learnable: bool = False, moment
         if qp.share is None:
             fq = FakeQuant(*full[qp.qname], momentum=momentum, learnable=learnable, fixed=qp.fixed is not None)
             model.fake_quants[qp.qname.replace(".", "__")] = fq
-    for qp in model.qpoints():
-        qp.hook = model.fake_quants[owner(qp).qname.replace(".", "__")]
+    for qp in model.qpoints():  # a bound method, so the QPoint does not register it as a submodule
+        qp.hook = model.fake_quants[owner(qp).qname.replace(".", "__")].forward
     for c in model.convs():
         c.weight_quant = fake_quant_weight
     return model

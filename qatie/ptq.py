@@ -1,0 +1,46 @@
+"""Post-training quantization: calibrate activation ranges on a few images, export INT8.
+
+Ranges come from FP32 activation statistics (minmax — the "standard PTQ" baseline —,
+percentile or entropy; see `qatie.quant.calibrate`); everything else is the shared QuantSpec
+and the shared exporter, exactly as for QAT.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import read_checkpoint, model_from_checkpoint
+from .data import PatchSampler, load_source
+from .errors import CheckpointError
+from .export import export_int8
+from .quant import calibrate
+
+CALIB_CROP = 256
+
+
+def calibration_images(spec: str, num: int = 32, seed: int = 0, crop: int = CALIB_CROP) -> list[np.ndarray]:
+    """`num` deterministic input crops from a data SPEC's training part (clean photos are passed
+    through the degradation model, so calibration sees what the model sees in use)."""
+    sampler = PatchSampler([load_source(spec, part="train")], crop)
+    rng = np.random.default_rng([seed, 7919])
+    return [sampler.crop_pair(rng)[0] for _ in range(num)]
+
+
+def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num_calib: int = 32,
+            percentile: float = 99.99, seed: int = 0) -> Path:
+    """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated by `method`."""
+    t0 = time.time()
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("kind", "fp32") != "fp32":
+        raise CheckpointError(f"{checkpoint}: PTQ starts from an FP32 checkpoint (this one is {ckpt.get('kind')!r}); "
+                              "export a QAT checkpoint with `qatie export`")
+    model = model_from_checkpoint(ckpt, str(checkpoint)).eval()
+    images = calibration_images(calib, num_calib, seed)
+    ranges = calibrate(model, images, method, percentile)
+    meta = {"checkpoint": str(checkpoint), "method": method, "calib": calib, "num_calib": num_calib,
+            "calib_crop": CALIB_CROP, "seed": seed, "wall_s": round(time.time() - t0, 2)}
+    if method == "percentile":
+        meta["percentile"] = percentile
+    return export_int8(model, ranges, out, source=f"ptq-{method}", meta=meta)

@@ -1,0 +1,61 @@
+"""Quantization-aware training: fine-tune an FP32 checkpoint through the INT8 simulation.
+
+Starts from the FP32 weights, arms the network with the QuantSpec's fake quantizers (ranges
+initialised by minmax calibration, then tracked by moving averages or learned), and runs the
+shared training loop at a low learning rate (the paper used 1e-5). The result is a checkpoint
+of kind "qat" holding weights and ranges; `qatie export` turns it into the INT8 ONNX model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from .checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from .errors import CheckpointError
+from .ptq import calibration_images
+from .quant import calibrate, prepare_qat, quant_state
+from .train import TrainConfig, train
+
+
+def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, lr: float = 1e-5,
+            learnable: bool = False, batch_size: int = 16, patch: int = 96, num_calib: int = 32,
+            calib_method: str = "minmax", seed: int = 0, val_data: list[str] | None = None,
+            val_every: int = 250, threads: int = 0, resume: bool = False,
+            progress: Optional[Callable[[dict], None]] = None,
+            should_stop: Optional[Callable[[], bool]] = None) -> Path:
+    """Fine-tune with fake quantization; writes `out` (the final QAT checkpoint) and a run
+    folder beside it (`<out stem>_run/`: last.pt, best.pt, train_log.jsonl)."""
+    out = Path(out)
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("kind", "fp32") != "fp32":
+        raise CheckpointError(f"{checkpoint}: QAT starts from an FP32 checkpoint (this one is {ckpt.get('kind')!r})")
+    model = model_from_checkpoint(ckpt, str(checkpoint)).eval()
+    data = data or ["samples"]
+    ranges = calibrate(model, calibration_images(data[0], num_calib, seed), calib_method)
+    prepare_qat(model, ranges, learnable=learnable)
+    cfg = TrainConfig(data=data, width=model.width, variant=model.variant, steps=steps, batch_size=batch_size,
+                      patch=patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
+                      val_every=min(val_every, steps), checkpoint_every=min(val_every, steps),
+                      val_data=val_data or [], threads=threads)
+    run_dir = out.with_name(out.stem + "_run")
+    summary = train(cfg, run_dir, resume=resume, model=model, kind="qat", extra_state=lambda: quant_state(model),
+                    progress=progress, should_stop=should_stop)
+    model = model.cpu().eval()
+    save_checkpoint(out, model, kind="qat", quant=quant_state(model), config=cfg.to_dict(),
+                    source_checkpoint=str(checkpoint), steps=summary["steps_done"], wall_s=summary["wall_s"],
+                    calib={"method": calib_method, "num_calib": num_calib, "data": data[0]}, learnable=learnable)
+    return out
+
+
+def export_checkpoint(checkpoint, out) -> Path:
+    """`qatie export`: an FP32 checkpoint → FP32 ONNX; a QAT checkpoint → INT8 ONNX (+ sidecar)
+    with the ranges it learned."""
+    from .export import export_fp32, export_int8
+    from .quant import current_ranges, model_from_qat_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    if ckpt.get("kind") == "qat":
+        model = model_from_qat_checkpoint(ckpt, str(checkpoint))
+        meta = {"checkpoint": str(checkpoint), "steps": ckpt.get("steps"), "learnable": ckpt.get("learnable")}
+        return export_int8(model, current_ranges(model), out, source="qat", meta=meta)
+    return export_fp32(model_from_checkpoint(ckpt, str(checkpoint)), out)
