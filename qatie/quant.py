@@ -86,8 +86,8 @@ class FakeQuant(nn.Module):
         self.learnable = learnable and not fixed
         if self.learnable:
             scale, zp = act_qparams(self.lo, self.hi)
-            self.scale = nn.Parameter(scale.clone())
-            self.zero_point = nn.Parameter(zp.float())
+            self.scale = nn.Parameter(scale.clone().reshape(1))  # the learnable op wants 1-element tensors
+            self.zero_point = nn.Parameter(zp.float().reshape(1))
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.learnable:

@@ -1,0 +1,225 @@
+"""The INT8 path: one QuantSpec for PTQ and QAT, faithful export, integer kernels, parity."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from qatie.errors import CheckpointError
+from qatie.export import export_fp32, export_int8, sidecar_path
+from qatie.model import build_model
+from qatie.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ranges, free_points,
+                         prepare_qat, quant_params)
+from qatie.runtime import OnnxEnhancer, session_options
+from tests.conftest import REPO_ROOT, make_image
+from tests.tolerances import TOLERANCES
+
+CKPT = REPO_ROOT / "checkpoints"
+shipped = pytest.mark.skipif(not (CKPT / "qat.pt").exists(), reason="shipped checkpoints absent")
+
+
+def random_model(width: int = 8, seed: int = 0):
+    """A small network with every weight random (the delta conv too: not the identity)."""
+    torch.manual_seed(seed)
+    m = build_model(width)
+    torch.nn.init.normal_(m.delta.weight, std=0.05)
+    return m.eval()
+
+
+def calib_images(n=3, size=48):
+    return [make_image(size, size + 8, seed=i) for i in range(n)]
+
+
+def optimized_ops(path, tmp_path) -> Counter:
+    import onnxruntime as ort
+
+    out = tmp_path / (path.stem + "_opt.onnx")
+    ort.InferenceSession(str(path), session_options(1, str(out)), providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+
+
+@pytest.fixture(scope="module")
+def small_int8(tmp_path_factory):
+    d = tmp_path_factory.mktemp("int8")
+    m = random_model()
+    ranges = calibrate(m, calib_images(), "minmax")
+    return m, ranges, export_int8(m, ranges, d / "m.onnx", source="ptq-minmax"), export_fp32(m, d / "f.onnx")
+
+
+def test_minmax_ranges_are_the_observed_extremes():
+    m = random_model()
+    seen = {}
+    for qp in free_points(m):
+        qp.hook = (lambda name: lambda x: seen.setdefault(name, []).append((float(x.min()), float(x.max()))) or x)(qp.qname)
+    with torch.no_grad():
+        for img in calib_images():
+            m(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])
+    for qp in free_points(m):
+        qp.hook = None
+    ranges = calibrate(m, calib_images(), "minmax")
+    for name, obs in seen.items():
+        assert ranges[name] == pytest.approx((min(o[0] for o in obs), max(o[1] for o in obs)), abs=1e-6)
+
+
+def test_each_method_gives_the_range_it_promises():
+    m = random_model()
+    # 99 % rather than the default 99.99 %: these few tiny images have too few values for 0.005 % tails.
+    got = {meth: calibrate(m, calib_images(), meth, percentile=99.0) for meth in CALIBRATION_METHODS}
+    narrower = 0
+    for name, (lo, hi) in got["minmax"].items():
+        for meth in ("percentile", "entropy"):
+            plo, phi = got[meth][name]
+            assert lo - 1e-6 <= plo <= phi <= hi + 1e-6, (meth, name)
+        narrower += got["percentile"][name] != (lo, hi)
+    assert narrower > len(got["minmax"]) // 2, "percentile should clip most tensors' tails"
+    assert got["entropy"] != got["minmax"]
+
+
+def test_sidecar_matches_the_onnx_qdq_nodes(small_int8):
+    m, ranges, path, _ = small_int8
+    side = json.loads(sidecar_path(path).read_text())
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    qnodes = {n.name: n for n in g.node if n.op_type == "QuantizeLinear"}
+    assert len(side["tensors"]) == len(qnodes) == len(m.qpoints())
+    params = quant_params(m, ranges)
+    for t in side["tensors"]:
+        node = qnodes[t["name"].replace(".", "/") + "/Q"]
+        assert float(inits[node.input[1]]) == pytest.approx(t["scale"], rel=1e-7)
+        assert int(inits[node.input[2]]) == t["zero_point"]
+        assert (t["scale"], t["zero_point"]) == pytest.approx(params[t["name"]])
+    pinned = {t["name"]: (t["scale"], t["zero_point"]) for t in side["tensors"] if t["name"] in ("q_input", "q_output")}
+    assert pinned == {"q_input": (pytest.approx(1 / 255), 0), "q_output": (pytest.approx(1 / 255), 0)}
+    assert len(side["weights"]) == 35
+
+
+def test_every_conv_runs_as_an_integer_kernel(small_int8, tmp_path):
+    _, _, path, fp32_path = small_int8
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node)
+    ops = optimized_ops(path, tmp_path)
+    assert n_conv == 35
+    assert ops["QLinearConv"] == 35 and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
+
+
+def test_int8_onnx_equals_the_torch_simulation_on_a_random_model(small_int8):
+    m, ranges, path, _ = small_int8
+    sim = prepare_qat(random_model(), ranges).eval()
+    img = make_image(40, 56, seed=9)
+    with torch.no_grad():
+        ys = sim(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
+    yo = OnnxEnhancer(path, threads=1).enhance(img)
+    diff = np.abs(np.round(ys * 255) - np.round(yo * 255))
+    tol = TOLERANCES["random_sim_vs_ort"]
+    assert diff.max() <= tol["max_levels"] and diff.mean() <= tol["mean_levels"], (diff.max(), diff.mean())
+
+
+def test_qat_ranges_move_during_training_and_export_uses_them(tmp_path):
+    m = random_model()
+    ranges = calibrate(m, calib_images(), "minmax")
+    prepare_qat(m, ranges).train()
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    for i in range(3):
+        x = torch.from_numpy(make_image(32, 32, seed=20 + i).transpose(2, 0, 1).copy())[None] * 1.5
+        loss = (m(x) - x.clamp(0, 1)).abs().mean()
+        opt.zero_grad(), loss.backward(), opt.step()
+    moved = current_ranges(m)
+    assert sum(moved[k] != pytest.approx(ranges[k]) for k in ranges) > len(ranges) // 2
+    path = export_int8(m.eval(), moved, tmp_path / "q.onnx", source="qat")
+    side = {t["name"]: t for t in json.loads(sidecar_path(path).read_text())["tensors"]}
+    name = next(iter(moved))
+    scale, zp = act_qparams(torch.tensor(moved[name][0]), torch.tensor(moved[name][1]))
+    assert side[name]["scale"] == pytest.approx(float(scale)) and side[name]["zero_point"] == int(zp)
+
+
+def test_learnable_ranges_get_gradients():
+    m = random_model()
+    prepare_qat(m, calibrate(m, calib_images(), "minmax"), learnable=True).train()
+    x = torch.from_numpy(make_image(32, 32).transpose(2, 0, 1).copy())[None]
+    (m(x) - x).abs().mean().backward()
+    grads = [fq.scale.grad for fq in m.fake_quants.values() if fq.learnable]
+    assert grads and any(g is not None and g.abs().item() > 0 for g in grads)
+
+
+def test_ptq_refuses_a_qat_checkpoint_and_wrong_width(tmp_path):
+    from qatie.checkpoint import save_checkpoint
+    from qatie.ptq import run_ptq
+
+    m = prepare_qat(random_model(), calibrate(random_model(), calib_images(1), "minmax"))
+    from qatie.quant import quant_state
+
+    save_checkpoint(tmp_path / "q.pt", m, kind="qat", quant=quant_state(m))
+    with pytest.raises(CheckpointError, match="FP32"):
+        run_ptq(tmp_path / "q.pt", tmp_path / "x.onnx", calib="samples", num_calib=1)
+    ck = torch.load(tmp_path / "q.pt", weights_only=True)
+    ck["model"]["width"] = 16
+    torch.save(ck, tmp_path / "bad.pt")
+    from qatie.checkpoint import load_model
+
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_model(tmp_path / "bad.pt")
+
+
+# ------------------------------------------------------------- the shipped models
+
+def parity_images():
+    from qatie.data import EVAL_DEGRADATION, sample_images
+    from qatie.degrade import degrade, seed_for
+
+    out = []
+    for name, img in sample_images().items():
+        h, w = img.shape[:2]
+        t = img[(h - 256) // 2:(h - 256) // 2 + 256, (w - 256) // 2:(w - 256) // 2 + 256]
+        out.append((degrade(t, seed_for(name, 0), EVAL_DEGRADATION), t))
+    return out
+
+
+@shipped
+def test_shipped_int8_models_use_integer_kernels(tmp_path):
+    for name in ("int8_ptq.onnx", "int8_qat.onnx"):
+        ops = optimized_ops(CKPT / name, tmp_path)
+        assert ops["QLinearConv"] == 35 and ops["Conv"] == 0, (name, ops)
+
+
+@shipped
+def test_shipped_fp32_onnx_matches_torch_on_odd_sizes():
+    from qatie.checkpoint import load_model
+
+    m = load_model(CKPT / "fp32.pt")
+    ort_model = OnnxEnhancer(CKPT / "fp32.onnx", threads=1)
+    for h, w in ((1, 1), (17, 31), (45, 64)):
+        img = make_image(h, w, seed=h)
+        with torch.no_grad():
+            yt = m(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
+        assert np.abs(ort_model.enhance(img) - yt).max() <= TOLERANCES["fp32_onnx_vs_torch"]["max_abs"]
+
+
+@shipped
+def test_simulation_equals_deployment_for_the_shipped_qat_model():
+    """torch fake-quant (qat.pt) vs ONNX Runtime INT8 (int8_qat.onnx) on degraded photos."""
+    from qatie.checkpoint import load_model
+    from qatie.metrics import agreement, psnr, ssim
+
+    tol = TOLERANCES["qat_sim_vs_ort"]
+    sim = load_model(CKPT / "qat.pt")
+    ort_model = OnnxEnhancer(CKPT / "int8_qat.onnx", threads=1)
+    rows = []
+    for inp, tgt in parity_images():
+        with torch.no_grad():
+            ys = sim(torch.from_numpy(inp.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
+        yo = ort_model.enhance(inp)
+        rows.append((psnr(ys, tgt), psnr(yo, tgt), ssim(ys, tgt), ssim(yo, tgt), agreement(yo, ys)))
+    d_psnr = abs(np.mean([r[0] for r in rows]) - np.mean([r[1] for r in rows]))
+    d_ssim = abs(np.mean([r[2] for r in rows]) - np.mean([r[3] for r in rows]))
+    agree = min(r[4]["psnr_vs_fp32"] for r in rows)
+    max_lv = max(r[4]["max_levels"] for r in rows)
+    mean_lv = np.mean([r[4]["mean_levels"] for r in rows])
+    print(f"sim vs ORT: ΔPSNR {d_psnr:.4f} dB, ΔSSIM {d_ssim:.5f}, agreement ≥ {agree:.2f} dB, "
+          f"max {max_lv:.0f} levels, mean {mean_lv:.3f} levels")
+    assert d_psnr <= tol["metric_psnr_db"] and d_ssim <= tol["metric_ssim"]
+    assert agree >= tol["agreement_psnr_min_db"]
+    assert max_lv <= tol["max_levels"] and mean_lv <= tol["mean_levels"]
