@@ -45,10 +45,10 @@ def _torch_enhancer(path: Path, threads: int) -> Enhancer:
 
 
 def load_enhancer(name_or_path: str | os.PathLike, threads: int = 2) -> Enhancer:
-    """A function H×W×3 float32 [0,1] → H×W×3 float32 [0,1] for a `.pt` checkpoint, an `.onnx`
+    """A function H×W×3 float32 [0,1] → H×W×3 float32 [0,1] for a `.pt`/`.pth` checkpoint, an `.onnx`
     file or a shipped model name. Missing or broken files raise CheckpointError/ModelFileError."""
     text = os.fspath(name_or_path)
-    if text.lower().endswith(".pt"):
+    if text.lower().endswith((".pt", ".pth")):
         return _torch_enhancer(Path(text), threads)
     from .runtime import get_enhancer
 
