@@ -169,6 +169,47 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_ptq(args) -> int:
+    from .ptq import run_ptq
+
+    out = run_ptq(args.checkpoint, args.out, method=args.method, calib=args.calib, num_calib=args.num_calib,
+                  percentile=args.percentile, seed=args.seed)
+    print(f"INT8 ({args.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
+    return 0
+
+
+def cmd_qat(args) -> int:
+    from .qat import run_qat
+
+    out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
+                  batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, seed=args.seed,
+                  val_data=args.val, threads=args.threads, resume=args.resume,
+                  progress=_progress_bar(args.steps, "qat"))
+    print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .qat import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"→ {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_table, parse_size, run_benchmark, write_json
+
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    result = run_benchmark(args.models.split(","), sizes, threads=args.threads, runs=args.runs,
+                           warmup=args.warmup, reference_tflite=args.reference_tflite)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"→ {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qatie", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -232,6 +273,58 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     v.add_argument("--json", metavar="FILE", help="write the full result (summary + per image) here")
     v.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("ptq", help="post-training quantization → INT8 ONNX",
+                       description="Calibrate activation ranges of an FP32 checkpoint on --num-calib crops "
+                       "of --calib and write the INT8 QDQ ONNX model (QuantSpec: int8 per-channel weights, "
+                       "uint8 per-tensor activations) with its JSON sidecar of scales and zero points.")
+    q.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint")
+    q.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
+                   help="range calibration (default minmax: the standard PTQ baseline)")
+    q.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    q.add_argument("--calib", default="samples", metavar="SPEC", help="calibration data SPEC (default samples)")
+    q.add_argument("--num-calib", type=int, default=32, help="calibration crops (default 32)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="output .onnx")
+    q.set_defaults(func=cmd_ptq)
+
+    a = sub.add_parser("qat", help="quantization-aware fine-tuning of an FP32 checkpoint",
+                       description="Fine-tune an FP32 checkpoint with fake quantization of exactly the "
+                       "QuantSpec's tensors (ranges initialised by minmax calibration, then moving "
+                       "averages, or learned with --learnable). Writes a QAT checkpoint (weights + ranges).")
+    a.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint to start from")
+    a.add_argument("--data", action="append", metavar="SPEC", help="training data (repeatable; default samples)")
+    a.add_argument("--val", action="append", metavar="SPEC", help="extra validation pairs to monitor")
+    a.add_argument("--steps", type=int, default=1000)
+    a.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, as in the paper)")
+    a.add_argument("--learnable", action="store_true", help="learn scales and zero points (LSQ)")
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--patch", type=int, default=128)
+    a.add_argument("--num-calib", type=int, default=32)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    a.add_argument("--resume", action="store_true", help="continue the run folder beside --out")
+    a.add_argument("--out", required=True, help="output QAT checkpoint .pt")
+    a.set_defaults(func=cmd_qat)
+
+    x = sub.add_parser("export", help="checkpoint → ONNX (FP32, or INT8 for a QAT checkpoint)",
+                       description="An FP32 checkpoint becomes the FP32 ONNX model; a QAT checkpoint the "
+                       "INT8 QDQ ONNX model with its learned ranges (+ JSON sidecar).")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--out", required=True, help="output .onnx")
+    x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="latency of ONNX models in ONNX Runtime",
+                       description="Time models at each size (H×W), interleaved, after warm-up; print "
+                       "median/min/max ms, ratio to FP32, file size and peak RSS.")
+    b.add_argument("--models", default="fp32,ptq,qat", help="comma-separated .onnx files or fp32/ptq/qat")
+    b.add_argument("--sizes", default="512x512,1280x720,1920x1080", help="comma-separated HxW")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--reference-tflite", metavar="PATH", help="also time the authors' INT8 TFLite model")
+    b.add_argument("--json", metavar="FILE")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -26,24 +26,24 @@ from scipy.ndimage import gaussian_filter
 class DegradationConfig:
     """Ranges (low, high) and probabilities of every degradation; the one place they live."""
 
-    p_clean: float = 0.10  # left untouched
+    p_clean: float = 0.15  # left untouched
     p_mild: float = 0.30  # every strength multiplied by `mild_scale`
     mild_scale: float = 0.35
-    p_tone: float = 0.5  # exposure / white balance / gamma / contrast each applied with this probability
-    exposure_stops: tuple[float, float] = (-0.8, 0.5)
-    wb_gain: tuple[float, float] = (0.88, 1.12)  # red and blue gains relative to green
-    gamma: tuple[float, float] = (0.85, 1.15)
-    contrast: tuple[float, float] = (0.75, 1.0)
-    saturation: tuple[float, float] = (0.7, 1.05)
-    p_blur: float = 0.5
-    blur_sigma: tuple[float, float] = (0.3, 1.3)
+    p_tone: float = 0.6  # exposure / white balance / gamma / contrast each applied with this probability
+    exposure_stops: tuple[float, float] = (-0.7, 0.3)  # cheap sensors mostly under-expose
+    wb_gain: tuple[float, float] = (0.9, 1.1)  # red and blue gains relative to green
+    gamma: tuple[float, float] = (0.85, 1.1)
+    contrast: tuple[float, float] = (0.7, 0.95)  # flat tone curve
+    saturation: tuple[float, float] = (0.65, 0.95)  # washed-out colour
+    p_blur: float = 0.3
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
     p_noise: float = 0.9
-    shot_noise: tuple[float, float] = (2e-4, 6e-3)  # variance per unit of linear signal
-    read_noise: tuple[float, float] = (1e-6, 4e-4)  # variance floor
+    shot_noise: tuple[float, float] = (2e-4, 4e-3)  # variance per unit of linear signal
+    read_noise: tuple[float, float] = (1e-6, 2e-4)  # variance floor
     p_correlated_noise: float = 0.5
     noise_corr_sigma: tuple[float, float] = (0.4, 0.9)
     p_jpeg: float = 0.7
-    jpeg_quality: tuple[int, int] = (45, 92)
+    jpeg_quality: tuple[int, int] = (50, 92)
 
     def to_dict(self) -> dict:
         return asdict(self)

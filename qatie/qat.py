@@ -20,7 +20,7 @@ from .train import TrainConfig, train
 def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, lr: float = 1e-5,
             learnable: bool = False, batch_size: int = 16, patch: int = 96, num_calib: int = 32,
             calib_method: str = "minmax", seed: int = 0, val_data: list[str] | None = None,
-            val_every: int = 250, threads: int = 0, resume: bool = False,
+            val_every: int = 250, threads: int = 0, resume: bool = False, run_dir=None,
             progress: Optional[Callable[[dict], None]] = None,
             should_stop: Optional[Callable[[], bool]] = None) -> Path:
     """Fine-tune with fake quantization; writes `out` (the final QAT checkpoint) and a run
@@ -37,7 +37,7 @@ def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, l
                       patch=patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
                       val_every=min(val_every, steps), checkpoint_every=min(val_every, steps),
                       val_data=val_data or [], threads=threads)
-    run_dir = out.with_name(out.stem + "_run")
+    run_dir = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
     summary = train(cfg, run_dir, resume=resume, model=model, kind="qat", extra_state=lambda: quant_state(model),
                     progress=progress, should_stop=should_stop)
     model = model.cpu().eval()

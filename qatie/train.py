@@ -35,10 +35,10 @@ class TrainConfig:
     width: int = 32
     variant: str = "full"
     steps: int = 1000
-    batch_size: int = 16
-    patch: int = 96
-    lr: float = 5e-4
-    min_lr: float = 1e-6
+    batch_size: int = 8
+    patch: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
     warmup_steps: int = 100
     grad_clip: float = 1.0
     loss: str = "paper"
