@@ -1,0 +1,127 @@
+"""The Benchmark tab: latency vs resolution of FP32 / PTQ-INT8 / QAT-INT8 on this machine.
+
+Timing goes through `qatie.bench.run_benchmark` (interleaved rounds, rotated order, the one
+latency helper) one resolution at a time, so the plot fills in as it runs. No torch.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from qatie import bench
+
+from . import config, models, render
+from .compare import user_error
+
+SIZES = {
+    "256×256": (256, 256),
+    "512×512": (512, 512),
+    "1280×720 (720p)": (720, 1280),
+    "1920×1080 (1080p)": (1080, 1920),
+}
+DEFAULT_SIZES = ["256×256", "512×512", "1280×720 (720p)"]
+COLORS = {"fp32": "#1f77b4", "ptq": "#d62728", "qat": "#2ca02c"}
+
+
+def thread_choices() -> list[int]:
+    n = config.effective_cpus()
+    return sorted({1, 2, 4, n} & set(range(1, n + 1))) or [1]
+
+
+def _plot(rows: list[dict], threads: int, path) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for role in models.ROLES:
+        rr = sorted((r for r in rows if r["role"] == role), key=lambda r: r["mp"])
+        if not rr:
+            continue
+        x = [r["mp"] for r in rr]
+        y = [r["median_ms"] for r in rr]
+        lo = [r["median_ms"] - r["min_ms"] for r in rr]
+        hi = [r["max_ms"] - r["median_ms"] for r in rr]
+        ax.errorbar(x, y, yerr=[lo, hi], marker="o", capsize=3, color=COLORS[role], label=models.ROLE_LABELS[role])
+    ax.set_xlabel("image size (megapixels)")
+    ax.set_ylabel("latency, ms (median; bars: min–max)")
+    ax.set_title(f"ONNX Runtime on this CPU, {threads} thread(s)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    fig.canvas.draw()
+    return render.save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    out = []
+    for r in rows:
+        out.append({"Model": models.ROLE_LABELS[r["role"]], "Size (H×W)": r["size"],
+                    "Median ms": round(r["median_ms"], 1), "Min ms": round(r["min_ms"], 1),
+                    "Max ms": round(r["max_ms"], 1), "× FP32": round(r["ratio_to_fp32"], 2),
+                    "File MB": round(r["file_mb"], 2)})
+    return pd.DataFrame(out, columns=["Model", "Size (H×W)", "Median ms", "Min ms", "Max ms", "× FP32", "File MB"])
+
+
+def files_md(model_set: models.ModelSet) -> str:
+    lines = ["| Model | File | Size (MB) | Quantized tensors |", "|---|---|---:|---:|"]
+    for role in models.ROLES:
+        p = model_set.paths[role]
+        size = f"{p.stat().st_size / 1e6:.2f}" if p.is_file() else "missing"
+        side = models.sidecar(p) if role != "fp32" else None
+        nq = "—"
+        if side:
+            tensors = side.get("tensors") or side.get("quantized_tensors") or side.get("activations")
+            if isinstance(tensors, (list, dict)):
+                nq = str(len(tensors))
+        lines.append(f"| {models.ROLE_LABELS[role]} | `{p.name}` | {size} | {nq} |")
+    return "\n".join(lines)
+
+
+def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):
+    """Time the three models of a set at each chosen size; streams (plot, table, status)."""
+    try:
+        model_set = models.resolve_set(model_set, session_sets)
+        unknown = [s for s in (sizes or []) if s not in SIZES]
+        if unknown:
+            raise gr.Error(f"Unknown size(s) {unknown}: choose from {list(SIZES)}.")
+        sizes = [SIZES[s] for s in (sizes or [])]
+        if not sizes:
+            raise gr.Error("Pick at least one image size.")
+        threads = int(threads)
+        runs = int(runs)
+        if threads < 1 or threads > config.effective_cpus():
+            raise gr.Error(f"Threads must be between 1 and {config.effective_cpus()} on this machine.")
+        if not 1 <= runs <= 20:
+            raise gr.Error("Runs must be between 1 and 20.")
+    except Exception as exc:
+        raise user_error(exc, "setting up the benchmark") from None
+    out_dir = config.work_dir("bench")
+    rows: list[dict] = []
+    paths = {role: str(model_set.paths[role]) for role in models.ROLES}
+    role_of = {str(model_set.paths[r].resolve()): r for r in models.ROLES}
+    for i, (h, w) in enumerate(sorted(sizes, key=lambda s: s[0] * s[1])):
+        yield gr.skip(), gr.skip(), f"Timing {w}×{h} ({i + 1}/{len(sizes)}): 1 warm-up + {runs} interleaved runs per model…"
+        try:
+            res = bench.run_benchmark([paths[r] for r in models.ROLES], [(h, w)], threads=threads, runs=runs,
+                                      warmup=1, measure_memory=False)
+        except Exception as exc:
+            raise user_error(exc, "benchmarking") from None
+        for r in res["results"]:
+            r = dict(r)
+            r["role"] = role_of.get(str(Path(r["path"]).resolve()), r["model"])
+            r["mp"] = h * w / 1e6
+            rows.append(r)
+        plot = _plot(rows, threads, out_dir / f"bench_{uuid.uuid4().hex[:8]}.png")
+        yield plot, _table(rows), f"Timed {i + 1}/{len(sizes)} sizes."
+    m = res.get("machine", {}) if rows else {}
+    yield gr.skip(), gr.skip(), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
+                                 f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
+                                 f"({config.effective_cpus()} usable cores).")

@@ -1,0 +1,372 @@
+"""The Compare tab's event handlers (Gradio side of `app.core`). No torch.
+
+`compare` is a generator, and what it yields is the design:
+
+1. blank the previous result (the user sees at once that work started);
+2. after ONE pass of each model: the input and the three outputs, and the two before/after
+   sliders — that pass is each model's first latency sample;
+3. the analysis: metrics table, verdict, heatmaps, zoom (latency from that single pass);
+4. `TIMING_RUNS - 1` more interleaved timing rounds, each yielding the table and verdict again,
+   so the latency shown ends as the median of `TIMING_RUNS` passes.
+
+Images are written by `render.save_png` (zlib level 1) into a per-request folder and returned as
+paths; Gradio copies them into its cache, and the folder is removed when the generator ends.
+Results for the bundled examples are kept (keyed by file contents, options and the model files'
+signature) and replayed on the next click: examples are cached lazily, per model set.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from qatie.errors import QatieError
+
+from . import config, core, models, render
+from .verdict import verdict
+
+log = logging.getLogger("qatie.app")
+
+ZOOM_WINDOWS = (16, 24, 32, 48, 64, 96, 128)
+DEFAULT_WINDOW = 48
+
+# Output order of the compare event (the API returns them in this order, minus the State).
+OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
+                "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "state")
+N_OUT = len(OUTPUT_NAMES)
+SKIP = gr.skip
+
+
+def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:
+    """Every failure as a gr.Error with a message a user can act on (no traceback in the UI)."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, QatieError):
+        msg = str(exc)
+        return gr.Error(msg[:1].upper() + msg[1:], title="Cannot use this input" if not isinstance(
+            exc, models.ModelFileError) else "Model problem")
+    if isinstance(exc, MemoryError):
+        return gr.Error("Out of memory while " + what + ": try a smaller photo, or untick 'Full size'.")
+    log.error("unexpected error while %s:\n%s", what, "".join(traceback.format_exception(exc)))
+    return gr.Error(f"Unexpected error while {what} ({type(exc).__name__}: {str(exc)[:300]}). "
+                    "The server log has the details.")
+
+
+# --------------------------------------------------------------------------------------------
+# Examples cache (lazy): the example photos, identified by content
+# --------------------------------------------------------------------------------------------
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def example_rows() -> list[list[str]]:
+    """[[input, reference], …] for gr.Examples, from assets/examples (empty if absent)."""
+    rows = []
+    for inp in sorted(config.EXAMPLES_DIR.glob("*_input.png")):
+        ref = inp.with_name(inp.name.replace("_input.png", "_reference.png"))
+        rows.append([str(inp), str(ref) if ref.is_file() else None])
+    return rows
+
+
+_EXAMPLE_SHAS: set[str] | None = None
+_EXAMPLE_CACHE: dict[str, list] = {}
+_EXAMPLE_LOCK = threading.Lock()
+
+
+def _is_example(sha: str) -> bool:
+    global _EXAMPLE_SHAS
+    if _EXAMPLE_SHAS is None:
+        _EXAMPLE_SHAS = {_sha(Path(p)) for row in example_rows() for p in row if p}
+    return sha in _EXAMPLE_SHAS
+
+
+def _cache_key(prep: core.Prepared, model_set: models.ModelSet, custom: bool) -> str | None:
+    if custom or not _is_example(prep.keys["photo"]):
+        return None
+    if "reference" in prep.keys and not _is_example(prep.keys["reference"]):
+        return None
+    parts = [f"{k}={prep.keys[k]}" for k in sorted(prep.keys)] + [model_set.signature(), str(config.THREADS)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+def _display(u8: np.ndarray) -> tuple[np.ndarray, float]:
+    """A copy small enough to show (full-size results are downloads), and its scale factor."""
+    h, w = u8.shape[:2]
+    tw, th = render.fit_size(w, h, config.DISPLAY_MAX_MP * 1e6)
+    if (tw, th) == (w, h):
+        return u8, 1.0
+    return render.resize_u8(u8, (tw, th)), tw / w
+
+
+def _overrides(custom_fp32, custom_ptq, custom_qat) -> dict[str, tuple[str, str]]:
+    out = {}
+    for role, payload in zip(models.ROLES, (custom_fp32, custom_ptq, custom_qat)):
+        found = core.payload_path(payload)
+        if found is not None:
+            path, name = found
+            if not name.lower().endswith(".onnx"):
+                raise core.AppInputError(f"uploaded {models.ROLE_LABELS[role]} model {name!r} is not an .onnx file")
+            out[role] = (str(path), name)
+    return out
+
+
+def _empty_outputs(notice: str) -> list:
+    vals = [None] * N_OUT
+    vals[0] = notice
+    vals[OUTPUT_NAMES.index("zoom_x")] = SKIP()
+    vals[OUTPUT_NAMES.index("zoom_y")] = SKIP()
+    vals[OUTPUT_NAMES.index("state")] = None
+    return vals
+
+
+def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, extra: str = "") -> str:
+    w, h = prep.size
+    mode = "tiled" if prep.tiled else "whole image"
+    lines = list(prep.notices)
+    names = model_set.label
+    if overrides:
+        names += " — replaced by uploads: " + ", ".join(
+            f"{models.ROLE_LABELS[r]} = {n}" for r, (_, n) in overrides.items())
+    lines.append(f"Processed at {w}×{h} ({mode}) with **{names}**, {config.THREADS} ONNX Runtime thread(s)."
+                 + (f" {extra}" if extra else ""))
+    return "\n\n".join(lines)
+
+
+def _frame(headers: list[str], rows: list[list[str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=headers)
+
+
+def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model_set: models.ModelSet) -> dict:
+    out = core.public(result)
+    out["latency_ms"] = {r: core.latency_summary(latencies[r]) for r in models.ROLES if latencies.get(r)}
+    out["file_mb"] = {r: round(sizes[r], 3) for r in models.ROLES}
+    out["model_set"] = model_set.label
+    out["threads"] = config.THREADS
+    out["original_size"] = list(prep.original_size)
+    out["seed"] = prep.seed
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The compare generator
+# --------------------------------------------------------------------------------------------
+
+def compare(image, reference=None, simulate=False, seed=0, full_size=False, model_set=models.SHIPPED_KEY,
+            custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None):
+    """Enhance a photo with the FP32, PTQ-INT8 and QAT-INT8 models and compare the outputs.
+
+    Returns (streamed): notice, input, FP32, PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider,
+    verdict, metrics table, heatmaps, zoom, zoom x %, zoom y %, metrics (JSON), downloads.
+    """
+    request_dir = None
+    keep_dir = False
+    try:
+        try:
+            prep = core.prepare(image, reference, bool(simulate), seed, bool(full_size))
+            overrides = _overrides(custom_fp32, custom_ptq, custom_qat)
+            model_set = models.resolve_set(model_set, session_sets)
+            if model_set.key == models.SHIPPED_KEY and not overrides:
+                models.wait_warm()
+            enh = models.enhancers(model_set, overrides)
+        except Exception as exc:
+            raise user_error(exc, "reading the inputs") from None
+        sizes = {r: models.file_mb(e) for r, e in enh.items()}
+
+        key = _cache_key(prep, model_set, bool(overrides))
+        if key is not None:
+            with _EXAMPLE_LOCK:
+                cached = _EXAMPLE_CACHE.get(key)
+            if cached is not None:
+                vals = list(cached)
+                vals[0] = cached[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
+                yield vals
+                return
+
+        yield _empty_outputs("Running FP32, PTQ-INT8 and QAT-INT8…")
+        request_dir = config.work_dir("requests", uuid.uuid4().hex)
+
+        # 1. One pass of each model = the outputs and the first latency sample.
+        try:
+            outputs, latencies = {}, {}
+            for role in models.ROLES:
+                outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
+                latencies[role] = [ms]
+        except Exception as exc:
+            raise user_error(exc, "running the models") from None
+        shown = {}
+        scale = 1.0
+        for name, arr in (("input", prep.image), *outputs.items()):
+            disp, scale = _display(arr)
+            shown[name] = render.save_png(disp, request_dir / f"{name}.png")
+        notice = _notice(prep, model_set, overrides, "Measuring…")
+        vals = [SKIP()] * N_OUT
+        vals[0] = notice
+        vals[1:5] = [shown["input"], shown["fp32"], shown["ptq"], shown["qat"]]
+        vals[5] = (shown["fp32"], shown["ptq"])
+        vals[6] = (shown["fp32"], shown["qat"])
+        yield vals
+
+        # 2. Analysis.
+        try:
+            result = core.analyse(prep, outputs)
+            maps = result["maps"]
+            panels = [("|PTQ-INT8 − FP32|", maps["ptq_vs_fp32"]), ("|QAT-INT8 − FP32|", maps["qat_vs_fp32"])]
+            cols = 2
+            if prep.reference is not None:  # second row: each model against the ground truth
+                what = "clean" if prep.reference_kind == "simulated" else "ref"
+                panels += [None, (f"|FP32 − {what}|", maps["fp32_vs_ref"]),
+                           (f"|PTQ-INT8 − {what}|", maps["ptq_vs_ref"]), (f"|QAT-INT8 − {what}|", maps["qat_vs_ref"])]
+                cols = 3
+            vmax = render.shared_vmax([m for m in maps.values()])
+            heat = render.heatmap_png(panels, request_dir / "heatmap.png", vmax=vmax, cols=cols)
+            state = {
+                "images": {"input": prep.image, "reference": prep.reference, **outputs},
+                "errors": {r: np.clip(maps[f"{r}_vs_fp32"], 0, 255).astype(np.uint8) for r in ("ptq", "qat")},
+                "vmax": vmax, "display_scale": scale, "reference_kind": prep.reference_kind,
+            }
+            w, h = prep.size
+            zx = 100.0 * result["worst"]["x"] / w
+            zy = 100.0 * result["worst"]["y"] / h
+            zoom_path = render_zoom(state, zx, zy, DEFAULT_WINDOW, request_dir)
+            headers, rows = core.table(result, latencies, sizes)
+        except Exception as exc:
+            raise user_error(exc, "measuring the outputs") from None
+
+        def measured(final: bool):
+            return (_frame(*core.table(result, latencies, sizes)),
+                    verdict(result, latencies, sizes, final=final),
+                    _json(result, latencies, sizes, prep, model_set))
+
+        total_first = sum(latencies[r][0] for r in models.ROLES) / 1000.0
+        more = config.TIMING_RUNS - 1
+        skip_timing = total_first > 8.0 and more > 0
+        frame, text, js = measured(final=(more == 0 or skip_timing))
+        vals = [SKIP()] * N_OUT
+        vals[0] = _notice(prep, model_set, overrides, "Timing more runs…" if more and not skip_timing else "")
+        vals[7], vals[8], vals[13] = text, frame, js
+        vals[9], vals[10] = heat, zoom_path
+        vals[11], vals[12] = zx, zy
+        vals[15] = state
+        downloads = None
+        if prep.tiled:
+            downloads = [render.save_png(arr, request_dir / f"full_{name}.png")
+                         for name, arr in (("input", prep.image), *outputs.items())]
+            vals[14] = downloads
+        yield vals
+
+        # 3. More timing runs, interleaved (rotating order), streamed.
+        if skip_timing:
+            more = 0
+        for i in range(more):
+            order = list(models.ROLES[i % 3:] + models.ROLES[:i % 3])
+            try:
+                for role in order:
+                    latencies[role].append(core.time_model(enh[role], prep.image, prep.tiled))
+            except Exception as exc:
+                raise user_error(exc, "timing the models") from None
+            if i == more - 1:
+                break  # the final update below carries the last round's numbers
+            frame, text, js = measured(final=False)
+            vals = [SKIP()] * N_OUT
+            vals[7], vals[8], vals[13] = text, frame, js
+            yield vals
+
+        if skip_timing:
+            final_notice = _notice(prep, model_set, overrides,
+                                   "Latency is from a single pass: extra timing runs are skipped for a photo this large.")
+        else:
+            final_notice = _notice(prep, model_set, overrides)
+        # The last update carries every output (already-sent files are not copied again), so an
+        # API caller's result is complete, not a list of "unchanged" markers.
+        frame, text, js = measured(final=True)
+        final = [final_notice, shown["input"], shown["fp32"], shown["ptq"], shown["qat"],
+                 (shown["fp32"], shown["ptq"]), (shown["fp32"], shown["qat"]), text, frame, heat, zoom_path,
+                 zx, zy, js, downloads, state]
+        if key is not None:
+            # Keep the files and the full final result for the next click on this example.
+            keep_dir = True
+            with _EXAMPLE_LOCK:
+                _EXAMPLE_CACHE[key] = final
+        yield final
+    finally:
+        if request_dir is not None and not keep_dir:
+            shutil.rmtree(request_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Zoom
+# --------------------------------------------------------------------------------------------
+
+def render_zoom(state: dict, x_pct: float, y_pct: float, window: int, out_dir: Path) -> str:
+    imgs = state["images"]
+    h, w = imgs["input"].shape[:2]
+    window = int(window or DEFAULT_WINDOW)
+    cx = float(x_pct) / 100.0 * w
+    cy = float(y_pct) / 100.0 * h
+    x0, y0, x1, y1 = render.crop_box(w, h, cx, cy, window)
+    tiles = [("Input", imgs["input"][y0:y1, x0:x1])]
+    if imgs.get("reference") is not None:
+        ref_label = "Clean original" if state.get("reference_kind") == "simulated" else "Reference"
+        tiles.append((ref_label, imgs["reference"][y0:y1, x0:x1]))
+    tiles += [(models.ROLE_LABELS[r], imgs[r][y0:y1, x0:x1]) for r in models.ROLES]
+    vmax = state["vmax"]
+    tiles += [(f"|{models.ROLE_LABELS[r]} − FP32|", render.colorize(state["errors"][r][y0:y1, x0:x1].astype(np.float32), vmax))
+              for r in ("ptq", "qat")]
+    k = max(1, 256 // max(x1 - x0, y1 - y0))
+    caption = (f"{x1 - x0}×{y1 - y0} px from x = {x0}…{x1 - 1}, y = {y0}…{y1 - 1}, enlarged {k}× nearest-neighbour; "
+               f"error colours on the heatmap's scale (0–{vmax:.0f} levels)")
+    cols = 4
+    return render.zoom_png(tiles, out_dir / f"zoom_{uuid.uuid4().hex[:8]}.png", tile_px=256, columns=cols,
+                           caption=caption)
+
+
+def zoom(state, x_pct, y_pct, window):
+    """Redraw the zoom at (x %, y %) of the image with a window of `window` pixels."""
+    if not state:
+        raise gr.Error("Run a comparison first: the zoom shows a region of its outputs.")
+    out_dir = config.work_dir("zoom")
+    _sweep(out_dir)
+    try:
+        return render_zoom(state, x_pct, y_pct, window, out_dir)
+    except Exception as exc:
+        raise user_error(exc, "drawing the zoom") from None
+
+
+def zoom_at_click(state, window, evt: gr.SelectData):
+    """Click on any shown image → zoom there."""
+    if not state:
+        raise gr.Error("Run a comparison first: the zoom shows a region of its outputs.")
+    try:
+        x, y = evt.index[:2]
+    except (TypeError, ValueError):
+        raise gr.Error("Could not read where you clicked; use the x/y sliders instead.") from None
+    scale = state.get("display_scale") or 1.0
+    h, w = state["images"]["input"].shape[:2]
+    x_pct = min(100.0, max(0.0, 100.0 * (float(x) / scale) / w))
+    y_pct = min(100.0, max(0.0, 100.0 * (float(y) / scale) / h))
+    return x_pct, y_pct, zoom(state, x_pct, y_pct, window)
+
+
+def _sweep(folder: Path, max_age_s: float = 600.0) -> None:
+    """Delete zoom images older than `max_age_s` (Gradio has its own copy once it was sent)."""
+    now = time.time()
+    for p in folder.glob("zoom_*.png"):
+        try:
+            if now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+        except OSError:
+            pass

@@ -1,0 +1,382 @@
+"""The compare pipeline: read the upload, run FP32 / PTQ-INT8 / QAT-INT8, measure, explain.
+
+Torch-free (ONNX Runtime only) and Gradio-free: every user-facing problem is raised as a
+`qatie.errors.QatieError` whose message says what is wrong and what to do; the UI turns it
+into a `gr.Error`. Images flow as 8-bit RGB (what the PNGs hold and the user sees), and the
+metrics are computed on exactly those pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from qatie import runtime as rt
+from qatie.data import EVAL_DEGRADATION
+from qatie.degrade import degrade
+from qatie.errors import ImageReadError, QatieError
+from qatie.imageio import decode_image, to_uint8
+from qatie.metrics import error_levels, psnr, ssim
+
+from . import config
+from .models import ROLE_LABELS, ROLES
+from .render import fit_size, resize_u8
+
+
+class AppInputError(QatieError):
+    """A user input the app cannot use (message shown to the user as is)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading uploads
+# --------------------------------------------------------------------------------------------
+
+def payload_path(payload) -> tuple[Path, str] | None:
+    """(path, original file name) of a Gradio file payload (FileData dict or model), a path, or None."""
+    if payload is None or payload == "":
+        return None
+    if isinstance(payload, (str, Path)):
+        return Path(payload), Path(payload).name
+    if isinstance(payload, dict):
+        path = payload.get("path")
+        name = payload.get("orig_name") or (Path(path).name if path else None)
+    else:  # a pydantic FileData
+        path = getattr(payload, "path", None)
+        name = getattr(payload, "orig_name", None) or (Path(path).name if path else None)
+    if not path:
+        if isinstance(payload, dict) and str(payload.get("url", "")).startswith("data:"):
+            raise AppInputError("images sent as data: URLs are not supported; upload the file instead")
+        return None
+    return Path(path), str(name)
+
+
+def _header_notes(data: bytes) -> tuple[list[str], tuple[int, int] | None]:
+    """What the decoder will normalise (shown to the user), and the size from the header."""
+    notes: list[str] = []
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            size = im.size
+            orientation = im.getexif().get(0x0112, 1)
+            if orientation not in (1, None):
+                notes.append("rotated upright from its EXIF orientation tag")
+                if orientation in (5, 6, 7, 8):
+                    size = (size[1], size[0])
+            mode = im.mode
+            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+                notes.append("transparent areas shown on white")
+            if mode == "CMYK":
+                notes.append("converted from CMYK to RGB")
+            if mode.startswith("I;16") or mode == "I" or (im.format == "PNG" and im.info.get("bitdepth") == 16):
+                notes.append("16-bit image reduced to 8-bit levels")
+            if mode in ("L", "LA", "1") or mode.startswith("I"):
+                notes.append("grayscale image processed as RGB")
+            return notes, size
+    except Exception:  # the decoder gives the real error message
+        return notes, None
+
+
+@dataclass
+class Upload:
+    image: np.ndarray  # H×W×3 float32 in [0,1]
+    name: str
+    notes: list[str]
+    sha256: str
+
+
+def read_upload(payload, what: str) -> Upload | None:
+    """Decode an uploaded image; AppInputError / ImageReadError with a clear message if it can't be."""
+    found = payload_path(payload)
+    if found is None:
+        return None
+    path, name = found
+    label = f"{what} {name!r}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AppInputError(f"{label}: the upload could not be read ({exc.strerror or exc}); upload it again") from None
+    if not data:
+        raise ImageReadError(f"{label}: the file is empty")
+    notes, size = _header_notes(data)
+    if size is not None:
+        w, h = size
+        if min(w, h) < config.MIN_SIDE:
+            raise AppInputError(
+                f"{label} is {w}×{h} pixels — too small: the app needs at least "
+                f"{config.MIN_SIDE}×{config.MIN_SIDE} pixels")
+    image = decode_image(data, label)
+    return Upload(image, name, notes, hashlib.sha256(data).hexdigest())
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing the model input
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    image: np.ndarray  # uint8 H×W×3: exactly what the models get
+    reference: np.ndarray | None  # uint8, same size, or None
+    reference_kind: str | None  # "reference" (uploaded) | "simulated" (the clean upload) | None
+    notices: list[str]
+    original_size: tuple[int, int]  # (w, h) of the upload, upright
+    tiled: bool
+    seed: int | None = None
+    name: str = "photo"
+    keys: dict = field(default_factory=dict)  # content hashes (for the examples cache)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[1], self.image.shape[0]
+
+    @property
+    def megapixels(self) -> float:
+        return self.image.shape[0] * self.image.shape[1] / 1e6
+
+
+def _mp(w: int, h: int) -> str:
+    return f"{w}×{h} ({w * h / 1e6:.1f} MP)"
+
+
+def prepare(image_payload, reference_payload=None, simulate: bool = False, seed: int | float | None = 0,
+            full_size: bool = False) -> Prepared:
+    """Validate and size the inputs; degrade the upload when `simulate` (the clean upload then
+    becomes the ground truth)."""
+    photo = read_upload(image_payload, "photo")
+    if photo is None:
+        raise AppInputError("no photo: upload an image (or click one of the examples) first")
+    h, w = photo.image.shape[:2]
+    if min(h, w) < config.MIN_SIDE:
+        raise AppInputError(f"photo {photo.name!r} is {w}×{h} pixels — too small: the app needs at least "
+                            f"{config.MIN_SIDE}×{config.MIN_SIDE} pixels")
+    notices = [f"Photo {photo.name!r}: " + ", ".join(photo.notes) + "."] if photo.notes else []
+    mp = w * h / 1e6
+    tiled = False
+    target = (w, h)
+    if full_size:
+        if mp > config.FULL_SIZE_MAX_MP:
+            raise AppInputError(
+                f"photo {photo.name!r} is {_mp(w, h)}: full-size processing is limited to "
+                f"{config.FULL_SIZE_MAX_MP:g} MP here. Untick 'Full size (tiled)' to process a copy "
+                f"downscaled to {config.MAX_INPUT_MP:g} MP.")
+        tiled = mp > config.MAX_INPUT_MP
+        if tiled:
+            notices.append(f"Full size: {_mp(w, h)} processed in {config.TILE}-pixel tiles with blended seams "
+                           f"(shown images are downscaled copies; full-size PNGs are under 'Downloads').")
+    elif mp > config.MAX_INPUT_MP:
+        target = fit_size(w, h, config.MAX_INPUT_MP * 1e6)
+        notices.append(f"**Downscaled:** the photo is {_mp(w, h)}; it was processed at {_mp(*target)} "
+                       f"to keep this demo fast. Tick 'Full size (tiled)' to process every pixel "
+                       f"(up to {config.FULL_SIZE_MAX_MP:g} MP).")
+    image = resize_u8(to_uint8(photo.image), target)
+    keys = {"photo": photo.sha256}
+
+    reference = None
+    reference_kind = None
+    used_seed = None
+    ref = read_upload(reference_payload, "reference")
+    if simulate:
+        used_seed = int(seed or 0)
+        if not 0 <= used_seed < 2 ** 32:
+            raise AppInputError(f"seed must be between 0 and {2 ** 32 - 1}, got {used_seed}")
+        clean = image
+        degraded = degrade(clean.astype(np.float32) / 255.0, used_seed, EVAL_DEGRADATION)
+        image = to_uint8(degraded)
+        reference, reference_kind = clean, "simulated"
+        notices.append(f"Simulated phone photo: your upload was degraded by the project's phone-camera model "
+                       f"at seed {used_seed}; the upload itself is the ground truth.")
+        if ref is not None:
+            notices.append("The uploaded reference is not used: with 'simulate' on, the clean upload is the ground truth.")
+        keys["simulate"] = used_seed
+    elif ref is not None:
+        rh, rw = ref.image.shape[:2]
+        if (rw, rh) != (w, h):
+            if abs(rw / rh - w / h) > 0.01 * (w / h):
+                raise AppInputError(
+                    f"reference {ref.name!r} is {rw}×{rh} but the photo is {w}×{h}: the reference must be the "
+                    "same picture at the same size (or the same aspect ratio)")
+            notices.append(f"Reference {ref.name!r} resized from {rw}×{rh} to match the photo.")
+        reference = resize_u8(to_uint8(ref.image), target)
+        reference_kind = "reference"
+        if ref.notes:
+            notices.append(f"Reference {ref.name!r}: " + ", ".join(ref.notes) + ".")
+        keys["reference"] = ref.sha256
+    keys["full_size"] = bool(full_size)
+    return Prepared(image, reference, reference_kind, notices, (w, h), tiled, used_seed, photo.name, keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the models
+# --------------------------------------------------------------------------------------------
+
+def run_model(enhancer: rt.OnnxEnhancer, image_u8: np.ndarray, tiled: bool) -> tuple[np.ndarray, float]:
+    """One timed pass (pad, run, crop, clip — what `qatie bench` times) → (uint8 output, ms)."""
+    x = image_u8.astype(np.float32) / np.float32(255.0)
+    t0 = time.perf_counter()
+    if tiled:
+        y = enhancer.enhance_tiled(x, tile=config.TILE, overlap=config.TILE_OVERLAP)
+    else:
+        y = enhancer.enhance(x)
+    ms = (time.perf_counter() - t0) * 1000.0
+    return to_uint8(y), ms
+
+
+def time_model(enhancer: rt.OnnxEnhancer, image_u8: np.ndarray, tiled: bool) -> float:
+    return run_model(enhancer, image_u8, tiled)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis
+# --------------------------------------------------------------------------------------------
+
+def _f(u8: np.ndarray) -> np.ndarray:
+    return u8.astype(np.float32) / np.float32(255.0)
+
+
+def _luma(u8: np.ndarray) -> np.ndarray:
+    return (u8[..., 0] * 0.299 + u8[..., 1] * 0.587 + u8[..., 2] * 0.114).astype(np.float32) / 255.0
+
+
+def region_masks(fp32_u8: np.ndarray) -> dict[str, np.ndarray]:
+    """Smooth / textured and shadow / highlight masks of the FP32 output (for the verdict)."""
+    from scipy.ndimage import gaussian_filter, sobel
+
+    y = _luma(fp32_u8)
+    g = gaussian_filter(np.hypot(sobel(y, axis=0), sobel(y, axis=1)), 3.0)
+    # Relative, so it works on noisy and clean photos alike: the smoothest 40% of the picture
+    # (sky, skin, walls) against the rest (edges, fine texture).
+    smooth = g <= np.percentile(g, 40)
+    return {"smooth": smooth, "textured": ~smooth, "shadows": y < 0.2, "highlights": y > 0.85}
+
+
+def where(err: np.ndarray, masks: dict[str, np.ndarray], threshold: float = 2) -> dict:
+    """Where pixels more than `threshold` levels off concentrate: for each region, its share of
+    the image and its share of the bad pixels."""
+    bad = err > threshold
+    n_bad = int(bad.sum())
+    out = {}
+    for name, m in masks.items():
+        area = float(m.mean())
+        out[name] = {"area": area, "share_of_bad": float(bad[m].sum() / n_bad) if n_bad else 0.0}
+    return out
+
+
+def worst_point(err: np.ndarray, block: int = 32) -> tuple[int, int]:
+    """(x, y) centre of the block with the largest mean error (the zoom starts there)."""
+    h, w = err.shape
+    b = max(1, min(block, h, w))
+    hh, ww = h // b * b, w // b * b
+    if hh == 0 or ww == 0:
+        return w // 2, h // 2
+    blocks = err[:hh, :ww].reshape(hh // b, b, ww // b, b).mean(axis=(1, 3))
+    by, bx = np.unravel_index(int(np.argmax(blocks)), blocks.shape)
+    if blocks[by, bx] <= 0:
+        return w // 2, h // 2
+    return int(bx * b + b // 2), int(by * b + b // 2)
+
+
+def analyse(prep: Prepared, outputs: dict[str, np.ndarray]) -> dict:
+    """Every number the table, verdict and heatmaps use (JSON-friendly except `maps`)."""
+    fp = _f(outputs["fp32"])
+    maps: dict[str, np.ndarray] = {}
+    models: dict[str, dict] = {role: {} for role in ROLES}
+    masks = region_masks(outputs["fp32"])
+    for role in ("ptq", "qat"):
+        out = _f(outputs[role])
+        err = error_levels(out, fp)
+        maps[f"{role}_vs_fp32"] = err
+        models[role].update({
+            "agreement_psnr_db": psnr(out, fp),
+            "agreement_ssim": ssim(out, fp),
+            "max_levels": float(err.max()),
+            "mean_levels": float(err.mean()),
+            "share_over_2_levels": float((err > 2).mean()),
+            "share_within_1_level": float((err <= 1).mean()),
+            "where": where(err, masks),
+        })
+    result = {"reference": prep.reference_kind, "models": models, "input": None,
+              "size": list(prep.size), "tiled": prep.tiled}
+    if prep.reference is not None:
+        ref = _f(prep.reference)
+        inp = _f(prep.image)
+        result["input"] = {"psnr_db": psnr(inp, ref), "ssim": ssim(inp, ref)}
+        for role in ROLES:
+            out = _f(outputs[role])
+            err = error_levels(out, ref)
+            maps[f"{role}_vs_ref"] = err
+            models[role].update({"psnr_db": psnr(out, ref), "ssim": ssim(out, ref),
+                                 "max_levels_vs_ref": float(err.max())})
+    worst_role = max(("ptq", "qat"), key=lambda r: models[r]["mean_levels"])
+    x, y = worst_point(maps[f"{worst_role}_vs_fp32"])
+    result["worst"] = {"role": worst_role, "x": x, "y": y}
+    result["maps"] = maps
+    return result
+
+
+def public(result: dict) -> dict:
+    """The analysis without the arrays (for JSON output)."""
+    return {k: v for k, v in result.items() if k != "maps"}
+
+
+# --------------------------------------------------------------------------------------------
+# Table
+# --------------------------------------------------------------------------------------------
+
+def _num(v: float | None, spec: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞ (identical)"
+    return format(v, spec)
+
+
+def latency_summary(samples: list[float]) -> dict:
+    s = rt.summarize_ms(samples)
+    return {"median_ms": s["median_ms"], "min_ms": s["min_ms"], "max_ms": s["max_ms"], "runs": s["runs"]}
+
+
+def _latency_cell(samples: list[float]) -> str:
+    if not samples:
+        return "—"
+    s = latency_summary(samples)
+    what = "1 run" if s["runs"] == 1 else f"median of {s['runs']}"
+    return f"{s['median_ms']:.0f} ({what})"
+
+
+def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the metrics table; PSNR/SSIM vs the reference when there is one, else
+    vs FP32 ("agreement with full precision")."""
+    models = result["models"]
+    lat_head = "Latency, ms (ONNX Runtime)"
+    if result["reference"]:
+        headers = ["Model", "PSNR vs reference (dB)", "SSIM vs reference", "Agreement with FP32 (dB)",
+                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File size (MB)"]
+        inp = result["input"]
+        rows = [["Input (unprocessed)", _num(inp["psnr_db"], ".2f"), _num(inp["ssim"], ".4f"), "—", "—", "—", "—", "—"]]
+        for role in ROLES:
+            m = models[role]
+            rows.append([
+                ROLE_LABELS[role], _num(m["psnr_db"], ".2f"), _num(m["ssim"], ".4f"),
+                _num(m.get("agreement_psnr_db"), ".2f") if role != "fp32" else "(full precision)",
+                _num(m.get("max_levels"), ".0f"),
+                _num(100 * m["share_over_2_levels"], ".2f") + " %" if role != "fp32" else "—",
+                _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}",
+            ])
+    else:
+        headers = ["Model", "Agreement with full precision: PSNR (dB)", "Agreement: SSIM",
+                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File size (MB)"]
+        rows = []
+        for role in ROLES:
+            m = models[role]
+            if role == "fp32":
+                rows.append([ROLE_LABELS[role], "(full precision)", "—", "—", "—",
+                             _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}"])
+            else:
+                rows.append([ROLE_LABELS[role], _num(m["agreement_psnr_db"], ".2f"), _num(m["agreement_ssim"], ".4f"),
+                             _num(m["max_levels"], ".0f"), _num(100 * m["share_over_2_levels"], ".2f") + " %",
+                             _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}"])
+    return headers, rows

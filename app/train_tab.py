@@ -1,0 +1,330 @@
+"""The Train tab: short FP32 training → PTQ calibration → QAT fine-tune → ONNX export, live.
+
+This is the only part of the app that uses torch, and it imports it (and every torch-dependent
+qatie module: train, ptq, qat, export, checkpoint, model) inside the worker, on first use — the
+compare path stays torch-free.
+
+The pipeline runs in a worker thread; the Gradio handler is a generator that drains the
+worker's event queue about once a second and streams a loss curve, a validation-PSNR curve and
+`gr.Progress`. Cancelling (button, closed tab) sets the run's stop flag, which the training loop
+checks every step. Each run writes into its own folder; the finished set is added to *that
+browser session's* model sets (a `gr.State`), so it shows up in the Compare and Benchmark tabs
+for this user only, and its files are offered for download.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import shutil
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from qatie.errors import QatieError
+
+from . import config, core, models
+from .compare import user_error
+
+log = logging.getLogger("qatie.app")
+
+DATA_SAMPLES = "Built-in sample photos (scikit-image)"
+DATA_UPLOADS = "My photos (upload below)"
+INIT_SCRATCH = "Scratch (a new network)"
+INIT_SHIPPED = "The shipped FP32 model (fine-tune it)"
+MAX_TRAIN_PHOTOS = 24
+TRAIN_PHOTO_MP = 1.0
+
+# Stop flags of running trainings, by browser session (the Cancel button's handler sets it).
+_STOPS: dict[str, threading.Event] = {}
+_STOPS_LOCK = threading.Lock()
+
+
+@dataclass
+class TrainSettings:
+    data: str = DATA_SAMPLES
+    init: str = INIT_SCRATCH
+    width: int = 16
+    fp32_steps: int = 400
+    qat_steps: int = 100
+    batch_size: int = 8
+    patch: int = 64
+    lr: float = 1e-3
+    qat_lr: float = 1e-4
+    ptq_method: str = "minmax"
+    num_calib: int = 8
+    seed: int = 0
+
+
+DEFAULTS = TrainSettings()
+
+
+def _threads() -> int:
+    return max(1, int(config._env_float("QATIE_TRAIN_THREADS", config.THREADS)))
+
+
+def _validate(s: TrainSettings) -> None:
+    def check(name, v, lo, hi):
+        if v is None or not lo <= v <= hi:
+            raise core.AppInputError(f"{name} must be between {lo} and {hi}, got {v}")
+    if s.width not in (16, 24, 32):
+        raise core.AppInputError(f"width must be 16, 24 or 32, got {s.width}")
+    check("FP32 steps", s.fp32_steps, 0 if s.init == INIT_SHIPPED else 1, 5000)
+    check("QAT steps", s.qat_steps, 1, 2000)
+    check("batch size", s.batch_size, 1, 32)
+    check("patch size", s.patch, 32, 256)
+    check("learning rate", s.lr, 1e-6, 1e-1)
+    check("QAT learning rate", s.qat_lr, 1e-7, 1e-1)
+    check("calibration images", s.num_calib, 1, 64)
+    if s.ptq_method not in ("minmax", "percentile", "entropy"):
+        raise core.AppInputError(f"PTQ method must be minmax, percentile or entropy, got {s.ptq_method!r}")
+    if s.init not in (INIT_SCRATCH, INIT_SHIPPED):
+        raise core.AppInputError(f"unknown starting point {s.init!r}")
+    if s.data not in (DATA_SAMPLES, DATA_UPLOADS):
+        raise core.AppInputError(f"unknown training data {s.data!r}")
+
+
+def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
+    """Validate uploaded training photos, write them (≤ 1 MP PNG) to `folder`; the data SPEC."""
+    from qatie.imageio import to_uint8
+
+    from .render import fit_size, resize_u8, save_png
+
+    files = [f for f in (files or []) if f]
+    if not files:
+        raise core.AppInputError("'My photos' is selected but no photos were uploaded: add some, or train on the samples")
+    if len(files) > MAX_TRAIN_PHOTOS:
+        raise core.AppInputError(f"{len(files)} photos uploaded; the limit is {MAX_TRAIN_PHOTOS}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        up = core.read_upload(f, "training photo")
+        h, w = up.image.shape[:2]
+        if min(h, w) < 32:
+            raise core.AppInputError(f"training photo {up.name!r} is {w}×{h}: training photos need at least 32×32 pixels")
+        tw, th = fit_size(w, h, TRAIN_PHOTO_MP * 1e6)
+        save_png(resize_u8(to_uint8(up.image), (tw, th)), folder / f"{i:03d}.png")
+    return f"clean:{folder}", len(files)
+
+
+def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", stop: threading.Event) -> None:
+    """Worker thread: every stage posts events; exceptions are posted, never raised."""
+    try:
+        t0 = time.time()
+        events.put(("stage", "Loading torch…"))
+        import torch
+
+        threads = _threads()
+        torch.set_num_threads(threads)
+        from qatie.checkpoint import load_model, save_checkpoint
+        from qatie.ptq import run_ptq
+        from qatie.qat import export_checkpoint, run_qat
+        from qatie.train import TrainConfig, train
+
+        fp32_pt = out / "fp32.pt"
+        if s.init == INIT_SHIPPED:
+            src = config.CHECKPOINTS / "fp32.pt"
+            if not src.is_file():
+                raise core.AppInputError("the shipped FP32 checkpoint (checkpoints/fp32.pt) is not in this copy of the app; "
+                                         "start from scratch instead")
+            model = load_model(src)
+            width = model.width
+        else:
+            model, width = None, s.width
+
+        if s.fp32_steps > 0:
+            events.put(("stage", f"FP32 training: {s.fp32_steps} steps"))
+            cfg = TrainConfig(data=[spec], width=width, steps=s.fp32_steps, batch_size=s.batch_size, patch=s.patch,
+                              lr=s.lr, min_lr=s.lr / 50, warmup_steps=min(50, max(1, s.fp32_steps // 10)),
+                              seed=s.seed, val_every=max(1, s.fp32_steps // 8), val_limit=8,
+                              checkpoint_every=s.fp32_steps, threads=threads)
+            summary = train(cfg, out / "fp32_run", model=model, progress=lambda e: events.put(("fp32", e)),
+                            should_stop=stop.is_set)
+            if stop.is_set():
+                events.put(("cancelled", None))
+                return
+            from qatie.checkpoint import load_model as _load
+
+            trained = _load(out / "fp32_run" / "last.pt")
+            save_checkpoint(fp32_pt, trained, kind="fp32", config=cfg.to_dict(), steps=summary["steps_done"],
+                            wall_s=summary["wall_s"], data=summary["data"])
+        else:
+            shutil.copyfile(config.CHECKPOINTS / "fp32.pt", fp32_pt)
+
+        events.put(("stage", "Exporting FP32 to ONNX"))
+        export_checkpoint(fp32_pt, out / "fp32.onnx")
+        if stop.is_set():
+            events.put(("cancelled", None))
+            return
+        events.put(("stage", f"PTQ: calibrating ({s.ptq_method}, {s.num_calib} images) and exporting INT8"))
+        run_ptq(fp32_pt, out / "int8_ptq.onnx", method=s.ptq_method, calib=spec, num_calib=s.num_calib, seed=s.seed)
+        if stop.is_set():
+            events.put(("cancelled", None))
+            return
+        events.put(("stage", f"QAT fine-tuning: {s.qat_steps} steps"))
+        run_qat(fp32_pt, out / "qat.pt", data=[spec], steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size,
+                patch=s.patch, num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4),
+                threads=threads, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set)
+        if stop.is_set():
+            events.put(("cancelled", None))
+            return
+        events.put(("stage", "Exporting QAT to INT8 ONNX"))
+        export_checkpoint(out / "qat.pt", out / "int8_qat.onnx")
+        events.put(("done", round(time.time() - t0, 1)))
+    except BaseException as exc:  # posted to the handler, which shows it as a gr.Error
+        events.put(("error", exc))
+
+
+def _curves(points: list[dict], fp32_steps: int):
+    loss = pd.DataFrame([{"step": p["step"], "loss": p["loss"], "stage": p["stage"]} for p in points],
+                        columns=["step", "loss", "stage"])
+    if len(loss) > 600:  # keep the plot light: every k-th point
+        loss = loss.iloc[:: math.ceil(len(loss) / 600)]
+    val_rows = []
+    for p in points:
+        for name, v in (p.get("val") or {}).items():
+            val_rows.append({"step": p["step"], "psnr": v["psnr"], "series": f"{p['stage']} model"})
+            val_rows.append({"step": p["step"], "psnr": v["input_psnr"], "series": "unprocessed input"})
+    val = pd.DataFrame(val_rows, columns=["step", "psnr", "series"])
+    return loss, val
+
+
+def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos=None,
+          session_sets=None, request: gr.Request = None, progress=gr.Progress()):
+    """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
+
+    Streams: status, loss curve, validation PSNR curve, files; finally adds the set to this
+    session's model sets.
+    """
+    try:
+        s = TrainSettings(data=data, init=init, width=int(width), fp32_steps=int(fp32_steps), qat_steps=int(qat_steps),
+                          batch_size=int(batch_size), patch=int(patch), lr=float(lr), qat_lr=float(qat_lr),
+                          ptq_method=ptq_method)
+        _validate(s)
+    except (TypeError, ValueError) as exc:
+        raise gr.Error(f"Invalid training settings: {exc}") from None
+    except Exception as exc:
+        raise user_error(exc, "reading the training settings") from None
+
+    session = getattr(request, "session_hash", None) or uuid.uuid4().hex
+    run_id = uuid.uuid4().hex[:8]
+    out = config.work_dir("train", session[:16], run_id)
+    try:
+        if s.data == DATA_UPLOADS:
+            spec, n_photos = _prepare_uploads(photos, out / "photos")
+            data_desc = f"{n_photos} uploaded photo(s)"
+        else:
+            spec, data_desc = "samples", "the built-in samples"
+    except Exception as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise user_error(exc, "reading the training photos") from None
+
+    stop = threading.Event()
+    with _STOPS_LOCK:
+        old = _STOPS.get(session)
+        if old is not None:
+            old.set()  # one training per session: a new one replaces the previous
+        _STOPS[session] = stop
+    events: queue.Queue = queue.Queue()
+    worker = threading.Thread(target=_pipeline, args=(s, spec, out, events, stop), name=f"qatie-train-{run_id}",
+                              daemon=True)
+    total = s.fp32_steps + s.qat_steps
+    points: list[dict] = []
+    stage = "Starting…"
+    t0 = time.time()
+    last_yield = 0.0
+    finished = None
+    error = None
+    width_used = s.width
+    try:
+        worker.start()
+        yield f"**{stage}**", *_curves(points, s.fp32_steps), None, gr.skip(), gr.skip(), gr.skip()
+        while True:
+            try:
+                kind, payload = events.get(timeout=0.5)
+            except queue.Empty:
+                kind, payload = None, None
+            if kind == "stage":
+                stage = payload
+            elif kind in ("fp32", "qat"):
+                offset = 0 if kind == "fp32" else s.fp32_steps
+                point = {"step": payload["step"] + offset, "loss": payload["loss"], "stage": kind.upper()}
+                if "val" in payload:
+                    point["val"] = payload["val"]
+                points.append(point)
+                done = payload["step"] + offset
+                progress(done / max(1, total), desc=f"{kind.upper()} step {payload['step']}/{payload['steps']}")
+            elif kind == "done":
+                finished = payload
+                break
+            elif kind == "cancelled":
+                break
+            elif kind == "error":
+                error = payload
+                break
+            elif kind is None and not worker.is_alive():
+                break
+            now = time.time()
+            if now - last_yield >= 1.0:
+                last_yield = now
+                elapsed = now - t0
+                yield (f"**{stage}** — {elapsed:.0f} s elapsed", *_curves(points, s.fp32_steps), gr.skip(),
+                       gr.skip(), gr.skip(), gr.skip())
+    finally:
+        stop.set()
+        with _STOPS_LOCK:
+            if _STOPS.get(session) is stop:
+                del _STOPS[session]
+
+    if error is not None:
+        shutil.rmtree(out, ignore_errors=True)
+        if isinstance(error, QatieError):
+            raise user_error(error, "training")
+        log.error("training failed:\n%s", "".join(traceback.format_exception(error)))
+        raise gr.Error(f"Training failed ({type(error).__name__}: {str(error)[:300]}). The server log has the details.")
+    if finished is None:
+        shutil.rmtree(out, ignore_errors=True)
+        yield ("**Cancelled.** Nothing was added to your models.", *_curves(points, s.fp32_steps), None,
+               gr.skip(), gr.skip(), gr.skip())
+        return
+
+    try:
+        from qatie import runtime as rt
+
+        for name in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx"):
+            rt.OnnxEnhancer(out / name, threads=1)  # fail here, clearly, rather than in Compare
+        side = models.sidecar(out / "int8_qat.onnx") or {}
+        width_used = side.get("width", width_used)
+    except Exception as exc:
+        raise user_error(exc, "checking the trained models") from None
+
+    sets = dict(session_sets or {})
+    key = f"trained-{run_id}"
+    start = "fine-tuned shipped FP32" if s.init == INIT_SHIPPED else "from scratch"
+    label = (f"Trained #{len(sets) + 1}: width {width_used}, {s.fp32_steps} FP32 + {s.qat_steps} QAT steps "
+             f"({start}, {data_desc})")
+    sets[key] = {"label": label, "paths": {"fp32": str(out / "fp32.onnx"), "ptq": str(out / "int8_ptq.onnx"),
+                                           "qat": str(out / "int8_qat.onnx")}}
+    files = [str(out / n) for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt",
+                                    "int8_ptq.json", "int8_qat.json") if (out / n).is_file()]
+    choice = gr.update(choices=models.choices(sets), value=key)
+    status = (f"**Done in {finished:.0f} s.** “{label}” is now selected in the Compare tab (for this browser "
+              f"session only — shipped models stay available). Download the models below.")
+    yield status, *_curves(points, s.fp32_steps), files, sets, choice, gr.update(choices=models.choices(sets))
+
+
+def cancel(request: gr.Request):
+    """Stop this session's training (it stops within a training step)."""
+    session = getattr(request, "session_hash", None)
+    with _STOPS_LOCK:
+        stop = _STOPS.get(session)
+    if stop is None:
+        return "Nothing to cancel."
+    stop.set()
+    return "**Cancelling…**"

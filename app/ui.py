@@ -1,0 +1,251 @@
+"""The Gradio Blocks: Compare (default), Train, Benchmark and About tabs, and how to launch them.
+
+Public API endpoints (usable with `gradio_client`): `/compare`, `/zoom`, `/train`, `/benchmark`.
+Everything else is private. Queue: compare runs at most 2 at a time (a 2-vCPU machine gains
+nothing from more), training and benchmarking 1 each, every event has a time limit so nothing
+can hold the queue forever. State is per browser session: the last result (for the zoom) and
+the model sets trained in that session.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import time
+
+import gradio as gr
+
+from . import about, bench_tab, compare, config, modelcard, models, train_tab
+
+log = logging.getLogger("qatie.app")
+
+CSS = """
+#zoom img, #out-input img, #out-fp32 img, #out-ptq img, #out-qat img { image-rendering: pixelated; }
+#notice p { margin: 0.2em 0; }
+"""
+
+THEME = gr.themes.Soft(
+    # System fonts only: the default theme fetches Google Fonts, and the app must work offline.
+    font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+COMPARE_CONCURRENCY = 2
+
+
+def _example_labels(rows: list[list[str]]) -> list[str]:
+    from pathlib import Path
+
+    return [Path(r[0]).name.replace("_input.png", "").replace("_", " ") for r in rows]
+
+
+def debug_modules() -> dict:
+    """Which heavy modules this server process has imported (enabled by QATIE_APP_DEBUG=1)."""
+    return {"torch": "torch" in sys.modules, "onnxruntime": "onnxruntime" in sys.modules,
+            "modules": len(sys.modules), "warm_up": models.warm_state()}
+
+
+def build_demo() -> gr.Blocks:
+    card = modelcard.load()
+    rows = compare.example_rows()
+    missing = models.shipped_missing()
+    with gr.Blocks(title="QATIE — FP32 vs PTQ-INT8 vs QAT-INT8", delete_cache=(1800, 3600)) as demo:
+        session_sets = gr.State({})
+        result_state = gr.State(None, time_to_live=3600)
+        gr.Markdown(about.INTRO)
+        if missing:
+            gr.Markdown("> **The shipped models are missing** (" + ", ".join(f"`{m}`" for m in missing) + "). "
+                        "Train a set in the Train tab, or upload your own .onnx files in Compare.")
+        with gr.Tabs():
+            # ---------------------------------------------------------------- Compare
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        image_in = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"],
+                                            format="png", height=280, elem_id="photo")
+                        with gr.Accordion("Ground truth (optional): simulate a phone photo, or add a reference",
+                                          open=False):
+                            simulate = gr.Checkbox(label="Simulate a phone photo: degrade my clean upload first "
+                                                         "(the upload becomes the ground truth)", value=False)
+                            with gr.Row():
+                                seed = gr.Number(label="Degradation seed", value=0, precision=0, minimum=0,
+                                                 maximum=2 ** 32 - 1, scale=3)
+                                dice = gr.Button("New seed", size="sm", scale=1)
+                            reference_in = gr.Image(label="Reference: the same picture, as it should look",
+                                                    type="filepath", sources=["upload", "clipboard"], format="png",
+                                                    height=180, elem_id="reference")
+                        full_size = gr.Checkbox(
+                            label=f"Full size (tiled): don't downscale photos over {config.MAX_INPUT_MP:g} MP "
+                                  f"(up to {config.FULL_SIZE_MAX_MP:g} MP; slower)", value=False)
+                        model_set = gr.Dropdown(models.choices(None), value=models.SHIPPED_KEY, label="Models",
+                                                allow_custom_value=True,
+                                                info="Sets you train in the Train tab appear here (this session only).")
+                        with gr.Accordion("Use your own models (.onnx, replaces that slot)", open=False):
+                            custom_fp32 = gr.File(label="FP32 model", file_types=[".onnx"], type="filepath")
+                            custom_ptq = gr.File(label="PTQ-INT8 model", file_types=[".onnx"], type="filepath")
+                            custom_qat = gr.File(label="QAT-INT8 model", file_types=[".onnx"], type="filepath")
+                        run_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                        examples = gr.Examples(
+                            rows, inputs=[image_in, reference_in], example_labels=_example_labels(rows),
+                            label="Examples — phone-camera degradations of scikit-image photos (with the clean "
+                                  "photo as reference); click one to run it", examples_per_page=8,
+                        ) if rows else None
+                    with gr.Column(scale=3):
+                        notice = gr.Markdown("Upload a photo or click an example, then **Compare**.",
+                                             elem_id="notice")
+                        with gr.Row(equal_height=True):
+                            out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input")
+                            out_fp32 = gr.Image(label="FP32 (full precision)", format="png", interactive=False,
+                                                elem_id="out-fp32")
+                            out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq")
+                            out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat")
+                        verdict_md = gr.Markdown(elem_id="verdict")
+                        metrics_df = gr.Dataframe(label="Metrics", interactive=False, wrap=True, elem_id="metrics")
+                        with gr.Row():
+                            slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
+                                                        interactive=False, elem_id="slider-ptq")
+                            slider_qat = gr.ImageSlider(label="Before/after: FP32 ↔ QAT-INT8", format="png",
+                                                        interactive=False, elem_id="slider-qat")
+                        gr.Markdown(about.ZOOM_HELP)
+                        zoom_img = gr.Image(label="Zoom (nearest-neighbour)", format="png", interactive=False,
+                                            elem_id="zoom")
+                        with gr.Row():
+                            zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom centre x (% of width)")
+                            zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom centre y (% of height)")
+                            zoom_window = gr.Dropdown(list(compare.ZOOM_WINDOWS), value=compare.DEFAULT_WINDOW,
+                                                      label="Zoom window (pixels)")
+                        gr.Markdown(about.HEATMAP_HELP)
+                        heatmap = gr.Image(label="Error heatmaps (8-bit levels)", format="png", interactive=False,
+                                           elem_id="heatmap")
+                        with gr.Accordion("All numbers (JSON)", open=False):
+                            metrics_json = gr.JSON(label="Metrics")
+                        downloads = gr.File(label="Full-size outputs (PNG, tiled mode)", file_count="multiple",
+                                            interactive=False)
+
+            # ---------------------------------------------------------------- Train
+            with gr.Tab("Train", id="train"):
+                gr.Markdown(
+                    "Train a small FP32 model, quantize it with **PTQ** (calibration only) and **QAT** (a short "
+                    "fine-tune with simulated INT8), and export all three to ONNX. The defaults take about 2–3 "
+                    "minutes on a 2-vCPU machine. The new set joins the Compare and Benchmark tabs' model lists "
+                    "for *this browser session* only; the shipped models stay. Short trainings make weak "
+                    "enhancers — the point is to watch what quantization does to them.")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        t_data = gr.Radio([train_tab.DATA_SAMPLES, train_tab.DATA_UPLOADS],
+                                          value=train_tab.DATA_SAMPLES, label="Training photos")
+                        t_photos = gr.File(label=f"Your photos (clean and well exposed; up to "
+                                                 f"{train_tab.MAX_TRAIN_PHOTOS}; degraded on the fly)",
+                                           file_count="multiple", file_types=["image"], type="filepath")
+                        t_init = gr.Radio([train_tab.INIT_SCRATCH, train_tab.INIT_SHIPPED],
+                                          value=train_tab.INIT_SCRATCH, label="Start from")
+                        d = train_tab.DEFAULTS
+                        t_width = gr.Radio([16, 24, 32], value=d.width, label="Network width c (from scratch)")
+                        t_fp32 = gr.Slider(0, 3000, value=d.fp32_steps, step=10, label="FP32 training steps")
+                        t_qat = gr.Slider(10, 1000, value=d.qat_steps, step=10, label="QAT fine-tuning steps")
+                        with gr.Accordion("More settings", open=False):
+                            t_batch = gr.Slider(1, 32, value=d.batch_size, step=1, label="Batch size")
+                            t_patch = gr.Slider(32, 256, value=d.patch, step=16, label="Crop size (pixels)")
+                            t_lr = gr.Number(value=d.lr, label="FP32 learning rate")
+                            t_qat_lr = gr.Number(value=d.qat_lr, label="QAT learning rate")
+                            t_method = gr.Radio(["minmax", "percentile", "entropy"], value=d.ptq_method,
+                                                label="PTQ calibration method")
+                        with gr.Row():
+                            t_run = gr.Button("Train and quantize", variant="primary")
+                            t_cancel = gr.Button("Cancel", variant="stop")
+                    with gr.Column(scale=2):
+                        t_status = gr.Markdown("Press **Train and quantize** to start.")
+                        t_loss = gr.LinePlot(x="step", y="loss", color="stage", title="Training loss",
+                                             height=260)
+                        t_val = gr.LinePlot(x="step", y="psnr", color="series",
+                                            title="Validation PSNR (dB) — model vs unprocessed input", height=260)
+                        t_files = gr.File(label="Download the models (.onnx, .pt, INT8 sidecars)",
+                                          file_count="multiple", interactive=False)
+
+            # ---------------------------------------------------------------- Benchmark
+            with gr.Tab("Benchmark", id="benchmark"):
+                gr.Markdown("Latency of the three models at several resolutions on *this* server's CPU "
+                            f"({config.effective_cpus()} usable cores), through ONNX Runtime: one warm-up, then "
+                            "interleaved timed runs (the order rotates each round, so noise hits all models alike).")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        b_model_set = gr.Dropdown(models.choices(None), value=models.SHIPPED_KEY, label="Models",
+                                                  allow_custom_value=True)
+                        b_sizes = gr.CheckboxGroup(list(bench_tab.SIZES), value=bench_tab.DEFAULT_SIZES,
+                                                   label="Image sizes")
+                        threads = bench_tab.thread_choices()
+                        b_threads = gr.Radio(threads, value=config.THREADS if config.THREADS in threads else threads[0],
+                                             label="ONNX Runtime threads")
+                        b_runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per model and size")
+                        b_run = gr.Button("Run benchmark", variant="primary")
+                        b_files = gr.Markdown(bench_tab.files_md(models.shipped_set()))
+                    with gr.Column(scale=2):
+                        b_status = gr.Markdown()
+                        b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False)
+                        b_table = gr.Dataframe(label="Results", interactive=False)
+                gr.Markdown("### The model card's numbers\n\n" + card.tables_md(
+                    ("ms", "latency", "bench", "speed", "size", "mb", "time")))
+
+            # ---------------------------------------------------------------- About
+            with gr.Tab("About", id="about"):
+                gr.Markdown(about.ABOUT)
+                gr.Markdown("## The model card\n\n" + card.tables_md())
+                files = card.files_md()
+                if files:
+                    gr.Markdown("### Shipped files (`checkpoints/manifest.json`)\n\n" + files)
+
+        # ---------------------------------------------------------------- events
+        compare_inputs = [image_in, reference_in, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
+                          custom_qat, session_sets]
+        compare_outputs = [notice, out_input, out_fp32, out_ptq, out_qat, slider_ptq, slider_qat, verdict_md,
+                           metrics_df, heatmap, zoom_img, zoom_x, zoom_y, metrics_json, downloads, result_state]
+        assert len(compare_outputs) == compare.N_OUT
+        run_btn.click(compare.compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
+                      concurrency_limit=COMPARE_CONCURRENCY, concurrency_id="compare", time_limit=600,
+                      show_progress="minimal")
+        if examples is not None:
+            examples.load_input_event.then(compare.compare, compare_inputs, compare_outputs, preprocess=False,
+                                           concurrency_limit=COMPARE_CONCURRENCY, concurrency_id="compare",
+                                           time_limit=600, api_visibility="private", show_progress="minimal")
+        dice.click(lambda: random.randrange(2 ** 31), None, seed, queue=False, api_visibility="private")
+
+        zoom_inputs = [result_state, zoom_x, zoom_y, zoom_window]
+        zoom_x.release(compare.zoom, zoom_inputs, zoom_img, api_name="zoom", concurrency_limit=None,
+                       time_limit=60, show_progress="hidden")
+        zoom_y.release(compare.zoom, zoom_inputs, zoom_img, api_visibility="private", concurrency_limit=None,
+                       time_limit=60, show_progress="hidden")
+        zoom_window.input(compare.zoom, zoom_inputs, zoom_img, api_visibility="private", concurrency_limit=None,
+                          time_limit=60, show_progress="hidden")
+        for img in (out_input, out_fp32, out_ptq, out_qat):
+            img.select(compare.zoom_at_click, [result_state, zoom_window], [zoom_x, zoom_y, zoom_img],
+                       api_visibility="private", concurrency_limit=None, time_limit=60, show_progress="hidden")
+
+        t_evt = t_run.click(
+            train_tab.train,
+            [t_data, t_init, t_width, t_fp32, t_qat, t_batch, t_patch, t_lr, t_qat_lr, t_method, t_photos, session_sets],
+            [t_status, t_loss, t_val, t_files, session_sets, model_set, b_model_set],
+            api_name="train", concurrency_limit=1, concurrency_id="train", time_limit=3600,
+        )
+        t_cancel.click(train_tab.cancel, None, t_status, cancels=[t_evt], queue=False, api_visibility="private")
+
+        b_run.click(bench_tab.run, [b_model_set, session_sets, b_sizes, b_threads, b_runs], [b_plot, b_table, b_status],
+                    api_name="benchmark", concurrency_limit=1, concurrency_id="bench", time_limit=900)
+        b_model_set.change(lambda key, sets: bench_tab.files_md(models.resolve_set(key, sets)),
+                           [b_model_set, session_sets], b_files, api_visibility="private", queue=False)
+
+        if os.environ.get("QATIE_APP_DEBUG") == "1":
+            gr.api(debug_modules, api_name="debug_modules", api_visibility="undocumented", queue=False)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """Queue + launch with the app's settings. Host and port come from GRADIO_SERVER_NAME and
+    GRADIO_SERVER_PORT (Gradio reads them); `kwargs` override anything."""
+    t0 = time.perf_counter()
+    models.start_warm_up()
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True)
+    options.update(kwargs)
+    log.info("launching (warm-up started in %.2f s)", time.perf_counter() - t0)
+    return demo.launch(**options)
