@@ -159,7 +159,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
         new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [node.output[0]], name=f"{base}/DQ"))
         dq_scale[node.output[0]] = scale
         lo, hi = full_ranges[name]
-        tensors.append({"name": name, "onnx_tensor": node.input[0], "scale": scale, "zero_point": zp,
+        tensors.append({"name": name, "onnx_tensor": node.input[0], "dq_tensor": node.output[0], "scale": scale, "zero_point": zp,
                         "dtype": SPEC.activation_dtype, "min": lo, "max": hi})
     weights, weight_nodes = [], []
     for node in new_nodes:
