@@ -9,6 +9,7 @@ import torch
 
 from .errors import CheckpointError
 from .model import QATIENet, build_model
+from .provenance import current_command
 
 FORMAT = "qatie-checkpoint-v1"
 
@@ -22,6 +23,7 @@ def save_checkpoint(path, model: QATIENet, kind: str = "fp32", **extra) -> Path:
         "kind": kind,
         "model": {"width": model.width, "variant": model.variant},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "command": current_command(),
         **extra,
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -329,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .provenance import record_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    record_command(argv)
     try:
         return args.func(args)
     except QatieError as e:

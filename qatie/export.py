@@ -24,6 +24,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from .model import QATIENet
+from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
 
 OPSET = 17
@@ -91,6 +92,9 @@ def _finish(proto: onnx.ModelProto, path: Path, doc: str) -> Path:
     proto.opset_import.extend([helper.make_opsetid("", OPSET)])
     proto.doc_string = doc
     proto.producer_name = "qatie"
+    command = current_command()
+    if command:
+        helper.set_model_props(proto, {"qatie_command": command})
     onnx.checker.check_model(proto)
     tmp = path.with_name(f".{path.name}.tmp")
     onnx.save(proto, str(tmp))
@@ -197,7 +201,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
     _fix_output(g)
     doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
     _finish(proto, path, doc)
-    sidecar = {"model": path.name, "source": source, "width": model.width, "variant": model.variant,
+    sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,
                "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
                "tensors": tensors, "weights": weights}
     sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
