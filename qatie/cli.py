@@ -183,7 +183,7 @@ def cmd_qat(args) -> int:
 
     out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
                   batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, seed=args.seed,
-                  val_data=args.val, threads=args.threads, resume=args.resume,
+                  val_data=args.val, threads=args.threads, resume=args.resume, run_dir=args.run_dir,
                   progress=_progress_bar(args.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
     return 0
@@ -207,6 +207,14 @@ def cmd_bench(args) -> int:
     if args.json:
         write_json(result, args.json)
         print(f"→ {args.json}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    build_report(args.out, ckpt_dir=args.checkpoints, sizes=sizes, threads=args.threads, runs=args.runs, limit=args.limit)
     return 0
 
 
@@ -303,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--num-calib", type=int, default=32)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    a.add_argument("--resume", action="store_true", help="continue the run folder beside --out")
+    a.add_argument("--resume", action="store_true", help="continue the run folder")
+    a.add_argument("--run-dir", help="run folder for last.pt/best.pt/log (default: <out stem>_run beside --out)")
     a.add_argument("--out", required=True, help="output QAT checkpoint .pt")
     a.set_defaults(func=cmd_qat)
 
@@ -325,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reference-tflite", metavar="PATH", help="also time the authors' INT8 TFLite model")
     b.add_argument("--json", metavar="FILE")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="measure the shipped models and write the model card",
+                       description="Evaluate input / FP32 / PTQ-INT8 / QAT-INT8 (and percentile/entropy PTQ) on the "
+                       "synthetic test split and, when ../shared is present, the real PolyU pairs; benchmark "
+                       "latency; write MODEL_CARD.md + .json, the crop figure under assets/ and checkpoints/manifest.json.")
+    r.add_argument("--out", default="checkpoints/MODEL_CARD.md")
+    r.add_argument("--checkpoints", default="checkpoints", help="folder of the shipped models")
+    r.add_argument("--sizes", default="512x512,1280x720,1920x1080")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--runs", type=int, default=5)
+    r.add_argument("--limit", type=int, help="first N images of each set (quick check; not for the card)")
+    r.set_defaults(func=cmd_report)
     return p
 
 

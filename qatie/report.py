@@ -1,0 +1,311 @@
+"""The model card: one command measures the shipped models and writes what the README quotes.
+
+`qatie report --out checkpoints/MODEL_CARD.md` evaluates the input, FP32, minmax PTQ-INT8 (the
+shipped `ptq`), QAT-INT8 and — for the calibration comparison — percentile and entropy PTQ
+built on the spot with the shipped PTQ's calibration settings, on:
+  (a) the synthetic test split of ../shared/data/clean at seed 0 (without ../shared: the
+      built-in scikit-image photos degraded at seed 0, labelled as such);
+  (b) the 100 real PolyU noisy/clean pairs, when ../shared is present.
+Every model is scored against the target and against the FP32 output ("agreement with full
+precision", which isolates quantization error). It then benchmarks latency (`qatie bench`),
+lists file sizes, checks the goals of the model card, renders a crop figure into assets/, and
+refreshes checkpoints/manifest.json (hashes, sizes, commands, metrics).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QatieError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHIPPED = {"fp32": "fp32.onnx", "ptq": "int8_ptq.onnx", "qat": "int8_qat.onnx"}
+LABELS = {"input": "input (degraded)", "fp32": "FP32", "ptq": "PTQ-INT8 (minmax)", "qat": "QAT-INT8",
+          "ptq_percentile": "PTQ-INT8 (percentile 99.99)", "ptq_entropy": "PTQ-INT8 (entropy)"}
+GOALS = {"qat_psnr_gap_db": 0.10, "qat_ssim_gap": 0.005, "qat_agreement_db": 42.0,
+         "qat_recovers_ptq_ssim_loss": 0.75, "qat_agreement_margin_db": 5.0, "fp32_gain_db": 3.0}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluation_sets(shared: Path | None, seed: int = 0, limit: int | None = None) -> dict:
+    """{name: (description, pairs)} for the model card."""
+    from .data import EVAL_DEGRADATION, eval_pairs, sample_images
+    from .degrade import degrade, seed_for
+
+    sets = {}
+    clean = shared / "data" / "clean" if shared else None
+    if clean is not None and clean.is_dir():
+        pairs = eval_pairs(clean_dir=clean, seed=seed, part="test", limit=limit)
+        sets["synthetic"] = (f"synthetic test split: {len(pairs)} photos of ../shared/data/clean "
+                             f"(qatie/clean_split.json) degraded at seed {seed}", pairs)
+    else:
+        pairs = [(n, degrade(img, seed_for(n, seed), EVAL_DEGRADATION), img) for n, img in sample_images().items()]
+        sets["synthetic"] = (f"built-in scikit-image photos degraded at seed {seed} (../shared absent)", pairs[:limit])
+    polyu = shared / "data" / "pairs" / "polyu-real-noise" if shared else None
+    if polyu is not None and polyu.is_dir():
+        pairs = eval_pairs(input_dir=polyu / "input", target_dir=polyu / "target", limit=limit)
+        sets["polyu"] = (f"real noisy/clean pairs: {len(pairs)} PolyU photos (evaluation only, never trained on)", pairs)
+    return sets
+
+
+def calibration_variants(ckpt_dir: Path, cache: Path) -> dict[str, Path]:
+    """Percentile and entropy PTQ of fp32.pt with the shipped PTQ's calibration data."""
+    from .ptq import run_ptq
+
+    meta = json.loads((ckpt_dir / "int8_ptq.json").read_text()).get("meta", {})
+    calib, num = meta.get("calib", "samples"), int(meta.get("num_calib", 32))
+    out = {}
+    for method in ("percentile", "entropy"):
+        path = cache / f"int8_ptq_{method}.onnx"
+        run_ptq(ckpt_dir / "fp32.pt", path, method=method, calib=calib, num_calib=num)
+        out[f"ptq_{method}"] = path
+    return out
+
+
+def check_goals(results: dict) -> list[dict]:
+    """Each goal of the model card with the measured value and whether it is met."""
+    rows = []
+    for set_name, res in results.items():
+        s = res["summary"]
+        fp, pt, qa, inp = s["fp32"], s["ptq"], s["qat"], s["input"]
+        agree = lambda m: s[m]["agreement_with_fp32"]["psnr_vs_fp32"]
+        ptq_loss = fp["ssim"] - pt["ssim"]
+        qat_loss = fp["ssim"] - qa["ssim"]
+        recovered = 1 - qat_loss / ptq_loss if ptq_loss > 0 else float("nan")
+        rows += [
+            {"set": set_name, "goal": f"QAT-INT8 PSNR within {GOALS['qat_psnr_gap_db']} dB of FP32",
+             "value": f"{qa['psnr'] - fp['psnr']:+.3f} dB", "met": abs(qa["psnr"] - fp["psnr"]) <= GOALS["qat_psnr_gap_db"]},
+            {"set": set_name, "goal": f"QAT-INT8 SSIM within {GOALS['qat_ssim_gap']} of FP32",
+             "value": f"{qa['ssim'] - fp['ssim']:+.4f}", "met": abs(qa["ssim"] - fp["ssim"]) <= GOALS["qat_ssim_gap"]},
+            {"set": set_name, "goal": f"QAT-INT8 agreement with FP32 ≥ {GOALS['qat_agreement_db']} dB",
+             "value": f"{agree('qat'):.2f} dB", "met": agree("qat") >= GOALS["qat_agreement_db"]},
+            {"set": set_name, "goal": f"QAT recovers ≥ {GOALS['qat_recovers_ptq_ssim_loss']:.0%} of minmax PTQ's SSIM loss",
+             "value": f"{recovered:.0%} (PTQ loss {ptq_loss:.4f}, QAT loss {qat_loss:.4f})",
+             "met": bool(recovered >= GOALS["qat_recovers_ptq_ssim_loss"])},
+            {"set": set_name, "goal": f"QAT agreement ≥ {GOALS['qat_agreement_margin_db']} dB better than minmax PTQ",
+             "value": f"{agree('qat') - agree('ptq'):+.2f} dB", "met": agree("qat") - agree("ptq") >= GOALS["qat_agreement_margin_db"]},
+        ]
+        if set_name == "synthetic":
+            rows.append({"set": set_name, "goal": f"FP32 ≥ +{GOALS['fp32_gain_db']} dB PSNR and higher SSIM than the input",
+                         "value": f"{fp['psnr'] - inp['psnr']:+.2f} dB, SSIM {fp['ssim'] - inp['ssim']:+.4f}",
+                         "met": fp["psnr"] - inp["psnr"] >= GOALS["fp32_gain_db"] and fp["ssim"] > inp["ssim"]})
+        else:
+            rows.append({"set": set_name, "goal": "FP32 above the input (PSNR and SSIM)",
+                         "value": f"{fp['psnr'] - inp['psnr']:+.2f} dB, SSIM {fp['ssim'] - inp['ssim']:+.4f}",
+                         "met": fp["psnr"] > inp["psnr"] and fp["ssim"] > inp["ssim"]})
+    return rows
+
+
+def _f(v, spec):
+    if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
+        return "—" if v is None or math.isnan(v) else "∞"
+    return format(v, spec)
+
+
+def quality_table(res: dict) -> str:
+    s = res["summary"]
+    lines = ["| model | PSNR dB | SSIM | Δ PSNR vs input | agreement with FP32 (PSNR dB) | max / mean error vs FP32 (levels) | pixels > 2 levels off |",
+             "|---|---|---|---|---|---|---|"]
+    for key in ["input"] + res["models"]:
+        row = s[key]
+        ag = row.get("agreement_with_fp32")
+        agree = (f"{_f(ag['psnr_vs_fp32'], '.2f')} | {ag['max_levels']:.0f} / {ag['mean_levels']:.3f} | "
+                 f"{100 * ag['share_over_2_levels']:.3f} %") if ag else ("reference | — | —" if key == "fp32" else "— | — | —")
+        lines.append(f"| {LABELS.get(key, key)} | {row['psnr']:.2f} | {row['ssim']:.4f} | "
+                     f"{row['psnr'] - s['input']['psnr']:+.2f} | {agree} |")
+    return "\n".join(lines)
+
+
+def bench_table(bench: dict) -> str:
+    lines = ["| model | size (H×W) | median ms | min ms | max ms | × FP32 | × reference TFLite | file MB | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in bench["results"]:
+        lines.append(f"| {r['model']} | {r['size']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {r['max_ms']:.0f} | "
+                     f"{_f(r.get('ratio_to_fp32'), '.2f')} | {_f(r.get('ratio_to_reference'), '.2f')} | "
+                     f"{_f(r.get('file_mb'), '.2f')} | {_f(r.get('peak_rss_mb'), '.0f')} |")
+    return "\n".join(lines)
+
+
+def render_figure(pairs, models: dict, path: Path, count: int = 3, crop: int = 96) -> Path:
+    """Crops of input | FP32 | PTQ | QAT and |INT8 − FP32| maps on one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metrics import error_levels
+    from .runtime import get_enhancer
+
+    picked = []
+    for name, inp, tgt in pairs:
+        outs = {k: get_enhancer(p, threads=2).enhance(inp) for k, p in models.items()}
+        err = error_levels(outs["ptq"], outs["fp32"])
+        picked.append((float(err.mean()), name, inp, outs, err))
+    picked = sorted(picked, key=lambda t: -t[0])[:count]  # where PTQ's artifacts show most
+    vmax = 1.0
+    rows = []
+    for _, name, inp, outs, err in picked:
+        y0 = int(np.clip(np.argmax(np.convolve(err.mean(1), np.ones(crop), "same")) - crop // 2, 0, max(0, err.shape[0] - crop)))
+        x0 = int(np.clip(np.argmax(np.convolve(err.mean(0), np.ones(crop), "same")) - crop // 2, 0, max(0, err.shape[1] - crop)))
+        sl = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+        e_ptq, e_qat = error_levels(outs["ptq"], outs["fp32"])[sl], error_levels(outs["qat"], outs["fp32"])[sl]
+        vmax = max(vmax, float(e_ptq.max()), float(e_qat.max()))
+        rows.append((name, inp[sl], outs["fp32"][sl], outs["ptq"][sl], outs["qat"][sl], e_ptq, e_qat))
+    fig, axes = plt.subplots(len(rows), 6, figsize=(15, 2.7 * len(rows)), squeeze=False)
+    titles = ["input", "FP32", "PTQ-INT8", "QAT-INT8", "|PTQ − FP32|", "|QAT − FP32|"]
+    im = None
+    for r, (name, *panels) in enumerate(rows):
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            if c < 4:
+                ax.imshow(np.clip(panel, 0, 1), interpolation="nearest")
+            else:
+                im = ax.imshow(panel, cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c])
+        axes[r, 0].set_ylabel(Path(name).stem, fontsize=8)
+    fig.colorbar(im, ax=axes[:, 4:].ravel().tolist(), label="error in 8-bit levels (one scale)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_manifest(ckpt_dir: Path, results: dict, bench: dict) -> Path:
+    """checkpoints/manifest.json: for each shipped file its hash, size, provenance and metrics."""
+    import onnx
+    import torch
+
+    files = {}
+    for path in sorted(ckpt_dir.iterdir()):
+        if path.suffix not in (".pt", ".onnx"):
+            continue
+        entry = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        if path.suffix == ".pt":
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            cfg = ck.get("config", {})
+            entry.update(kind=ck.get("kind"), width=ck["model"]["width"], variant=ck["model"]["variant"],
+                         command=ck.get("command"), config=cfg, steps=ck.get("step", ck.get("steps")),
+                         wall_s=ck.get("wall_s"), training_data=cfg.get("data"))
+        else:
+            proto = onnx.load(str(path), load_external_data=False)
+            props = {p.key: p.value for p in proto.metadata_props}
+            entry.update(command=props.get("qatie_command"), description=proto.doc_string)
+            side = path.with_suffix(".json")
+            if side.exists():
+                s = json.loads(side.read_text())
+                entry.update(width=s["width"], sidecar=side.name, sidecar_sha256=sha256(side), quantization=s["source"],
+                             meta=s.get("meta"))
+            key = next((k for k, v in SHIPPED.items() if v == path.name), None)
+            if key:
+                entry["metrics"] = {name: {m: res["summary"][key][m] for m in ("psnr", "ssim")}
+                                    | ({"agreement_with_fp32_db": res["summary"][key]["agreement_with_fp32"]["psnr_vs_fp32"]}
+                                       if key != "fp32" else {}) for name, res in results.items()}
+                entry["latency_ms"] = {r["size"]: r["median_ms"] for r in bench.get("results", []) if r["model"] == key}
+        files[path.name] = entry
+    total = sum(e["bytes"] for e in files.values()) + sum(p.stat().st_size for p in ckpt_dir.glob("*.json")
+                                                         if p.name not in ("manifest.json", "MODEL_CARD.json"))
+    manifest = {"produced_by": "qatie report", "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "reproduce": "bash configs/ship.sh", "total_bytes": total, "files": files}
+    out = ckpt_dir / "manifest.json"
+    out.write_text(json.dumps(manifest, indent=1, default=str))
+    return out
+
+
+def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SHARED, sizes=((512, 512), (1280, 720), (1920, 1080)),
+                 threads: int = 2, runs: int = 5, limit: int | None = None, figure=REPO / "assets" / "model_card_crops.png",
+                 cache=REPO / "runs" / "report_cache", progress=print) -> dict:
+    from .bench import run_benchmark
+    from .evaluate import evaluate
+
+    ckpt_dir, out_md = Path(ckpt_dir), Path(out_md)
+    missing = [n for n in list(SHIPPED.values()) + ["fp32.pt", "int8_ptq.json"] if not (ckpt_dir / n).exists()]
+    if missing:
+        raise QatieError(f"{ckpt_dir}: missing {', '.join(missing)} — build the shipped models first (configs/ship.sh)")
+    shared = shared if shared is not None and shared.is_dir() else None
+    t0 = time.time()
+    models = {k: ckpt_dir / v for k, v in SHIPPED.items()}
+    progress("building percentile and entropy PTQ variants for the calibration comparison …")
+    variants = calibration_variants(ckpt_dir, Path(cache))
+    all_models = {**models, **variants}
+    results = {}
+    descriptions = {}
+    for set_name, (desc, pairs) in evaluation_sets(shared, limit=limit).items():
+        progress(f"evaluating on {desc} …")
+        descriptions[set_name] = desc
+        res = evaluate(list(all_models), pairs, threads=threads,
+                       enhancers={k: _enhancer(p, threads) for k, p in all_models.items()})
+        results[set_name] = res
+        if set_name == "synthetic" and figure:
+            render_figure(pairs[:12], models, Path(figure))
+    progress("benchmarking latency …")
+    ref = shared / "reference" / "qatie_official_int8_1920x1080.tflite" if shared else None
+    try:
+        bench = run_benchmark([str(p) for p in models.values()], list(sizes), threads=threads, runs=runs,
+                              reference_tflite=str(ref) if ref and ref.exists() else None)
+    except QatieError as e:  # e.g. ai-edge-litert not installed: time our models only
+        progress(f"reference model skipped: {e}")
+        bench = run_benchmark([str(p) for p in models.values()], list(sizes), threads=threads, runs=runs)
+    goals = check_goals(results)
+    card = {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "qatie report --out " + str(out_md),
+            "sets": descriptions, "results": {k: {"models": v["models"], "count": v["count"], "summary": v["summary"]}
+                                              for k, v in results.items()},
+            "per_image": {k: v["images"] for k, v in results.items()},
+            "benchmark": bench, "goals": goals, "labels": LABELS,
+            "file_bytes": {p.name: p.stat().st_size for p in models.values()}, "wall_s": round(time.time() - t0, 1)}
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.with_suffix(".json").write_text(json.dumps(card, indent=1, default=_json_default))
+    out_md.write_text(render_markdown(card, figure))
+    write_manifest(ckpt_dir, results, bench)
+    progress(f"→ {out_md}, {out_md.with_suffix('.json')}, {ckpt_dir / 'manifest.json'} ({card['wall_s']:.0f} s)")
+    return card
+
+
+def _enhancer(path: Path, threads: int):
+    from .runtime import get_enhancer
+
+    return get_enhancer(path, threads=threads).enhance
+
+
+def _json_default(o):
+    if isinstance(o, float) and (math.isinf(o) or math.isnan(o)):
+        return None
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+def render_markdown(card: dict, figure: Path | None) -> str:
+    parts = [f"# QATIE model card\n\nGenerated {card['generated']} by `{card['command']}` "
+             f"({card['wall_s']:.0f} s). Every number below comes from that command; rerun it to refresh.\n",
+             "Models: `checkpoints/fp32.onnx` (FP32), `int8_ptq.onnx` (minmax post-training quantization of fp32.pt — "
+             "the standard PTQ baseline), `int8_qat.onnx` (quantization-aware fine-tune of fp32.pt). All three run in "
+             "ONNX Runtime; the INT8 models share one QuantSpec (int8 per-channel weights, uint8 per-tensor activations). "
+             "Percentile and entropy PTQ are built on the spot with the same calibration images, for comparison.\n",
+             "Scores: PSNR/SSIM against the target, and *agreement with full precision* — PSNR of each INT8 output "
+             "against the FP32 output, with max/mean error in 8-bit levels — which isolates quantization error.\n"]
+    for set_name, res in card["results"].items():
+        parts.append(f"## {set_name}: {card['sets'][set_name]}\n\n{quality_table(res)}\n")
+    parts.append("## Goals\n\n| set | goal | measured | met |\n|---|---|---|---|\n" +
+                 "\n".join(f"| {g['set']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |" for g in card["goals"]) + "\n")
+    b = card["benchmark"]
+    parts.append(f"## Latency (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, {b.get('threads')} threads, "
+                 f"median of {b.get('runs', '')} interleaved runs after warm-up)\n\n{bench_table(b)}\n")
+    if figure:
+        parts.append(f"## Where the INT8 error is\n\n![crops](../assets/{Path(figure).name})\n\nCrops where minmax PTQ "
+                     "differs most from FP32; the two error maps share one colour scale (8-bit levels).\n")
+    return "\n".join(parts)
