@@ -70,3 +70,15 @@ def load_model(path) -> QATIENet:
 
         return model_from_qat_checkpoint(ckpt, str(path))
     return model_from_checkpoint(ckpt, str(path)).eval()
+
+
+def release_copy(src, dst) -> Path:
+    """Copy a training checkpoint without its optimizer state and history (what gets shipped)."""
+    ckpt = read_checkpoint(src)
+    for key in ("optimizer", "history"):
+        ckpt.pop(key, None)
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, dst)
+    return dst

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Rebuilds every shipped file in checkpoints/ from scratch: the commands below are the ones that
+# produced them (each file also records its own command; see checkpoints/manifest.json).
+# Needs ../shared (training photos). About 1.5 h on 2 CPU cores. Run from the repository root
+# with the package installed (pip install -e . --no-deps).
+set -euo pipefail
+export OMP_NUM_THREADS=1  # one thread per process: no OpenMP spin-waiting on a shared 2-core machine
+CLEAN=clean:../shared/data/clean
+POLYU=pairs:../shared/data/pairs/polyu-real-noise/input,../shared/data/pairs/polyu-real-noise/target
+
+# 1. FP32 training (config in configs/fp32_c32.json; resumable). best.pt = best validation gain.
+qatie train --config configs/fp32_c32.json --out runs/fp32_c32 --resume
+python -c "from qatie.checkpoint import release_copy; release_copy('runs/fp32_c32/best.pt', 'checkpoints/fp32.pt')"
+
+# 2. FP32 ONNX, and minmax PTQ (the standard PTQ baseline) calibrated on 32 training crops.
+qatie export --checkpoint checkpoints/fp32.pt --out checkpoints/fp32.onnx
+qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --num-calib 32 --out checkpoints/int8_ptq.onnx
+
+# 3. QAT fine-tune from fp32.pt (fake quantization of exactly the QuantSpec's tensors), then export.
+qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --val "$POLYU" --steps 1500 --lr 1e-5 \
+          --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/qat_c32 --out checkpoints/qat.pt
+qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
+
+# 4. Model card, crop figure and manifest (evaluation + benchmark; stop other work first).
+qatie report --out checkpoints/MODEL_CARD.md
