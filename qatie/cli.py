@@ -172,9 +172,49 @@ def cmd_eval(args) -> int:
 def cmd_ptq(args) -> int:
     from .ptq import run_ptq
 
+    progress = None
+    if args.keep_float and args.keep_float.strip().lower().startswith("auto"):
+        def progress(i, n, name):
+            print(f"\rsensitivity: {i}/{n} convs {name:<20}", end="" if i < n else "\n", flush=True)
     out = run_ptq(args.checkpoint, args.out, method=args.method, calib=args.calib, num_calib=args.num_calib,
-                  percentile=args.percentile, seed=args.seed)
+                  percentile=args.percentile, seed=args.seed, keep_float=args.keep_float, progress=progress)
     print(f"INT8 ({args.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
+    if args.keep_float:
+        side = json.loads(out.with_suffix(".json").read_text())
+        print(f"float convs: {', '.join(side['keep_float']) or 'none'}; float tensors: {', '.join(side['float_points']) or 'none'}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import inspect as qi
+    from .runtime import resolve_onnx
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if len(names) < 2:
+        raise QatieError("--models needs the FP32 model first, then at least one INT8 model (e.g. fp32,ptq,qat)")
+    paths = [resolve_onnx(m) for m in names]
+    result = qi.inspect_image(paths[0], paths[1:], args.image, threads=args.threads, max_side=args.max_side)
+    print(f"{args.image}: {result['image_size'][0]}×{result['image_size'][1]}, analysed at "
+          f"{result['analysed_size'][0]}×{result['analysed_size'][1]}")
+    print(qi.format_table(result, worst=args.worst))
+    if args.json:
+        print(f"→ {qi.write_json(result, args.json, image_name=str(args.image))}")
+    if args.csv:
+        print(f"→ {qi.write_csv(result, args.csv)}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        qi.plot_sqnr(result, worst=args.worst).savefig(args.plot)
+        print(f"→ {args.plot}")
+    if args.histogram:
+        hist = qi.activation_histogram(paths[0], args.histogram, args.image, paths[1:], threads=args.threads,
+                                       max_side=args.max_side)
+        for r in hist["ranges"]:
+            print(f"{hist['name']} {r['label']}: range [{r['grid_min']:.4g}, {r['grid_max']:.4g}], step {r['step']:.4g}, "
+                  f"{r['levels_used']} of 256 levels used, clipped {100 * (r['clipped_low'] + r['clipped_high']):.3g}%")
+        out = Path(args.histogram_plot or f"{hist['name']}_histogram.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        qi.plot_histogram(hist).savefig(out)
+        print(f"→ {out}")
     return 0
 
 
@@ -293,8 +333,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", default="samples", metavar="SPEC", help="calibration data SPEC (default samples)")
     q.add_argument("--num-calib", type=int, default=32, help="calibration crops (default 32)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--keep-float", metavar="auto:K|CONVS",
+                   help="mixed precision: auto:K keeps the K most sensitive convs float (ranked by a per-conv "
+                   "analysis on the calibration crops, stored in the sidecar), or a comma list of conv names "
+                   "(e.g. ref_f2.skip,delta)")
     q.add_argument("--out", required=True, help="output .onnx")
     q.set_defaults(func=cmd_ptq)
+
+    n = sub.add_parser("inspect", help="per-tensor INT8 error (SQNR vs FP32) on one image",
+                       description="Run the FP32 model and each INT8 model on IMAGE with every quantized tensor "
+                       "of the INT8 sidecars exposed, and print the signal-to-quantization-noise ratio (dB) of "
+                       "each, INT8 vs FP32 (cumulative), plus the tensor's own range-only SQNR; the worst are "
+                       "marked. Images over --max-side are downscaled first.")
+    n.add_argument("--models", default="fp32,ptq,qat", metavar="FP32,INT8,...",
+                   help="FP32 model first, then INT8 models: .onnx files or fp32/ptq/qat (default fp32,ptq,qat)")
+    n.add_argument("image", metavar="IMAGE", help="image file")
+    n.add_argument("--json", metavar="FILE", help="write {image, layers: [{name, stage, sqnr_ptq_db, sqnr_qat_db, ...}]}")
+    n.add_argument("--csv", metavar="FILE", help="write one row per tensor")
+    n.add_argument("--plot", metavar="PNG", help="save the SQNR bar chart")
+    n.add_argument("--histogram", metavar="TENSOR", help="also histogram this tensor's FP32 values with the INT8 ranges")
+    n.add_argument("--histogram-plot", metavar="PNG", help="where to save it (default TENSOR_histogram.png)")
+    n.add_argument("--worst", type=int, default=5, help="mark this many worst tensors per model (default 5)")
+    n.add_argument("--max-side", type=int, default=384, help="downscale larger images to this longer side (default 384)")
+    n.add_argument("--threads", type=int, default=2)
+    n.set_defaults(func=cmd_inspect)
 
     a = sub.add_parser("qat", help="quantization-aware fine-tuning of an FP32 checkpoint",
                        description="Fine-tune an FP32 checkpoint with fake quantization of exactly the "

@@ -137,22 +137,85 @@ def _bypass(graph, node) -> None:
         _rename_input(graph, dst, src)
 
 
-def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict | None = None) -> Path:
-    """Write the INT8 QDQ ONNX model for `ranges` (free QPoints → (min, max)) and its sidecar."""
+def conv_name(node) -> str:
+    """The module path of a traced Conv node (`ref_s2.m1`), from its weight initializer's name."""
+    w = node.input[1]
+    return w[: -len(".weight")] if w.endswith(".weight") else node.name
+
+
+def float_islands(graph, keep_float) -> dict[str, list[str]]:
+    """For each conv in `keep_float` (module paths), the QPoints that become float with it.
+
+    A kept conv computes in float with float weights; its input stays quantized. Walking forward
+    from its output, every QPoint that does not feed a conv (and is not the pinned input/output)
+    is dropped as well, so the elementwise ops after the conv (LeakyReLU, tanh, InstanceNorm,
+    add, concat, max-pool) run in float up to the next QPoint that feeds a conv, which quantizes
+    the island's output. (Keeping only the weights float changes nothing measurable: per-channel
+    int8 weights are almost exact; the error is activation rounding — see docs/inspect.md.)
+    `graph` is a traced graph with QPoint markers (`_trace`)."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    convs = {conv_name(n): n for n in graph.node if n.op_type == "Conv"}
+    unknown = sorted(set(keep_float) - set(convs))
+    if unknown:
+        from .errors import QatieError
+
+        raise QatieError(f"keep-float: no conv named {', '.join(unknown)}; convs are: {', '.join(convs)}")
+    islands = {}
+    for name in keep_float:
+        dropped, stack, seen = [], list(convs[name].output), set()
+        while stack:
+            for c in consumers.get(stack.pop(), []):
+                if c.name in seen or c.op_type == "Conv":
+                    continue
+                seen.add(c.name)
+                if c.op_type == "QPoint":
+                    qname = _marker_name(c)
+                    if qname in ("q_input", "q_output") or any(x.op_type == "Conv" for x in consumers.get(c.output[0], [])):
+                        continue
+                    dropped.append(qname)
+                stack.extend(c.output)
+        islands[name] = dropped
+    return islands
+
+
+def conv_islands(model: QATIENet) -> dict[str, list[str]]:
+    """`float_islands` of every conv of `model` (traces it once)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        g = _trace(model, Path(d) / "islands.onnx").graph
+    return float_islands(g, [conv_name(n) for n in g.node if n.op_type == "Conv"])
+
+
+def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict | None = None,
+                keep_float: set[str] | None = None) -> Path:
+    """Write the INT8 QDQ ONNX model for `ranges` (free QPoints → (min, max)) and its sidecar.
+
+    `keep_float`: conv module paths (`ref_f2.skip`, `delta`, …) that stay float — float weights,
+    float compute, and the QPoints of their `float_islands` removed; the sidecar records them
+    (`keep_float`, `float_points`) and lists only the tensors that are still quantized."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     params = quant_params(model, ranges)
     full_ranges = complete_ranges(model, ranges)
     proto = _trace(model, path)
     g = proto.graph
+    keep = set(keep_float or ())
+    dropped = set().union(*float_islands(g, keep).values()) if keep else set()
     inits = {i.name: i for i in g.initializer}
     tensors, dq_scale = [], {}
-    new_nodes = []
+    new_nodes, bypass = [], {}
     for node in list(g.node):
         if node.op_type != "QPoint":
             new_nodes.append(node)
             continue
         name = _marker_name(node)
+        if name in dropped:
+            bypass[node.output[0]] = node.input[0]
+            continue
         scale, zp = params[name]
         base = name.replace(".", "/")
         s_name, z_name = f"{base}/scale", f"{base}/zero_point"
@@ -165,9 +228,14 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
         lo, hi = full_ranges[name]
         tensors.append({"name": name, "onnx_tensor": node.input[0], "dq_tensor": node.output[0], "scale": scale, "zero_point": zp,
                         "dtype": SPEC.activation_dtype, "min": lo, "max": hi})
+    for node in new_nodes:  # consumers of a removed QPoint read its (float) input
+        for i, name in enumerate(node.input):
+            while name in bypass:
+                name = bypass[name]
+            node.input[i] = name
     weights, weight_nodes = [], []
     for node in new_nodes:
-        if node.op_type != "Conv":
+        if node.op_type != "Conv" or conv_name(node) in keep:
             continue
         x_name, w_name = node.input[0], node.input[1]
         if x_name not in dq_scale:
@@ -203,6 +271,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
     _finish(proto, path, doc)
     sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,
                "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
+               "keep_float": sorted(keep), "float_points": [n for n in (qp.qname for qp in model.qpoints()) if n in dropped],
                "tensors": tensors, "weights": weights}
     sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
     return path

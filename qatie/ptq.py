@@ -29,8 +29,12 @@ def calibration_images(spec: str, num: int = 32, seed: int = 0, crop: int = CALI
 
 
 def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num_calib: int = 32,
-            percentile: float = 99.99, seed: int = 0) -> Path:
-    """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated by `method`."""
+            percentile: float = 99.99, seed: int = 0, keep_float=None, progress=None) -> Path:
+    """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated by `method`.
+
+    keep_float (mixed precision, see `qatie.mixed`): "auto:K" keeps the K convs float whose
+    float island helps most (ranked on the first calibration crops; the ranking is stored in
+    the sidecar's meta), or a list / comma-separated string of conv module paths."""
     t0 = time.time()
     ckpt = read_checkpoint(checkpoint)
     if ckpt.get("kind", "fp32") != "fp32":
@@ -43,4 +47,18 @@ def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num
             "calib_crop": CALIB_CROP, "seed": seed, "wall_s": round(time.time() - t0, 2)}
     if method == "percentile":
         meta["percentile"] = percentile
-    return export_int8(model, ranges, out, source=f"ptq-{method}", meta=meta)
+    keep = None
+    if keep_float:
+        from .mixed import SENSITIVITY_IMAGES, cached_sensitivity, parse_keep_float, sensitivity_key
+
+        k, keep = parse_keep_float(keep_float)
+        meta["keep_float"] = {"spec": keep_float if isinstance(keep_float, str) else ",".join(keep)}
+        if k is not None:
+            n = min(SENSITIVITY_IMAGES, len(images))
+            key = sensitivity_key(checkpoint, method, calib, num_calib, percentile, seed, n)
+            sens = cached_sensitivity(model, ranges, images[:n], key, progress=progress)
+            keep = [r["conv"] for r in sens["ranking"][:k]]
+            meta["keep_float"]["sensitivity"] = sens
+        meta["keep_float"]["convs"] = keep
+        meta["wall_s"] = round(time.time() - t0, 2)
+    return export_int8(model, ranges, out, source=f"ptq-{method}", meta=meta, keep_float=set(keep or ()))
