@@ -122,6 +122,6 @@ def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):
         plot = _plot(rows, threads, out_dir / f"bench_{uuid.uuid4().hex[:8]}.png")
         yield plot, _table(rows), f"Timed {i + 1}/{len(sizes)} sizes."
     m = res.get("machine", {}) if rows else {}
-    yield gr.skip(), gr.skip(), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
+    yield plot, _table(rows), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
                                  f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
                                  f"({config.effective_cpus()} usable cores).")

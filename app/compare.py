@@ -2,10 +2,12 @@
 
 `compare` is a generator, and what it yields is the design:
 
-1. blank the previous result (the user sees at once that work started);
-2. after ONE pass of each model: the input and the three outputs, and the two before/after
-   sliders — that pass is each model's first latency sample;
-3. the analysis: metrics table, verdict, heatmaps, zoom (latency from that single pass);
+1. blank the previous result (the user sees at once that work started) — and show the input:
+   the input image is sent with it, so its transfer overlaps the models;
+2. after ONE pass of each model: the three outputs — that pass is each model's first latency
+   sample;
+3. the analysis: metrics table, verdict, heatmaps, zoom, the two before/after sliders (latency
+   from that single pass);
 4. `TIMING_RUNS - 1` more interleaved timing rounds, each yielding the table and verdict again,
    so the latency shown ends as the median of `TIMING_RUNS` passes.
 
@@ -174,6 +176,11 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     """
     request_dir = None
     keep_dir = False
+    t_start = time.perf_counter()
+
+    def mark(what: str) -> None:
+        log.debug("compare: %s at %.3f s", what, time.perf_counter() - t_start)
+
     try:
         try:
             prep = core.prepare(image, reference, bool(simulate), seed, bool(full_size))
@@ -196,8 +203,15 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
                 yield vals
                 return
 
-        yield _empty_outputs("Running FP32, PTQ-INT8 and QAT-INT8…")
+        # 0. Clear the previous result and show the input at once: its transfer overlaps the models.
         request_dir = config.work_dir("requests", uuid.uuid4().hex)
+        shown = {}
+        disp, scale = _display(prep.image)
+        shown["input"] = render.save_png(disp, request_dir / "input.png")
+        vals = _empty_outputs(_notice(prep, model_set, overrides, "Running FP32, PTQ-INT8 and QAT-INT8…"))
+        vals[1] = shown["input"]
+        mark("input ready")
+        yield vals
 
         # 1. One pass of each model = the outputs and the first latency sample.
         try:
@@ -205,20 +219,15 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             for role in models.ROLES:
                 outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
                 latencies[role] = [ms]
+                shown[role] = render.save_png(_display(outputs[role])[0], request_dir / f"{role}.png")
         except Exception as exc:
             raise user_error(exc, "running the models") from None
-        shown = {}
-        scale = 1.0
-        for name, arr in (("input", prep.image), *outputs.items()):
-            disp, scale = _display(arr)
-            shown[name] = render.save_png(disp, request_dir / f"{name}.png")
-        notice = _notice(prep, model_set, overrides, "Measuring…")
         vals = [SKIP()] * N_OUT
-        vals[0] = notice
-        vals[1:5] = [shown["input"], shown["fp32"], shown["ptq"], shown["qat"]]
-        vals[5] = (shown["fp32"], shown["ptq"])
-        vals[6] = (shown["fp32"], shown["qat"])
+        vals[0] = _notice(prep, model_set, overrides, "Measuring…")
+        vals[2:5] = [shown["fp32"], shown["ptq"], shown["qat"]]
+        mark("outputs ready (models " + ", ".join(f"{r} {latencies[r][0]:.0f} ms" for r in models.ROLES) + ")")
         yield vals
+        mark("outputs sent")
 
         # 2. Analysis.
         try:
@@ -259,6 +268,8 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         vals[0] = _notice(prep, model_set, overrides, "Timing more runs…" if more and not skip_timing else "")
         vals[7], vals[8], vals[13] = text, frame, js
         vals[9], vals[10] = heat, zoom_path
+        vals[5] = (shown["fp32"], shown["ptq"])
+        vals[6] = (shown["fp32"], shown["qat"])
         vals[11], vals[12] = zx, zy
         vals[15] = state
         downloads = None

@@ -87,10 +87,45 @@ class Upload:
     name: str
     notes: list[str]
     sha256: str
+    original_size: tuple[int, int]  # (w, h), upright, before any reduction on load
 
 
-def read_upload(payload, what: str) -> Upload | None:
-    """Decode an uploaded image; AppInputError / ImageReadError with a clear message if it can't be."""
+#: PIL modes that `Image.reduce` handles (others, e.g. 16-bit, always take the full decoder).
+_REDUCIBLE = ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F")
+
+
+def _decode_reduced(data: bytes, label: str, max_pixels: float) -> np.ndarray | None:
+    """Decode a photo far larger than `max_pixels` at a reduced size: JPEG DCT scaling and an
+    integer box reduction in PIL *before* converting to float, so a 50-MP upload costs about a
+    second instead of ten and a fraction of the memory. None when the fast path does not apply
+    (the caller then uses the full decoder, which knows every mode)."""
+    from PIL import ImageOps
+
+    from qatie import imageio
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            factor = int(math.sqrt(w * h / max_pixels))
+            if factor < 2 or im.mode not in _REDUCIBLE or getattr(im, "n_frames", 1) > 1:
+                return None
+            if im.format == "JPEG":
+                im.draft(im.mode, (w // factor, h // factor))  # decode at 1/2, 1/4 or 1/8 scale
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            rest = max(1, int(math.sqrt(im.width * im.height / max_pixels)))
+            if rest >= 2:
+                im = im.reduce(rest)
+            # The one place qatie converts a PIL image (modes, alpha on white, CMYK) to float.
+            return imageio._pil_to_float(im, label)
+    except Exception:
+        return None
+
+
+def read_upload(payload, what: str, max_pixels: float | None = None) -> Upload | None:
+    """Decode an uploaded image; AppInputError / ImageReadError with a clear message if it can't be.
+    With `max_pixels`, a photo more than 4× larger is decoded at a reduced size (see
+    `_decode_reduced`); the caller still resizes to the exact target."""
     found = payload_path(payload)
     if found is None:
         return None
@@ -109,8 +144,28 @@ def read_upload(payload, what: str) -> Upload | None:
             raise AppInputError(
                 f"{label} is {w}×{h} pixels — too small: the app needs at least "
                 f"{config.MIN_SIDE}×{config.MIN_SIDE} pixels")
+        from qatie.imageio import MAX_PIXELS
+
+        if w * h > MAX_PIXELS:
+            raise AppInputError(f"{label} is {_mp(w, h)}: too large to open safely here "
+                                f"(limit {MAX_PIXELS / 1e6:.0f} MP)")
+        if max_pixels and w * h > 4 * max_pixels:
+            reduced = _decode_reduced(data, label, max_pixels)
+            if reduced is not None:
+                return Upload(reduced, name, notes, hashlib.sha256(data).hexdigest(), size)
     image = decode_image(data, label)
-    return Upload(image, name, notes, hashlib.sha256(data).hexdigest())
+    return Upload(image, name, notes, hashlib.sha256(data).hexdigest(), (image.shape[1], image.shape[0]))
+
+
+def peek_size(payload) -> tuple[int, int] | None:
+    """(w, h) of an upload, upright, from its header alone (None if unreadable or absent)."""
+    found = payload_path(payload)
+    if found is None:
+        return None
+    try:
+        return _header_notes(found[0].read_bytes())[1]
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,10 +201,21 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
             full_size: bool = False) -> Prepared:
     """Validate and size the inputs; degrade the upload when `simulate` (the clean upload then
     becomes the ground truth)."""
-    photo = read_upload(image_payload, "photo")
+    def too_big_for_full_size(name: str, w: int, h: int) -> AppInputError:
+        return AppInputError(
+            f"photo {name!r} is {_mp(w, h)}: full-size processing is limited to "
+            f"{config.FULL_SIZE_MAX_MP:g} MP here. Untick 'Full size (tiled)' to process a copy "
+            f"downscaled to {config.MAX_INPUT_MP:g} MP.")
+
+    if full_size:  # refuse from the header, before spending seconds decoding
+        size = peek_size(image_payload)
+        if size and size[0] * size[1] / 1e6 > config.FULL_SIZE_MAX_MP:
+            raise too_big_for_full_size(payload_path(image_payload)[1], *size)
+    max_pixels = None if full_size else config.MAX_INPUT_MP * 1e6
+    photo = read_upload(image_payload, "photo", max_pixels)
     if photo is None:
         raise AppInputError("no photo: upload an image (or click one of the examples) first")
-    h, w = photo.image.shape[:2]
+    w, h = photo.original_size
     if min(h, w) < config.MIN_SIDE:
         raise AppInputError(f"photo {photo.name!r} is {w}×{h} pixels — too small: the app needs at least "
                             f"{config.MIN_SIDE}×{config.MIN_SIDE} pixels")
@@ -159,10 +225,7 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
     target = (w, h)
     if full_size:
         if mp > config.FULL_SIZE_MAX_MP:
-            raise AppInputError(
-                f"photo {photo.name!r} is {_mp(w, h)}: full-size processing is limited to "
-                f"{config.FULL_SIZE_MAX_MP:g} MP here. Untick 'Full size (tiled)' to process a copy "
-                f"downscaled to {config.MAX_INPUT_MP:g} MP.")
+            raise too_big_for_full_size(photo.name, w, h)
         tiled = mp > config.MAX_INPUT_MP
         if tiled:
             notices.append(f"Full size: {_mp(w, h)} processed in {config.TILE}-pixel tiles with blended seams "
@@ -178,7 +241,7 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
     reference = None
     reference_kind = None
     used_seed = None
-    ref = read_upload(reference_payload, "reference")
+    ref = read_upload(reference_payload, "reference", max_pixels)
     if simulate:
         used_seed = int(seed or 0)
         if not 0 <= used_seed < 2 ** 32:
@@ -193,7 +256,7 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
             notices.append("The uploaded reference is not used: with 'simulate' on, the clean upload is the ground truth.")
         keys["simulate"] = used_seed
     elif ref is not None:
-        rh, rw = ref.image.shape[:2]
+        rw, rh = ref.original_size
         if (rw, rh) != (w, h):
             if abs(rw / rh - w / h) > 0.01 * (w / h):
                 raise AppInputError(

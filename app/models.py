@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -113,6 +114,14 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
+def clean_model_error(msg: str, path: Path) -> str:
+    """The runtime's message without the upload's temporary path and ORT's C++ source locations."""
+    msg = msg.replace(f"ONNX model {path} ", "").replace(str(path), "the file")
+    msg = re.sub(r"\s*/onnxruntime_src/\S+", "", msg)
+    msg = re.sub(r"\s*onnxruntime::\S.*?(?=\)$|$)", "", msg)
+    return msg
+
+
 def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
     """Load a user-uploaded .onnx file (ModelFileError with a clear message if it is not one)."""
     path = Path(path)
@@ -129,8 +138,7 @@ def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
     try:
         enh = rt.OnnxEnhancer(path, threads=config.THREADS)
     except ModelFileError as exc:
-        # The runtime's message names the upload's temporary path; name what the user chose.
-        raise ModelFileError(f"{label}: {str(exc).replace(str(path), 'this file')}") from None
+        raise ModelFileError(f"{label}: {clean_model_error(str(exc), path)}") from None
     with _UPLOADED_LOCK:
         _UPLOADED[key] = enh
         while len(_UPLOADED) > _UPLOADED_MAX:

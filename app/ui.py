@@ -42,8 +42,11 @@ def _example_labels(rows: list[list[str]]) -> list[str]:
 
 def debug_modules() -> dict:
     """Which heavy modules this server process has imported (enabled by QATIE_APP_DEBUG=1)."""
+    import threading
+
     return {"torch": "torch" in sys.modules, "onnxruntime": "onnxruntime" in sys.modules,
-            "modules": len(sys.modules), "warm_up": models.warm_state()}
+            "modules": len(sys.modules), "warm_up": models.warm_state(),
+            "training_threads": sum(t.name.startswith("qatie-train-") and t.is_alive() for t in threading.enumerate())}
 
 
 def build_demo() -> gr.Blocks:
@@ -107,21 +110,21 @@ def build_demo() -> gr.Blocks:
                                                         interactive=False, elem_id="slider-ptq")
                             slider_qat = gr.ImageSlider(label="Before/after: FP32 ↔ QAT-INT8", format="png",
                                                         interactive=False, elem_id="slider-qat")
-                        gr.Markdown(about.ZOOM_HELP)
-                        zoom_img = gr.Image(label="Zoom (nearest-neighbour)", format="png", interactive=False,
-                                            elem_id="zoom")
+                        gr.Markdown("**Zoom** — " + about.ZOOM_HELP)
+                        zoom_img = gr.Image(label="Zoom (nearest-neighbour)", show_label=False, format="png",
+                                            interactive=False, elem_id="zoom")
                         with gr.Row():
                             zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom centre x (% of width)")
                             zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom centre y (% of height)")
                             zoom_window = gr.Dropdown(list(compare.ZOOM_WINDOWS), value=compare.DEFAULT_WINDOW,
                                                       label="Zoom window (pixels)")
-                        gr.Markdown(about.HEATMAP_HELP)
-                        heatmap = gr.Image(label="Error heatmaps (8-bit levels)", format="png", interactive=False,
-                                           elem_id="heatmap")
+                        gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
+                        heatmap = gr.Image(label="Error heatmaps (8-bit levels)", show_label=False, format="png",
+                                           interactive=False, elem_id="heatmap")
                         with gr.Accordion("All numbers (JSON)", open=False):
                             metrics_json = gr.JSON(label="Metrics")
-                        downloads = gr.File(label="Full-size outputs (PNG, tiled mode)", file_count="multiple",
-                                            interactive=False)
+                        with gr.Accordion("Full-size outputs (PNG; filled in 'Full size (tiled)' mode)", open=False):
+                            downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
@@ -142,8 +145,8 @@ def build_demo() -> gr.Blocks:
                                           value=train_tab.INIT_SCRATCH, label="Start from")
                         d = train_tab.DEFAULTS
                         t_width = gr.Radio([16, 24, 32], value=d.width, label="Network width c (from scratch)")
-                        t_fp32 = gr.Slider(0, 3000, value=d.fp32_steps, step=10, label="FP32 training steps")
-                        t_qat = gr.Slider(10, 1000, value=d.qat_steps, step=10, label="QAT fine-tuning steps")
+                        t_fp32 = gr.Slider(0, 3000, value=d.fp32_steps, step=1, label="FP32 training steps (0: only with the shipped model)")
+                        t_qat = gr.Slider(1, 1000, value=d.qat_steps, step=1, label="QAT fine-tuning steps")
                         with gr.Accordion("More settings", open=False):
                             t_batch = gr.Slider(1, 32, value=d.batch_size, step=1, label="Batch size")
                             t_patch = gr.Slider(32, 256, value=d.patch, step=16, label="Crop size (pixels)")

@@ -1,0 +1,192 @@
+"""Measure the app from the outside: cold start and time-to-outputs of `/compare` on a 1-MP photo.
+
+    python -m app.measure                 # starts `python app.py` on a free port, measures, stops it
+    python -m app.measure --url http://127.0.0.1:7860/ --runs 5      # an app that is already running
+    python -m app.measure --json measure.json
+
+* **Cold start**: from spawning `python app.py` to the page answering (HTTP 200 on `/` and
+  `/config`), i.e. a usable page; ONNX sessions are then warmed in the background.
+* **Time to outputs**: from the `gradio_client` call (upload included) until the input and the
+  three output PNGs have all arrived, downloaded on the client — what "on screen" costs
+  through the API. Also the time to the analysis (metrics) and to the final update (median of
+  the timing runs). Each is the median over `--runs` calls on different 1-MP photos.
+
+`AppServer` (a context manager) is also what the API and browser tests use to launch the app.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except Exception:
+        return 0
+
+
+class AppServer:
+    """`python app.py` in a subprocess on localhost:PORT; waits until the page is usable."""
+
+    def __init__(self, port: int | None = None, env: dict | None = None, timeout: float = 120.0,
+                 log_path: str | os.PathLike | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.timeout = timeout
+        self.extra_env = env or {}
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="qatie-app-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def __enter__(self) -> "AppServer":
+        env = dict(os.environ)
+        env.update({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
+                    "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.update(self.extra_env)
+        self._log = open(self.log_path, "wb")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "app.py")], cwd=REPO_ROOT, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = t0 + self.timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.log()}")
+            if _get(self.url) == 200 and _get(self.url + "config") == 200:
+                self.startup_s = time.perf_counter() - t0
+                return self
+            time.sleep(0.1)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"app not up after {self.timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def one_mp_photos(n: int, folder: Path) -> list[Path]:
+    """`n` different ~1-MP JPEG photos (the example photos, degraded, at 1224×816 and shifted)."""
+    from PIL import Image
+
+    from qatie.data import EVAL_DEGRADATION, sample_images
+    from qatie.degrade import degrade
+    from qatie.imageio import to_uint8
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = list(sample_images(("rocket", "coffee", "astronaut", "chelsea")).items())
+    out = []
+    for i in range(n):
+        name, img = photos[i % len(photos)]
+        big = Image.fromarray(to_uint8(img)).resize((1224, 816), Image.Resampling.BICUBIC)
+        arr = np.roll(np.asarray(big), 37 * i, axis=1).astype(np.float32) / 255
+        arr = degrade(arr, 100 + i, EVAL_DEGRADATION)
+        path = folder / f"photo_1mp_{i}.jpg"
+        Image.fromarray(to_uint8(arr)).save(path, quality=92)
+        out.append(path)
+    return out
+
+
+def time_compare(client, photo: Path) -> dict:
+    """Submit /compare and time its streamed updates (client side, files downloaded)."""
+    from gradio_client import handle_file
+
+    t0 = time.perf_counter()
+    job = client.submit(handle_file(str(photo)), api_name="/compare")
+    first_images = analysis = None
+    got: set[int] = set()  # which of input/FP32/PTQ/QAT (outputs 1–4) have arrived
+    seen = 0
+    while True:
+        outs = job.outputs()
+        for upd in outs[seen:]:
+            now = time.perf_counter() - t0
+            got |= {i for i in range(1, 5) if isinstance(upd[i], str) and upd[i].endswith(".png")}
+            if first_images is None and len(got) == 4:
+                first_images = now
+            if analysis is None and isinstance(upd[7], str) and upd[7]:
+                analysis = now
+        seen = len(outs)
+        if job.done():
+            break
+        time.sleep(0.005)
+    result = job.result()
+    final = time.perf_counter() - t0
+    return {"photo": photo.name, "first_outputs_s": first_images, "analysis_s": analysis, "final_s": final,
+            "latency_ms": result[13].get("latency_ms") if isinstance(result[13], dict) else None}
+
+
+def measure(url: str, runs: int, folder: Path) -> dict:
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    photos = one_mp_photos(runs + 1, folder)
+    time_compare(client, photos[-1])  # the first call of a fresh server pays for warm-up: not counted
+    rows = [time_compare(client, p) for p in photos[:runs]]
+    med = {k: statistics.median(r[k] for r in rows) for k in ("first_outputs_s", "analysis_s", "final_s")}
+    return {"runs": rows, "median": med}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", help="measure an app already running at this URL (no cold start)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="write the numbers here")
+    args = ap.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="qatie-measure-"))
+    report: dict = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    if args.url:
+        report.update(measure(args.url, args.runs, folder))
+    else:
+        with AppServer() as server:
+            report["cold_start_s"] = round(server.startup_s, 2)
+            print(f"cold start to usable page: {server.startup_s:.2f} s")
+            report.update(measure(server.url, args.runs, folder))
+    for r in report["runs"]:
+        lat = r["latency_ms"] or {}
+        print(f"{r['photo']}: outputs on client {r['first_outputs_s']:.2f} s, metrics {r['analysis_s']:.2f} s, "
+              f"final {r['final_s']:.2f} s; model medians (ms) "
+              + ", ".join(f"{k} {v['median_ms']:.0f}" for k, v in lat.items()))
+    m = report["median"]
+    print(f"median over {len(report['runs'])} 1-MP photos (1224×816 JPEG): three outputs on the client after "
+          f"{m['first_outputs_s']:.2f} s, metrics {m['analysis_s']:.2f} s, final (median-of-3 latency) {m['final_s']:.2f} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
