@@ -266,6 +266,14 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
         weight_nodes += extra
     del g.node[:]
     g.node.extend(_toposort(weight_nodes + new_nodes, g))
+    # The tracer gives every QPoint marker output a made-up symbolic shape (one scale's H, W
+    # reused for others, even for the batch dim). ORT plans buffer reuse from value_info: where a
+    # DequantizeLinear survives fusion (a keep-float conv's input) that plan broke on the second
+    # image size ("Shape mismatch attempting to re-use buffer"). ORT infers the shapes itself.
+    markers = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"} | set(bypass)
+    kept_info = [v for v in g.value_info if v.name not in markers]
+    del g.value_info[:]
+    g.value_info.extend(kept_info)
     _fix_output(g)
     doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
     _finish(proto, path, doc)

@@ -179,11 +179,12 @@ class _Probe:
                     self.fetch[name] = (src, None, 0)
                 else:
                     missing.append(name)
-        if missing:
+        self.missing = missing  # points this graph has no tensor for (reported as None)
+        if tensors and len(missing) == len(tensors):
             kind = "INT8" if self.int8 else "FP32"
             raise ModelFileError(
-                f"{kind} model {path} has no tensor for {len(missing)} of {len(tensors)} quantization points "
-                f"(first: {missing[0]}); it was not exported from the same network as the sidecar")
+                f"{kind} model {path} has no tensor for any of the {len(tensors)} quantization points of the "
+                f"sidecar (first: {missing[0]}); it was not exported from the same network")
         outputs = {o.name for o in g.output}
         self.output_name = g.output[0].name
         self.extra = []
@@ -392,7 +393,7 @@ def inspect_image(fp32_onnx, int8_onnx_list: Sequence, image, labels: Sequence[s
         _, raw = probe.run(x, hw)
         for row in rows:
             name = row["name"]
-            if name not in raw:
+            if name not in raw or name not in ref:
                 row[f"sqnr_{label}_db"] = row[f"range_sqnr_{label}_db"] = None
                 continue
             r = ref[name]
@@ -638,6 +639,8 @@ def activation_histogram(fp32_onnx, tensor_name: str, image, sidecars, bins: int
     t = _find_tensor(sides, tensor_name)
     img = fit_image(image, max_side)
     acts = _activations(fp32_onnx, _reference_tensors(sides), img, threads, keep=True)
+    if t["name"] not in acts:
+        raise QatieError(f"{fp32_onnx}: the model has no tensor for {t['name']} ({t.get('onnx_tensor')})")
     v = acts[t["name"]].ravel()
     vmin, vmax = float(v.min()), float(v.max())
     ranges = []

@@ -33,6 +33,7 @@ from .errors import QatieError
 from .inspect import _image_list, cache_dir, cached_fp32_onnx, cached_ptq, file_sha, read_sidecar, score_models, stage_of
 
 SENSITIVITY_IMAGES = 8
+SENSITIVITY_VERSION = 1  # bump when the islands or the score change (invalidates cached rankings)
 DEFAULT_K = (0, 1, 2, 4, 8, 16, 35)
 
 
@@ -133,7 +134,7 @@ def sensitivity_key(checkpoint, method: str, calib: str, num_calib: int, percent
                     n_images: int) -> str:
     import hashlib
 
-    settings = json.dumps([file_sha(checkpoint), method, calib, num_calib,
+    settings = json.dumps([SENSITIVITY_VERSION, file_sha(checkpoint), method, calib, num_calib,
                            percentile if method == "percentile" else None, seed, n_images])
     return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
