@@ -23,6 +23,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from .graph_opt import optimize_fp32, optimize_int8
 from .model import QATIENet
 from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
@@ -121,6 +122,7 @@ def export_fp32(model: QATIENet, path) -> Path:
     g = proto.graph
     for node in [n for n in g.node if n.op_type == "QPoint"]:
         _bypass(g, node)
+    optimize_fp32(proto)
     return _finish(proto, path, f"qatie FP32, width {model.width}, variant {model.variant}")
 
 
@@ -275,12 +277,15 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
     del g.value_info[:]
     g.value_info.extend(kept_info)
     _fix_output(g)
+    opt = optimize_int8(proto)  # value-preserving speed-ups for ONNX Runtime (docs/performance.md)
+    for t in tensors:
+        t["dq_tensor"] = opt.renamed.get(t["dq_tensor"], t["dq_tensor"])
     doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
     _finish(proto, path, doc)
     sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,
                "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
                "keep_float": sorted(keep), "float_points": [n for n in (qp.qname for qp in model.qpoints()) if n in dropped],
-               "tensors": tensors, "weights": weights}
+               "tensors": tensors, "weights": weights, "graph_opt": opt.changes}
     sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
     return path
 

@@ -1,0 +1,439 @@
+"""Post-export graph optimisation: make ONNX Runtime's integer kernels faster without changing a value.
+
+`qatie.export` calls `optimize_int8` on every INT8 QDQ model (and `optimize_fp32` on every FP32
+model) right before saving. Every pass here is *value-preserving*: the optimised graph computes
+bit-for-bit the output of the unoptimised one in ONNX Runtime (tests/test_graph_opt.py checks
+that, and that all 35 convs still become QLinearConv). The QuantSpec — which tensors are
+quantized and with which parameters — is untouched; only how ORT gets to compute it changes.
+Measured effects are in docs/performance.md.
+
+Passes (INT8):
+
+* `pad_narrow_convs` — ONNX Runtime (MLAS) runs a QLinearConv through its fast symmetric
+  "indirect" convolution (`MlasConvSym`, AVX-512 VNNI, requantization fused) only when the int8
+  weights have zero point 0, the input channels are a multiple of 4 and there are ≥ 16 output
+  channels (a multiple of 4). Otherwise it falls back to im2col + QGEMM, which at full resolution
+  memsets and fills a K×H×W byte buffer per call (≈ 600 MB for the 3×3, 32→3 output conv at
+  1080p) and then requantizes from an int32 buffer. Our two 3-channel-input convs (enc1.a/b)
+  and the 3-channel output conv (delta) hit that path. The pass pads them with zeros: input
+  channels by a `Pad` of the *quantized* input with its zero point (dequantizes to exactly 0)
+  plus zero weight columns; output channels by zero weight rows / zero bias, and a `Slice` of
+  the quantized output back to the real channels. Zero weights add exact integer zeros, so the
+  int32 accumulators — and therefore every output level — are unchanged.
+* `drop_redundant_clip` — a `Clip(min, max)` fed by a DequantizeLinear whose 256 possible
+  outputs all lie in [min, max] is the identity (the network output is quantized at scale
+  1/255, zero point 0, so it is already in [0, 1]); it is removed and the DequantizeLinear
+  writes the graph output directly.
+
+Run it on an existing file with `python -m qatie.graph_opt IN.onnx [OUT.onnx]` (idempotent).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+#: MLAS symmetric-conv requirements on x86-64 (convsym.cpp, AVX2/AVX-512 dispatch tables):
+#: input channels % 4 == 0, output channels ≥ 16 and % 4 == 0 (% 8 for the AVX2 kernels).
+SYM_INPUT_ALIGN = 4
+SYM_OUTPUT_ALIGN = 8
+SYM_MIN_OUTPUT = 16
+
+
+@dataclass
+class OptReport:
+    """What the passes changed: human-readable lines and tensor renames (old → new name)."""
+
+    changes: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+
+# --------------------------------------------------------------------------------------------
+# Small graph helpers
+# --------------------------------------------------------------------------------------------
+
+class _G:
+    def __init__(self, graph: onnx.GraphProto):
+        self.g = graph
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.inits = {i.name: i for i in self.g.initializer}
+        self.producer = {o: n for n in self.g.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in self.g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.outputs = {o.name for o in self.g.output}
+
+    def const(self, name: str):
+        """The value of an initializer or a `Constant` node's output, else None."""
+        t = self.inits.get(name)
+        if t is not None:
+            return numpy_helper.to_array(t)
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def unique(self, base: str) -> str:
+        used = set(self.inits) | set(self.producer) | {i.name for i in self.g.input}
+        used |= {n.name for n in self.g.node}
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        return name
+
+    def add_init(self, array: np.ndarray, base: str) -> str:
+        name = self.unique(base)
+        self.g.initializer.append(numpy_helper.from_array(array, name))
+        self.inits[name] = self.g.initializer[-1]
+        return name
+
+    def set_init(self, name: str, array: np.ndarray) -> None:
+        self.inits[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    def insert_before(self, anchor, new_nodes) -> None:
+        idx = list(self.g.node).index(anchor)
+        for k, n in enumerate(new_nodes):
+            self.g.node.insert(idx + k, n)
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _scalar_qparams(G: _G, dq, op: str = "DequantizeLinear") -> tuple[float, np.ndarray] | None:
+    """(scale, zero_point array) of a per-tensor `op` (DequantizeLinear) with constant parameters."""
+    if dq is None or dq.op_type != op or len(dq.input) < 3:
+        return None
+    s, z = G.const(dq.input[1]), G.const(dq.input[2])
+    if s is None or z is None or s.size != 1 or z.size != 1:
+        return None
+    return float(s.reshape(-1)[0]), z.reshape(())
+
+
+def _qdq_conv(G: _G, conv):
+    """The pieces of a QDQ conv — DQ(act) → Conv(DQ(int8 W, zp 0), DQ(int32 b)) → Q — or None."""
+    if conv.op_type != "Conv" or len(conv.input) < 2 or _attr(conv, "group", 1) != 1:
+        return None
+    x_dq, w_dq = G.producer.get(conv.input[0]), G.producer.get(conv.input[1])
+    b_dq = G.producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+    if _scalar_qparams(G, x_dq) is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
+        return None
+    w = G.const(w_dq.input[0])
+    w_zp = G.const(w_dq.input[2]) if len(w_dq.input) > 2 else None
+    w_scale = G.const(w_dq.input[1])
+    if w is None or w.dtype != np.int8 or w.ndim != 4 or w_scale is None or w_zp is None or np.any(w_zp != 0):
+        return None
+    if w_scale.size > 1 and _attr(w_dq, "axis", 1) != 0:
+        return None
+    if b_dq is not None:
+        if b_dq.op_type != "DequantizeLinear" or G.const(b_dq.input[0]) is None or G.const(b_dq.input[1]) is None:
+            return None
+    outs = G.consumers.get(conv.output[0], [])
+    if len(outs) != 1 or outs[0].op_type != "QuantizeLinear" or conv.output[0] in G.outputs:
+        return None
+    q = outs[0]
+    if G.const(q.input[1]) is None or G.const(q.input[1]).size != 1:
+        return None
+    return x_dq, w_dq, b_dq, q
+
+
+def _forget_shape(model: onnx.ModelProto, name: str) -> None:
+    """Drop a value_info entry whose shape a pass changed (ORT plans buffers from value_info)."""
+    keep = [v for v in model.graph.value_info if v.name != name]
+    if len(keep) != len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+
+
+def _own_initializer(G: _G, node, index: int) -> str:
+    """Make `node.input[index]` an initializer used by `node` alone (copy if shared); its name."""
+    name = node.input[index]
+    if len(G.consumers.get(name, [])) > 1:
+        new = G.add_init(G.const(name), f"{name}_padded")
+        node.input[index] = new
+        return new
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# Passes
+# --------------------------------------------------------------------------------------------
+
+def pad_narrow_convs(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
+    """Zero-pad QDQ convs whose channel counts keep MLAS off its symmetric conv path."""
+    report = report if report is not None else OptReport()
+    G = _G(model.graph)
+    padded_inputs: dict[tuple[str, int], str] = {}  # (quantized tensor, channels) → padded DQ output
+    for conv in list(model.graph.node):
+        parts = _qdq_conv(G, conv)
+        if parts is None:
+            continue
+        x_dq, w_dq, b_dq, q = parts
+        w = G.const(w_dq.input[0])
+        cout, cin = w.shape[:2]
+        cin_p = -(-cin // SYM_INPUT_ALIGN) * SYM_INPUT_ALIGN
+        cout_p = cout if (cout >= SYM_MIN_OUTPUT and cout % SYM_OUTPUT_ALIGN == 0) else \
+            max(SYM_MIN_OUTPUT, -(-cout // SYM_OUTPUT_ALIGN) * SYM_OUTPUT_ALIGN)
+        if cin_p == cin and cout_p == cout:
+            continue
+        if cout_p != cout and G.const(w_dq.input[1]).size == 1:
+            continue  # per-tensor weights: not produced by our exporter, leave alone
+        wp = np.zeros((cout_p, cin_p) + w.shape[2:], np.int8)
+        wp[:cout, :cin] = w
+        G.set_init(_own_initializer(G, w_dq, 0), wp)
+        what = []
+        if cin_p != cin:
+            xq = x_dq.input[0]
+            key = (xq, cin_p)
+            if key not in padded_inputs:
+                (_, zp) = _scalar_qparams(G, x_dq)
+                pads = G.add_init(np.array([0, 0, 0, 0, 0, cin_p - cin, 0, 0], np.int64), f"{xq}/pad_channels/pads")
+                value = G.add_init(np.array(zp, zp.dtype), f"{xq}/pad_channels/value")
+                padded = G.unique(f"{xq}/pad_channels")
+                dq_out = G.unique(f"{x_dq.output[0]}/pad_channels")
+                pad = helper.make_node("Pad", [xq, pads, value], [padded], mode="constant",
+                                       name=G.unique(f"{x_dq.name or xq}/pad_channels"))
+                dq = helper.make_node("DequantizeLinear", [padded, x_dq.input[1], x_dq.input[2]], [dq_out],
+                                      name=G.unique(f"{x_dq.name or xq}/pad_channels/DQ"))
+                G.insert_before(x_dq, [pad, dq])
+                padded_inputs[key] = dq_out
+            conv.input[0] = padded_inputs[key]
+            what.append(f"input channels {cin}→{cin_p}")
+        if cout_p != cout:
+            ws = G.const(w_dq.input[1]).astype(np.float32).reshape(-1)
+            wsp = np.concatenate([ws, np.ones(cout_p - cout, np.float32)])
+            G.set_init(_own_initializer(G, w_dq, 1), wsp)
+            G.set_init(_own_initializer(G, w_dq, 2), np.zeros(cout_p, np.int8))
+            if b_dq is not None:
+                b = G.const(b_dq.input[0]).reshape(-1)
+                bs = G.const(b_dq.input[1]).astype(np.float32).reshape(-1)
+                x_scale = np.float32(_scalar_qparams(G, x_dq)[0])
+                G.set_init(_own_initializer(G, b_dq, 0), np.concatenate([b, np.zeros(cout_p - cout, b.dtype)]))
+                G.set_init(_own_initializer(G, b_dq, 1), np.concatenate([bs, np.full(cout_p - cout, x_scale, np.float32)]))
+                if len(b_dq.input) > 2 and b_dq.input[2]:
+                    bz = G.const(b_dq.input[2]).reshape(-1)
+                    G.set_init(_own_initializer(G, b_dq, 2), np.zeros(cout_p, bz.dtype))
+            _forget_shape(model, conv.output[0])  # now cout_p channels
+            # Slice the quantized output back to the real channels, before every consumer.
+            q_out = q.output[0]
+            full = G.unique(f"{q_out}/padded")
+            q.output[0] = full
+            starts = G.add_init(np.array([0], np.int64), f"{q_out}/slice/starts")
+            ends = G.add_init(np.array([cout], np.int64), f"{q_out}/slice/ends")
+            axes = G.add_init(np.array([1], np.int64), f"{q_out}/slice/axes")
+            sl = helper.make_node("Slice", [full, starts, ends, axes], [q_out], name=G.unique(f"{q.name or q_out}/slice_channels"))
+            idx = list(model.graph.node).index(q)
+            model.graph.node.insert(idx + 1, sl)
+            what.append(f"output channels {cout}→{cout_p} (+Slice)")
+        G.refresh()
+        report.changes.append(f"pad_narrow_convs: {conv.name}: " + ", ".join(what))
+    return report
+
+
+def drop_redundant_clip(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
+    """Remove Clip nodes that cannot change the output of the DequantizeLinear feeding them."""
+    report = report if report is not None else OptReport()
+    G = _G(model.graph)
+    for clip in [n for n in model.graph.node if n.op_type == "Clip"]:
+        dq = G.producer.get(clip.input[0])
+        qp = _scalar_qparams(G, dq)
+        if qp is None or len(G.consumers.get(dq.output[0], [])) != 1 or dq.output[0] in G.outputs:
+            continue
+        lo = G.const(clip.input[1]) if len(clip.input) > 1 and clip.input[1] else np.array(-np.inf, np.float32)
+        hi = G.const(clip.input[2]) if len(clip.input) > 2 and clip.input[2] else np.array(np.inf, np.float32)
+        if lo is None or hi is None:
+            continue
+        scale, zp = qp
+        info = np.iinfo(zp.dtype)
+        # Exactly what DequantizeLinear computes for every representable level (float32).
+        levels = np.arange(info.min, info.max + 1, dtype=np.int64)
+        values = (levels - int(zp)).astype(np.float32) * np.float32(scale)
+        if values.min() < np.float32(lo) or values.max() > np.float32(hi):
+            continue
+        old = dq.output[0]
+        dq.output[0] = clip.output[0]
+        model.graph.node.remove(clip)
+        report.renamed[old] = clip.output[0]
+        report.changes.append(f"drop_redundant_clip: {clip.name or clip.output[0]} (input in "
+                              f"[{values.min():g}, {values.max():g}] ⊆ [{float(lo):g}, {float(hi):g}])")
+        G.refresh()
+    return report
+
+
+def _nearest_source_index(out_idx: np.ndarray, in_len: int, out_len: int, scale: float,
+                          ctm: str, nearest_mode: str) -> np.ndarray | None:
+    """ONNX Resize (nearest) source index of each output index, in float32 like ORT; None if unknown."""
+    x = out_idx.astype(np.float32)
+    s = np.float32(scale)
+    if ctm == "asymmetric":
+        orig = x / s
+    elif ctm == "half_pixel":
+        orig = (x + np.float32(0.5)) / s - np.float32(0.5)
+    elif ctm == "pytorch_half_pixel":
+        orig = (x + np.float32(0.5)) / s - np.float32(0.5) if out_len > 1 else np.zeros_like(x)
+    elif ctm == "tf_half_pixel_for_nn":
+        orig = (x + np.float32(0.5)) / s
+    elif ctm == "align_corners":
+        orig = x * np.float32(in_len - 1) / np.float32(out_len - 1) if out_len > 1 else np.zeros_like(x)
+    else:
+        return None
+    fl = np.floor(orig)
+    if nearest_mode == "floor":
+        idx = fl
+    elif nearest_mode == "ceil":
+        idx = np.ceil(orig)
+    elif nearest_mode == "round_prefer_floor":
+        idx = np.where(orig == fl + np.float32(0.5), fl, np.round(orig))
+    elif nearest_mode == "round_prefer_ceil":
+        idx = np.where(orig == fl + np.float32(0.5), fl + 1, np.round(orig))
+    else:
+        return None
+    return np.clip(idx, 0, in_len - 1).astype(np.int64)
+
+
+def _is_nearest_2x(G: _G, resize) -> bool:
+    """True when `resize` is exactly 'repeat every pixel 2×2' (nearest, scales [1, 1, 2, 2])."""
+    if _attr(resize, "mode", b"nearest") not in (b"nearest", "nearest"):
+        return False
+    if len(resize.input) < 3 or not resize.input[2] or (len(resize.input) > 3 and resize.input[3]):
+        return False
+    scales = G.const(resize.input[2])
+    if scales is None or scales.shape != (4,) or not np.array_equal(scales, np.array([1, 1, 2, 2], np.float32)):
+        return False
+    if _attr(resize, "antialias", 0) or _attr(resize, "axes") is not None:
+        return False
+    ctm = _attr(resize, "coordinate_transformation_mode", b"half_pixel")
+    mode = _attr(resize, "nearest_mode", b"round_prefer_floor")
+    ctm, mode = (v.decode() if isinstance(v, bytes) else v for v in (ctm, mode))
+    for n in range(1, 258):
+        idx = _nearest_source_index(np.arange(2 * n), n, 2 * n, 2.0, ctm, mode)
+        if idx is None or not np.array_equal(idx, np.arange(2 * n) // 2):
+            return False
+    return True
+
+
+def nearest_resize_in_uint8(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
+    """DQ → Resize(nearest 2×) → Q  ⇒  uint8 Transpose/Concat/Reshape (pure copies) → DQ → Q.
+
+    Nearest resizing commutes with the elementwise DequantizeLinear, so moving it in front of the
+    DQ is exact. ORT then removes the DQ → Q pair (same scale and zero point) and cancels the two
+    Transposes against its own NHWC layout transposes, leaving two uint8 Concats: in NHWC,
+    concatenating a tensor with itself on C repeats every pixel along W, and on a new axis after
+    H repeats every row. ORT's own uint8 Resize runs the generic per-element index loop in NHWC
+    (its 2× fast path is NCHW only). The original DequantizeLinear of the low-resolution tensor
+    is kept (with nothing reading it) so every quantization point keeps its Q → DQ pair — the
+    sidecar contract that `qatie.inspect` relies on.
+    """
+    report = report if report is not None else OptReport()
+    G = _G(model.graph)
+    for resize in [n for n in model.graph.node if n.op_type == "Resize"]:
+        dq = G.producer.get(resize.input[0])
+        qp = _scalar_qparams(G, dq)
+        if qp is None or not _is_nearest_2x(G, resize) or resize.output[0] in G.outputs:
+            continue
+        consumers = G.consumers.get(resize.output[0], [])
+        cq = [_scalar_qparams(G, c, "QuantizeLinear") for c in consumers]
+        if not cq or not all(c is not None and np.float32(c[0]) == np.float32(qp[0]) and c[1] == qp[1]
+                             and c[1].dtype == qp[1].dtype for c in cq):
+            continue  # ORT could not drop the DQ → Q pair: not faster
+        a, base = dq.input[0], resize.name or resize.output[0]
+        t = lambda s: G.unique(f"{base}/u8/{s}")  # noqa: E731
+        nhwc, wide, rows, tall, shp, shp2, up_nhwc, up = (t(s) for s in (
+            "nhwc", "repeat_w", "rows", "repeat_h", "shape", "shape_2x", "up_nhwc", "up"))
+        rs_rows = G.add_init(np.array([0, 0, 1, -1], np.int64), f"{base}/u8/rows_shape")
+        twice = G.add_init(np.array([1, 2, 2, 1], np.int64), f"{base}/u8/hw_times_2")
+        new = [
+            helper.make_node("Transpose", [a], [nhwc], perm=[0, 2, 3, 1], name=t("to_nhwc")),
+            helper.make_node("Concat", [nhwc, nhwc], [wide], axis=3, name=t("repeat_w")),
+            helper.make_node("Reshape", [wide, rs_rows], [rows], name=t("rows")),
+            helper.make_node("Concat", [rows, rows], [tall], axis=2, name=t("repeat_h")),
+            helper.make_node("Shape", [nhwc], [shp], name=t("shape")),
+            helper.make_node("Mul", [shp, twice], [shp2], name=t("shape_2x")),
+            helper.make_node("Reshape", [tall, shp2], [up_nhwc], name=t("up_nhwc")),
+            helper.make_node("Transpose", [up_nhwc], [up], perm=[0, 3, 1, 2], name=t("to_nchw")),
+            helper.make_node("DequantizeLinear", [up, dq.input[1], dq.input[2]], [resize.output[0]], name=t("DQ")),
+        ]
+        idx = list(model.graph.node).index(resize)
+        model.graph.node.remove(resize)
+        for k, n in enumerate(new):
+            model.graph.node.insert(idx + k, n)
+        G.refresh()
+        report.changes.append(f"nearest_resize_in_uint8: {resize.name} → uint8 Concat/Reshape before its DQ")
+    return report
+
+
+def _prune_initializers(model: onnx.ModelProto) -> None:
+    """Drop initializers and Constant nodes nothing reads any more."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    for n in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        model.graph.node.remove(n)
+    keep = [t for t in model.graph.initializer if t.name in used]
+    if len(keep) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+
+
+INT8_PASSES = (pad_narrow_convs, nearest_resize_in_uint8, drop_redundant_clip)
+FP32_PASSES: tuple = ()  # measured: nothing value-preserving helped the FP32 graph (docs/performance.md)
+
+
+def optimize_int8(model: onnx.ModelProto) -> OptReport:
+    """Apply every INT8 pass to `model` in place; returns what changed. Idempotent."""
+    report = OptReport()
+    for p in INT8_PASSES:
+        p(model, report)
+    _prune_initializers(model)
+    return report
+
+
+def optimize_fp32(model: onnx.ModelProto) -> OptReport:
+    """Apply every FP32 pass to `model` in place (currently none); returns what changed."""
+    report = OptReport()
+    for p in FP32_PASSES:
+        p(model, report)
+    return report
+
+
+def is_int8(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def optimize_file(src, dst=None) -> OptReport:
+    """Optimise an exported .onnx file (INT8 or FP32) and write it to `dst` (default: in place)."""
+    src = Path(src)
+    dst = Path(dst) if dst else src
+    model = onnx.load(str(src))
+    report = optimize_int8(model) if is_int8(model) else optimize_fp32(model)
+    onnx.checker.check_model(model)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not 1 <= len(argv) <= 2:
+        print("usage: python -m qatie.graph_opt IN.onnx [OUT.onnx]", file=sys.stderr)
+        return 2
+    report = optimize_file(*argv)
+    print("\n".join(report.changes) if report else "nothing to change")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
