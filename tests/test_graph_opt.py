@@ -96,10 +96,17 @@ def test_keep_float_export_still_exact(tmp_path, monkeypatch):
 def test_optimize_file_on_the_shipped_model(tmp_path):
     src = tmp_path / "src.onnx"
     shutil.copy(REPO_ROOT / "checkpoints" / "int8_qat.onnx", src)
+    if (REPO_ROOT / "checkpoints" / "int8_qat.json").exists():
+        shutil.copy(REPO_ROOT / "checkpoints" / "int8_qat.json", src.with_suffix(".json"))
     dst = tmp_path / "dst.onnx"
     graph_opt.optimize_file(src, dst)
     _assert_same_outputs(src, dst, sizes=((72, 104),))
     assert _ort_ops(dst, tmp_path)["QLinearConv"] == 35
+    if src.with_suffix(".json").exists():  # the sidecar follows the graph
+        side = json.loads(dst.with_suffix(".json").read_text())
+        producers = {o: n for n in onnx.load(str(dst)).graph.node for o in n.output}
+        assert all(producers[t["dq_tensor"]].op_type == "DequantizeLinear" for t in side["tensors"] if "dq_tensor" in t)
+        assert side["graph_opt"]
 
 
 # --------------------------------------------------------------------------------------------
