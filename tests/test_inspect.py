@@ -298,6 +298,19 @@ def test_cli_inspect_smoke(small, tmp_path, cli):
     assert bad.returncode == 2 and "at least one INT8" in bad.stderr
 
 
+def test_cli_ptq_keep_float(small, tmp_path, cli):
+    from qatie.checkpoint import save_checkpoint
+
+    ck = save_checkpoint(tmp_path / "small.pt", small["model"])
+    out = tmp_path / "kf.onnx"
+    proc = cli("ptq", "--checkpoint", str(ck), "--num-calib", "1", "--keep-float", "ref_s2.m1,delta", "--out", str(out))
+    assert "float convs: delta, ref_s2.m1" in proc.stdout
+    side = sidecar(out)
+    assert side["keep_float"] == ["delta", "ref_s2.m1"] and side["meta"]["keep_float"]["convs"] == ["ref_s2.m1", "delta"]
+    bad = cli("ptq", "--checkpoint", str(ck), "--num-calib", "1", "--keep-float", "nope", "--out", str(out), check=False)
+    assert bad.returncode == 2 and "no conv named nope" in bad.stderr
+
+
 def test_inspect_and_panel_import_without_torch():
     code = ("import sys; import qatie.inspect, app.inspect_panel; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
