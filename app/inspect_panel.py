@@ -215,18 +215,33 @@ def calibration_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def calibration(image, paths: dict, num_calib: int = 32, threads: int | None = None, progress=gr.Progress()):
+def calib_settings(paths: dict) -> dict:
+    """The calibration settings of the set's PTQ model (its sidecar meta), so the minmax row
+    rebuilds that very model; defaults where the sidecar does not say."""
+    try:
+        meta = qi.read_sidecar(_paths(paths)["ptq"]).get("meta", {})
+    except QatieError:
+        meta = {}
+    return {"calib_spec": str(meta.get("calib", "samples")), "num_calib": int(meta.get("num_calib", 8)),
+            "seed": int(meta.get("seed", 0))}
+
+
+def calibration(image, paths: dict, num_calib: int | None = None, threads: int | None = None, progress=gr.Progress()):
     """PTQ with each calibration method, on this photo → (DataFrame, markdown)."""
     image = _need_image(image)
     ckpt = fp32_checkpoint(paths)
+    settings = calib_settings(paths)
+    if num_calib:
+        settings["num_calib"] = num_calib
+    num_calib = settings["num_calib"]
     progress(0.05, desc="building PTQ models (cached after the first time)")
     try:
-        rows = qi.compare_calibration(ckpt, [image], num_calib=num_calib, threads=threads or config.THREADS)
+        rows = qi.compare_calibration(ckpt, [image], threads=threads or config.THREADS, **settings)
     except QatieError as e:
         raise gr.Error(str(e)) from None
     note = ("PSNR of each PTQ model's output against the FP32 output on this photo; latency: median of 3 runs in "
             "ONNX Runtime on this machine. *Clipped*: tensors whose calibrated range is narrower than the observed "
-            f"min–max. Calibrated on {num_calib} crops of the built-in samples; see docs/inspect.md for why "
+            f"min–max. Calibrated on {num_calib} crops of `{settings['calib_spec']}` (as the set's PTQ model); see docs/inspect.md for why "
             "entropy calibration clips so hard.")
     return calibration_frame(rows), note
 
@@ -251,8 +266,8 @@ def mixed_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: int = 32, threads: int | None = None,
-                    progress=gr.Progress()):
+def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: int | None = None,
+                    threads: int | None = None, progress=gr.Progress()):
     """Trade-off curve for K convs kept float, measured on this photo → (Figure, DataFrame, markdown)."""
     from qatie import mixed
 
@@ -266,8 +281,9 @@ def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: in
         progress(min(0.95, steps["n"] / (len(ks) + 2)), desc=msg)
 
     try:
-        rows = mixed.trade_off_curve(ckpt, ks, [image], num_calib=num_calib, threads=threads or config.THREADS,
-                                     progress=tick)
+        st = calib_settings(paths)
+        rows = mixed.trade_off_curve(ckpt, ks, [image], calib=st["calib_spec"], num_calib=num_calib or st["num_calib"],
+                                     seed=st["seed"], threads=threads or config.THREADS, progress=tick)
     except QatieError as e:
         raise gr.Error(str(e)) from None
     note = ("Each point is a PTQ (minmax) model with the K convs whose float island helped most in the per-conv "

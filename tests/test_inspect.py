@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -243,6 +244,22 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     assert p2 > p0 and p35 > p0 + 0.1
 
 
+def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
+    from qatie.checkpoint import save_checkpoint
+    from qatie.mixed import format_trade_off, plot_trade_off, trade_off_curve
+
+    monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))
+    ck = save_checkpoint(tmp_path / "small.pt", small["model"])
+    rows = trade_off_curve(ck, (2, 0), [make_image(32, 40, seed=9)], num_calib=1, threads=1, latency_runs=1)
+    assert [r["K"] for r in rows] == [None, 0, 2]
+    assert rows[1]["layers"] == [] and len(rows[2]["layers"]) == 2 and rows[2]["float_points"] is not None
+    side = sidecar(Path(rows[2]["model"]))
+    ranking = side["meta"]["keep_float"]["sensitivity"]["ranking"]
+    assert sorted(r["conv"] for r in ranking[:2]) == rows[2]["layers"]
+    assert all(r["latency_ms"] > 0 for r in rows) and "K" in format_trade_off(rows)
+    assert plot_trade_off(rows).axes
+
+
 # ------------------------------------------------------------------------------ calibration
 
 def test_compare_calibration_on_a_small_checkpoint(small, tmp_path):
@@ -319,7 +336,7 @@ def test_inspect_and_panel_import_without_torch():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
-def test_panel_builds_and_its_handlers_run(small):
+def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     import gradio as gr
 
     from app import inspect_panel as ip
@@ -338,3 +355,12 @@ def test_panel_builds_and_its_handlers_run(small):
     with pytest.raises(gr.Error):
         ip.analyse(None, paths)
     assert ip.parse_k("0, 2,1") == [0, 1, 2]
+    # calibration comparison: the FP32 checkpoint is found beside the FP32 ONNX
+    from qatie.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(gr.Error, match="no FP32 checkpoint"):
+        ip.fp32_checkpoint(paths)
+    save_checkpoint(small["dir"] / "fp32.pt", small["model"])
+    table, note = ip.calibration(img, paths, num_calib=1, threads=1)
+    assert list(table["calibration"]) == ["fp32", "minmax", "percentile", "entropy"] and "crops" in note
