@@ -143,7 +143,8 @@ def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, ex
     if overrides:
         names += " — replaced by uploads: " + ", ".join(
             f"{models.ROLE_LABELS[r]} = {n}" for r, (_, n) in overrides.items())
-    lines.append(f"Processed at {w}×{h} ({mode}) with **{names}**, {config.THREADS} ONNX Runtime thread(s)."
+    lines.append(f"`{prep.name}` processed at {w}×{h} ({mode}) with **{names}**, {config.THREADS} ONNX Runtime "
+                 "thread(s)."
                  + (f" {extra}" if extra else ""))
     return "\n\n".join(lines)
 

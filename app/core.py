@@ -414,10 +414,10 @@ def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, f
     """(headers, rows) of the metrics table; PSNR/SSIM vs the reference when there is one, else
     vs FP32 ("agreement with full precision")."""
     models = result["models"]
-    lat_head = "Latency, ms (ONNX Runtime)"
+    lat_head = "Latency (ms)"
     if result["reference"]:
         headers = ["Model", "PSNR vs reference (dB)", "SSIM vs reference", "Agreement with FP32 (dB)",
-                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File size (MB)"]
+                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File (MB)"]
         inp = result["input"]
         rows = [["Input (unprocessed)", _num(inp["psnr_db"], ".2f"), _num(inp["ssim"], ".4f"), "—", "—", "—", "—", "—"]]
         for role in ROLES:
@@ -430,8 +430,8 @@ def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, f
                 _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}",
             ])
     else:
-        headers = ["Model", "Agreement with full precision: PSNR (dB)", "Agreement: SSIM",
-                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File size (MB)"]
+        headers = ["Model", "Agreement with full precision: PSNR (dB)", "Agreement with full precision: SSIM",
+                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File (MB)"]
         rows = []
         for role in ROLES:
             m = models[role]

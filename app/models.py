@@ -103,7 +103,7 @@ def resolve_set(key: str | None, session_sets: dict | None) -> ModelSet:
 
 _UPLOADED: "OrderedDict[str, rt.OnnxEnhancer]" = OrderedDict()
 _UPLOADED_LOCK = threading.Lock()
-_UPLOADED_MAX = 6
+_UPLOADED_MAX = 9  # three sets
 
 
 def _file_sha(path: Path) -> str:
@@ -147,14 +147,18 @@ def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
 
 
 def enhancers(model_set: ModelSet, overrides: dict[str, tuple[str, str]] | None = None) -> dict[str, rt.OnnxEnhancer]:
-    """One shared session per role; `overrides` maps role → (uploaded path, original name)."""
+    """One shared session per role; `overrides` maps role → (uploaded path, original name).
+    Shipped models use the runtime's process-wide cache; session-trained and uploaded files the
+    bounded LRU here (they come and go with sessions)."""
     out = {}
     for role in ROLES:
         if overrides and role in overrides:
             path, name = overrides[role]
             out[role] = uploaded_enhancer(path, f"uploaded {ROLE_LABELS[role]} model {name!r}")
-        else:
+        elif model_set.key == SHIPPED_KEY:
             out[role] = rt.get_enhancer(model_set.paths[role], threads=config.THREADS)
+        else:
+            out[role] = uploaded_enhancer(model_set.paths[role], f"{ROLE_LABELS[role]} model of {model_set.label!r}")
     return out
 
 

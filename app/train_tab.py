@@ -6,7 +6,8 @@ compare path stays torch-free.
 
 The pipeline runs in a worker thread; the Gradio handler is a generator that drains the
 worker's event queue about once a second and streams a loss curve, a validation-PSNR curve and
-`gr.Progress`. Cancelling (button, closed tab) sets the run's stop flag, which the training loop
+`gr.Progress`. (The curves are a matplotlib PNG: Gradio's LinePlot fixes its colour legend at the
+first update and then drops series that appear later, such as the QAT stage.) Cancelling (button, closed tab) sets the run's stop flag, which the training loop
 checks every step. Each run writes into its own folder; the finished set is added to *that
 browser session's* model sets (a `gr.State`), so it shows up in the Compare and Benchmark tabs
 for this user only, and its files are offered for download.
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import pandas as pd
 
 from qatie.errors import QatieError
 
@@ -52,8 +52,8 @@ class TrainSettings:
     data: str = DATA_SAMPLES
     init: str = INIT_SCRATCH
     width: int = 16
-    fp32_steps: int = 400
-    qat_steps: int = 100
+    fp32_steps: int = 600
+    qat_steps: int = 150
     batch_size: int = 8
     patch: int = 64
     lr: float = 1e-3
@@ -67,7 +67,10 @@ DEFAULTS = TrainSettings()
 
 
 def _threads() -> int:
-    return max(1, int(config._env_float("QATIE_TRAIN_THREADS", config.THREADS)))
+    """torch threads for training (QATIE_TRAIN_THREADS, default 1): on a 2-vCPU machine that
+    also serves Compare requests, two OpenMP threads spin-waiting on each other while ONNX Runtime
+    runs were measured 10× slower than one thread; one thread leaves a core to the other users."""
+    return max(1, int(config._env_float("QATIE_TRAIN_THREADS", 1)))
 
 
 def _validate(s: TrainSettings) -> None:
@@ -181,26 +184,61 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
         events.put(("error", exc))
 
 
-def _curves(points: list[dict], fp32_steps: int):
-    loss = pd.DataFrame([{"step": p["step"], "loss": p["loss"], "stage": p["stage"]} for p in points],
-                        columns=["step", "loss", "stage"])
-    if len(loss) > 600:  # keep the plot light: every k-th point
-        loss = loss.iloc[:: math.ceil(len(loss) / 600)]
-    val_rows = []
-    for p in points:
-        for name, v in (p.get("val") or {}).items():
-            val_rows.append({"step": p["step"], "psnr": v["psnr"], "series": f"{p['stage']} model"})
-            val_rows.append({"step": p["step"], "psnr": v["input_psnr"], "series": "unprocessed input"})
-    val = pd.DataFrame(val_rows, columns=["step", "psnr", "series"])
-    return loss, val
+def _plot_curves(points: list[dict], fp32_steps: int, total_steps: int, path: Path) -> str:
+    """Loss (left) and validation PSNR of the model vs the unprocessed input (right), FP32 then QAT
+    on one step axis (matplotlib, object API: no shared pyplot state between sessions)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from .render import save_png
+
+    fig = Figure(figsize=(9.6, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_val = fig.subplots(1, 2)
+    colours = {"FP32": "#1f77b4", "QAT": "#2ca02c"}
+    for stage, colour in colours.items():
+        pts = [p for p in points if p["stage"] == stage]
+        if pts:
+            steps = np.array([p["step"] for p in pts])
+            loss = np.array([p["loss"] for p in pts])
+            ax_loss.plot(steps, loss, color=colour, alpha=0.35, lw=0.8)
+            k = max(1, min(25, len(loss) // 10))  # running mean over k steps
+            if len(loss) >= k > 1:
+                smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+                ax_loss.plot(steps[k - 1:], smooth, color=colour, lw=1.8, label=f"{stage} (mean of {k})")
+            else:
+                ax_loss.plot(steps, loss, color=colour, lw=1.8, label=stage)
+        vals = [(p["step"], v) for p in pts for v in (p.get("val") or {}).values()]
+        if vals:
+            ax_val.plot([s_ for s_, _ in vals], [v["psnr"] for _, v in vals], "o-", color=colour,
+                        label=f"{stage} model")
+    inputs = [(p["step"], v["input_psnr"]) for p in points for v in (p.get("val") or {}).values()]
+    if inputs:
+        ax_val.plot([s_ for s_, _ in inputs], [v for _, v in inputs], "--", color="#7f7f7f", label="unprocessed input")
+    for ax, title, ylabel in ((ax_loss, "Training loss", "loss"),
+                              (ax_val, "Validation PSNR (dB)", "PSNR vs clean (dB)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, max(1, total_steps))
+        ax.grid(alpha=0.3)
+        if fp32_steps and total_steps > fp32_steps:
+            ax.axvline(fp32_steps, color="#999999", lw=0.8, ls=":")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
+    if not points:
+        ax_loss.text(0.5, 0.5, "waiting for the first step…", ha="center", va="center", transform=ax_loss.transAxes)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
 
 
 def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos=None,
           session_sets=None, request: gr.Request = None, progress=gr.Progress()):
     """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
 
-    Streams: status, loss curve, validation PSNR curve, files; finally adds the set to this
-    session's model sets.
+    Streams: status, training curves (PNG), files; finally adds the set to this session's model
+    sets.
     """
     try:
         s = TrainSettings(data=data, init=init, width=int(width), fp32_steps=int(fp32_steps), qat_steps=int(qat_steps),
@@ -242,9 +280,16 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     finished = None
     error = None
     width_used = s.width
+    plot_dir = config.work_dir("train_plots")
+
+    def curves() -> str:
+        for old in plot_dir.glob(f"{run_id}_*.png"):  # Gradio keeps its own copy of what was sent
+            old.unlink(missing_ok=True)
+        return _plot_curves(points, s.fp32_steps, total, plot_dir / f"{run_id}_{uuid.uuid4().hex[:6]}.png")
+
     try:
         worker.start()
-        yield f"**{stage}**", *_curves(points, s.fp32_steps), None, gr.skip(), gr.skip(), gr.skip()
+        yield f"**{stage}**", curves(), None, gr.skip(), gr.skip(), gr.skip()
         while True:
             try:
                 kind, payload = events.get(timeout=0.5)
@@ -271,11 +316,11 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
             elif kind is None and not worker.is_alive():
                 break
             now = time.time()
-            if now - last_yield >= 1.0:
+            if now - last_yield >= 1.5:
                 last_yield = now
                 elapsed = now - t0
-                yield (f"**{stage}** — {elapsed:.0f} s elapsed", *_curves(points, s.fp32_steps), gr.skip(),
-                       gr.skip(), gr.skip(), gr.skip())
+                yield (f"**{stage}** — {elapsed:.0f} s elapsed", curves(), gr.skip(), gr.skip(), gr.skip(),
+                       gr.skip())
     finally:
         stop.set()
         with _STOPS_LOCK:
@@ -290,8 +335,7 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
         raise gr.Error(f"Training failed ({type(error).__name__}: {str(error)[:300]}). The server log has the details.")
     if finished is None:
         shutil.rmtree(out, ignore_errors=True)
-        yield ("**Cancelled.** Nothing was added to your models.", *_curves(points, s.fp32_steps), None,
-               gr.skip(), gr.skip(), gr.skip())
+        yield "**Cancelled.** Nothing was added to your models.", curves(), None, gr.skip(), gr.skip(), gr.skip()
         return
 
     try:
@@ -316,7 +360,18 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     choice = gr.update(choices=models.choices(sets), value=key)
     status = (f"**Done in {finished:.0f} s.** “{label}” is now selected in the Compare tab (for this browser "
               f"session only — shipped models stay available). Download the models below.")
-    yield status, *_curves(points, s.fp32_steps), files, sets, choice, gr.update(choices=models.choices(sets))
+    yield status, curves(), files, sets, choice, gr.update(choices=models.choices(sets))
+
+
+def forget(session_sets) -> None:
+    """State delete callback: remove the files of a closed session's trained sets."""
+    for entry in (session_sets or {}).values():
+        try:
+            folder = Path(entry["paths"]["fp32"]).parent
+            if config.WORK_DIR in folder.parents:
+                shutil.rmtree(folder, ignore_errors=True)
+        except (KeyError, TypeError):
+            pass
 
 
 def cancel(request: gr.Request):

@@ -54,7 +54,8 @@ def build_demo() -> gr.Blocks:
     rows = compare.example_rows()
     missing = models.shipped_missing()
     with gr.Blocks(title="QATIE — FP32 vs PTQ-INT8 vs QAT-INT8", delete_cache=(1800, 3600)) as demo:
-        session_sets = gr.State({})
+        # Trained sets live as long as the session (and at most a day); their files go with them.
+        session_sets = gr.State({}, time_to_live=24 * 3600, delete_callback=train_tab.forget)
         result_state = gr.State(None, time_to_live=3600)
         gr.Markdown(about.INTRO)
         if missing:
@@ -104,7 +105,9 @@ def build_demo() -> gr.Blocks:
                             out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq")
                             out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat")
                         verdict_md = gr.Markdown(elem_id="verdict")
-                        metrics_df = gr.Dataframe(label="Metrics", interactive=False, wrap=True, elem_id="metrics")
+                        metrics_df = gr.Dataframe(label="Metrics (latency: one pass of the model in ONNX Runtime on "
+                                                        "this server's CPU)", interactive=False, wrap=True,
+                                                  elem_id="metrics")
                         with gr.Row():
                             slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
                                                         interactive=False, elem_id="slider-ptq")
@@ -159,10 +162,8 @@ def build_demo() -> gr.Blocks:
                             t_cancel = gr.Button("Cancel", variant="stop")
                     with gr.Column(scale=2):
                         t_status = gr.Markdown("Press **Train and quantize** to start.")
-                        t_loss = gr.LinePlot(x="step", y="loss", color="stage", title="Training loss",
-                                             height=260)
-                        t_val = gr.LinePlot(x="step", y="psnr", color="series",
-                                            title="Validation PSNR (dB) — model vs unprocessed input", height=260)
+                        t_curves = gr.Image(label="Training curves (live)", format="png", interactive=False,
+                                            elem_id="train-curves")
                         t_files = gr.File(label="Download the models (.onnx, .pt, INT8 sidecars)",
                                           file_count="multiple", interactive=False)
 
@@ -208,9 +209,12 @@ def build_demo() -> gr.Blocks:
                       concurrency_limit=COMPARE_CONCURRENCY, concurrency_id="compare", time_limit=600,
                       show_progress="minimal")
         if examples is not None:
+            # always_last: clicking another example while one runs queues the new one instead of
+            # silently dropping it.
             examples.load_input_event.then(compare.compare, compare_inputs, compare_outputs, preprocess=False,
                                            concurrency_limit=COMPARE_CONCURRENCY, concurrency_id="compare",
-                                           time_limit=600, api_visibility="private", show_progress="minimal")
+                                           time_limit=600, api_visibility="private", show_progress="minimal",
+                                           trigger_mode="always_last")
         dice.click(lambda: random.randrange(2 ** 31), None, seed, queue=False, api_visibility="private")
 
         zoom_inputs = [result_state, zoom_x, zoom_y, zoom_window]
@@ -227,7 +231,7 @@ def build_demo() -> gr.Blocks:
         t_evt = t_run.click(
             train_tab.train,
             [t_data, t_init, t_width, t_fp32, t_qat, t_batch, t_patch, t_lr, t_qat_lr, t_method, t_photos, session_sets],
-            [t_status, t_loss, t_val, t_files, session_sets, model_set, b_model_set],
+            [t_status, t_curves, t_files, session_sets, model_set, b_model_set],
             api_name="train", concurrency_limit=1, concurrency_id="train", time_limit=3600,
         )
         t_cancel.click(train_tab.cancel, None, t_status, cancels=[t_evt], queue=False, api_visibility="private")
@@ -242,10 +246,26 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
+def _cleanup_on_exit() -> None:
+    """Remove this process's scratch folder at exit; SIGTERM (a Space stopping, a test tearing
+    down) ends the server the way Ctrl-C does, so the cleanup runs then too."""
+    import atexit
+    import shutil
+    import signal
+    import threading
+
+    atexit.register(shutil.rmtree, config.WORK_DIR, True)
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _term)
+
+
 def launch(demo: gr.Blocks, **kwargs):
     """Queue + launch with the app's settings. Host and port come from GRADIO_SERVER_NAME and
     GRADIO_SERVER_PORT (Gradio reads them); `kwargs` override anything."""
     t0 = time.perf_counter()
+    _cleanup_on_exit()
     models.start_warm_up()
     demo.queue(default_concurrency_limit=1, max_size=64)
     options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True)

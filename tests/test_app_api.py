@@ -120,7 +120,7 @@ def test_compare_example_with_reference(client):
     assert m["headers"][1] == "PSNR vs reference (dB)"
     models = [row[0] for row in m["data"]]
     assert models == ["Input (unprocessed)", "FP32", "PTQ-INT8", "QAT-INT8"]
-    latency_col = m["headers"].index("Latency, ms (ONNX Runtime)")
+    latency_col = m["headers"].index("Latency (ms)")
     assert all("median of 3" in row[latency_col] for row in m["data"][1:])
 
     js = r["metrics_json"]
@@ -294,7 +294,10 @@ def test_50_megapixel_photo_is_downscaled_or_refused_quickly(client, tmp_path):
             fp32 = upd[2] if isinstance(upd[2], str) and upd[2].endswith(".png") else fp32
         time.sleep(0.05)
     took = time.perf_counter() - t0
-    job.cancel()  # the downscaled outputs are what this test is about, not the timing runs
+    try:
+        job.cancel()  # the downscaled outputs are what this test is about, not the timing runs
+    except Exception:  # the cancel request may time out while a timing pass runs; harmless
+        pass
     assert fp32 is not None, f"no outputs after {took:.1f} s"
     assert "Downscaled" in notice and "8660×5800" in notice
     h, w = load(fp32).shape[:2]
@@ -416,11 +419,11 @@ def test_train_bad_inputs(client, tmp_path):
 
 def test_train_adds_a_model_set_to_this_session_only(server, tmp_path):
     me = Client(server.url, verbose=False)
-    status, loss, val, files, choice, _bench_choice = _train(me)
+    status, curves, files, choice, _bench_choice = _train(me)
     assert "Done" in status, status
     names = sorted(Path(f).name for f in files)
     assert {"fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt"} <= set(names)
-    assert len(loss["data"]) >= 6, "loss points of both stages"
+    assert load(curves).shape[1] >= 800, "the loss / validation curves"
     key = choice["value"] if isinstance(choice, dict) else choice
     assert str(key).startswith("trained-")
     img = write_png(tmp_path / "t.png", photo(64, 64, 9))
