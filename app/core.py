@@ -411,8 +411,8 @@ def _latency_cell(samples: list[float]) -> str:
 
 
 def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of the metrics table; PSNR/SSIM vs the reference when there is one, else
-    vs FP32 ("agreement with full precision")."""
+    """(headers, rows) of the metrics table, always 8 columns; PSNR/SSIM vs the reference when
+    there is one, else vs FP32 ("agreement with full precision")."""
     models = result["models"]
     lat_head = "Latency (ms)"
     if result["reference"]:
@@ -431,15 +431,17 @@ def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, f
             ])
     else:
         headers = ["Model", "Agreement with full precision: PSNR (dB)", "Agreement with full precision: SSIM",
-                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File (MB)"]
+                   "Mean error vs FP32 (levels)", "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32",
+                   lat_head, "File (MB)"]
         rows = []
         for role in ROLES:
             m = models[role]
             if role == "fp32":
-                rows.append([ROLE_LABELS[role], "(full precision)", "—", "—", "—",
+                rows.append([ROLE_LABELS[role], "(full precision)", "—", "—", "—", "—",
                              _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}"])
             else:
                 rows.append([ROLE_LABELS[role], _num(m["agreement_psnr_db"], ".2f"), _num(m["agreement_ssim"], ".4f"),
-                             _num(m["max_levels"], ".0f"), _num(100 * m["share_over_2_levels"], ".2f") + " %",
+                             _num(m["mean_levels"], ".2f"), _num(m["max_levels"], ".0f"),
+                             _num(100 * m["share_over_2_levels"], ".2f") + " %",
                              _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}"])
     return headers, rows

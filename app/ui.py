@@ -107,7 +107,8 @@ def build_demo() -> gr.Blocks:
                         verdict_md = gr.Markdown(elem_id="verdict")
                         metrics_df = gr.Dataframe(label="Metrics (latency: one pass of the model in ONNX Runtime on "
                                                         "this server's CPU)", interactive=False, wrap=True,
-                                                  elem_id="metrics")
+                                                  elem_id="metrics",
+                                                  column_widths=["15%", "12%", "11%", "13%", "12%", "12%", "15%", "10%"])
                         with gr.Row():
                             slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
                                                         interactive=False, elem_id="slider-ptq")
