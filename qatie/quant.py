@@ -161,7 +161,7 @@ def quant_params(model: QATIENet, ranges: Ranges) -> dict[str, tuple[float, int]
 class _Recorder:
     """Collects per-QPoint min/max (pass 1) and a histogram over that range (pass 2)."""
 
-    BINS = 2048
+    BINS = 4096
 
     def __init__(self):
         self.lo: dict[str, float] = {}
@@ -178,7 +178,7 @@ class _Recorder:
             else:
                 lo, hi = self.lo[name], self.hi[name]
                 h = torch.histc(v.float().flatten(), self.BINS, lo, hi if hi > lo else lo + 1e-6).numpy()
-                self.hist[name] = self.hist.get(name, 0) + h
+                self.hist[name] = self.hist.get(name, 0) + h.astype(np.float64)  # float32 sums drift
             return x
 
         return record
@@ -201,7 +201,10 @@ def _entropy_range(hist: np.ndarray, lo: float, hi: float) -> tuple[float, float
     for each, the reference distribution P (tails folded into the edge bins) is compared with Q,
     P re-quantized to 256 levels over the candidate range. The range of smallest KL(P‖Q) wins.
     A full-range candidate is always included, so entropy can return minmax — it does so only
-    when clipping costs more information than the extra resolution buys.
+    when clipping costs more information than the extra resolution buys. A candidate must span
+    at least 2 histogram bins per level: narrower, Q equals P, KL is 0 and the narrowest window
+    would always win (why ONNX Runtime's default 128-bin entropy calibrator returns exactly
+    minmax is the mirror image: its only candidate is the full range; see docs/inspect.md).
     """
     edges = np.linspace(lo, hi, len(hist) + 1)
     cdf = np.cumsum(hist) / max(hist.sum(), 1)
@@ -209,7 +212,9 @@ def _entropy_range(hist: np.ndarray, lo: float, hi: float) -> tuple[float, float
     for p in [0.0] + list(np.logspace(-6, -2, 17)):
         i_lo = int(np.searchsorted(cdf, p, side="left")) if p > 0 else 0
         i_hi = int(np.searchsorted(cdf, 1 - p, side="left")) + 1 if p > 0 else len(hist)
-        i_hi = max(i_hi, i_lo + 1)
+        i_hi = min(max(i_hi, i_lo + 1), len(hist))
+        if i_hi - i_lo < 2 * (SPEC.act_qmax - SPEC.act_qmin + 1) and p > 0:
+            continue
         ref = hist[i_lo:i_hi].astype(np.float64).copy()
         ref[0] += hist[:i_lo].sum()
         ref[-1] += hist[i_hi:].sum()
