@@ -35,6 +35,7 @@ def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, l
     prepare_qat(model, ranges, learnable=learnable)
     cfg = TrainConfig(data=data, width=model.width, variant=model.variant, steps=steps, batch_size=batch_size,
                       patch=patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
+                      loss=ckpt.get("config", {}).get("loss", "paper"),  # the FP32 model's own loss
                       val_every=min(val_every, steps), checkpoint_every=min(val_every, steps),
                       val_data=val_data or [], threads=threads)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
