@@ -17,7 +17,7 @@ qatie export --checkpoint checkpoints/fp32.pt --out checkpoints/fp32.onnx
 qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --num-calib 32 --out checkpoints/int8_ptq.onnx
 
 # 3. QAT fine-tune from fp32.pt (fake quantization of exactly the QuantSpec's tensors), then export.
-qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --val "$POLYU" --steps 1500 --lr 1e-5 \
+qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --val "$POLYU" --steps 1000 --lr 1e-5 \
           --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/qat_c32 --out checkpoints/qat.pt
 qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
 
