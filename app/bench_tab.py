@@ -66,7 +66,7 @@ def _table(rows: list[dict]) -> pd.DataFrame:
         out.append({"Model": models.ROLE_LABELS[r["role"]], "Size (H×W)": r["size"],
                     "Median ms": round(r["median_ms"], 1), "Min ms": round(r["min_ms"], 1),
                     "Max ms": round(r["max_ms"], 1), "× FP32": round(r["ratio_to_fp32"], 2),
-                    "File MB": round(r["file_mb"], 2)})
+                    "File MB": round(Path(r["path"]).stat().st_size / 1e6, 2)})  # 10⁶ bytes, as in Compare
     return pd.DataFrame(out, columns=["Model", "Size (H×W)", "Median ms", "Min ms", "Max ms", "× FP32", "File MB"])
 
 

@@ -53,7 +53,8 @@ DISPLAY_MAX_MP = MAX_INPUT_MP
 MIN_SIDE = 16
 #: Tiles for full-size processing (pixels, overlap): big tiles keep InstanceNorm statistics close
 #: to whole-image ones.
-TILE, TILE_OVERLAP = 1024, 64
+TILE = max(64, int(_env_float("QATIE_TILE", 1024)))
+TILE_OVERLAP = min(64, TILE // 8)
 #: Latency shown = median of this many timed passes per model (the first is the pass that
 #: produced the outputs; the rest stream in afterwards).
 TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))

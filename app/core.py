@@ -229,7 +229,7 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
         tiled = mp > config.MAX_INPUT_MP
         if tiled:
             notices.append(f"Full size: {_mp(w, h)} processed in {config.TILE}-pixel tiles with blended seams "
-                           f"(shown images are downscaled copies; full-size PNGs are under 'Downloads').")
+                           f"(the images shown are downscaled copies; the full-size PNGs are under 'Full-size outputs').")
     elif mp > config.MAX_INPUT_MP:
         target = fit_size(w, h, config.MAX_INPUT_MP * 1e6)
         notices.append(f"**Downscaled:** the photo is {_mp(w, h)}; it was processed at {_mp(*target)} "

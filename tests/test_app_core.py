@@ -1,0 +1,174 @@
+"""The app's building blocks without a server: decoding and sizing uploads, the verdict, the
+pictures (heatmaps, zoom), the model card reader, model sets and the example photos."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))
+from app import config, core, modelcard, models, render  # noqa: E402
+from app.verdict import concentration, verdict  # noqa: E402
+from qatie.errors import ImageReadError, ModelFileError  # noqa: E402
+
+
+def _img(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((h, w, 3)) * 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads
+# --------------------------------------------------------------------------------------------
+
+def test_large_upload_is_decoded_reduced_like_the_full_decoder(tmp_path):
+    smooth = np.asarray(Image.fromarray(_img(60, 80)).resize((2400, 1800), Image.Resampling.BICUBIC))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 2400×1800, upright 1800×2400
+    for fmt, ext in (("PNG", "png"), ("JPEG", "jpg")):
+        path = tmp_path / f"big.{ext}"
+        Image.fromarray(smooth).save(path, format=fmt, exif=exif.tobytes())
+        fast = core.read_upload(str(path), "photo", max_pixels=0.2e6)
+        full = core.read_upload(str(path), "photo")
+        assert fast.original_size == full.original_size == (1800, 2400)
+        assert fast.image.shape[0] < full.image.shape[0] / 2, "decoded at a reduced size"
+        target = render.fit_size(1800, 2400, 0.2e6)
+        a = render.resize_u8(core.to_uint8(fast.image), target).astype(int)
+        b = render.resize_u8(core.to_uint8(full.image), target).astype(int)
+        assert np.abs(a - b).mean() < 1.5 and np.percentile(np.abs(a - b), 99) <= 6
+        assert "rotated upright" in " ".join(full.notes)
+
+
+def test_upload_errors_name_the_file(tmp_path):
+    tiny = tmp_path / "dot.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    with pytest.raises(core.AppInputError, match="dot.png.*too small"):
+        core.read_upload({"path": str(tiny), "orig_name": "dot.png"}, "photo")
+    empty = tmp_path / "e.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty"):
+        core.read_upload(str(empty), "photo")
+    with pytest.raises(core.AppInputError, match="no photo"):
+        core.prepare(None)
+
+
+def test_prepare_downscales_and_keeps_the_reference_aligned(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "MAX_INPUT_MP", 0.01)
+    img = _img(150, 200)
+    p, r = tmp_path / "p.png", tmp_path / "r.png"
+    Image.fromarray(img).save(p)
+    Image.fromarray(img[::-1]).save(r)
+    prep = core.prepare(str(p), str(r))
+    assert prep.size == render.fit_size(200, 150, 0.01e6)
+    assert prep.reference.shape == prep.image.shape and prep.reference_kind == "reference"
+    assert any("Downscaled" in n for n in prep.notices)
+    sim = core.prepare(str(p), simulate=True, seed=3)
+    assert sim.reference_kind == "simulated" and sim.seed == 3 and not np.array_equal(sim.image, sim.reference)
+
+
+def test_worst_point_finds_the_bad_block():
+    err = np.zeros((128, 192), np.float32)
+    err[64:96, 160:192] = 9
+    assert core.worst_point(err) == (176, 80)
+    assert core.worst_point(np.zeros((20, 30), np.float32)) == (15, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# Verdict
+# --------------------------------------------------------------------------------------------
+
+def _model(over2, maxl, within1, psnr_db, where=None):
+    where = where or {k: {"area": 0.25, "share_of_bad": 0.25} for k in ("smooth", "textured", "shadows", "highlights")}
+    return {"agreement_psnr_db": psnr_db, "agreement_ssim": 0.99, "max_levels": maxl, "mean_levels": 0.5,
+            "share_over_2_levels": over2, "share_within_1_level": within1, "where": where}
+
+
+def test_verdict_says_what_the_numbers_say():
+    smooth = {"smooth": {"area": 0.4, "share_of_bad": 0.9}, "textured": {"area": 0.6, "share_of_bad": 0.1},
+              "shadows": {"area": 0.1, "share_of_bad": 0.1}, "highlights": {"area": 0.0, "share_of_bad": 0.0}}
+    result = {"reference": None, "input": None, "worst": {"role": "ptq", "x": 10, "y": 20},
+              "models": {"fp32": {}, "ptq": _model(0.12, 14, 0.7, 33.0, smooth), "qat": _model(0.0, 2, 0.998, 46.0)}}
+    lat = {"fp32": [600.0, 610.0, 590.0], "ptq": [300.0] * 3, "qat": [310.0] * 3}
+    text = verdict(result, lat, {"fp32": 3.7, "ptq": 1.0, "qat": 1.0})
+    assert "at most 14 levels off" in text and "mostly in smooth areas" in text
+    assert "QAT is the better INT8 model here" in text and "13.0 dB" in text
+    assert "median of 3 runs" in text and "0.50×" in text and "3.7× smaller" in text
+    assert "x = 10, y = 20" in text
+    same = {"reference": None, "input": None, "worst": {"role": "ptq", "x": 1, "y": 1},
+            "models": {"fp32": {}, "ptq": _model(0.0, 1, 1.0, 58.0), "qat": _model(0.0, 1, 1.0, 57.0)}}
+    assert "indistinguishable" in verdict(same, lat, {"fp32": 3.7, "ptq": 1.0, "qat": 1.0})
+    assert concentration({"smooth": {"area": 0.5, "share_of_bad": 0.5}}) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+
+def test_block_max_keeps_a_single_bad_pixel():
+    err = np.zeros((1000, 1500), np.float32)
+    err[733, 1211] = 17
+    small = render.block_max(err, 300)
+    assert max(small.shape) <= 300 and small.max() == 17
+
+
+def test_heatmap_and_zoom_are_pngs(tmp_path):
+    err = np.abs(np.random.default_rng(0).normal(0, 2, (90, 120))).round().astype(np.float32)
+    path = render.heatmap_png([("a", err), ("b", err * 2), None, ("c", err)], tmp_path / "h.png", cols=2)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 500
+    tile = _img(8, 8)
+    zoom = render.zoom_png([("x", tile), ("y", render.colorize(err[:8, :8], 10))], tmp_path / "z.png", tile_px=64)
+    with Image.open(zoom) as im:
+        arr = np.asarray(im.convert("RGB"))
+    # Nearest-neighbour: each source pixel is an 8×8 block of identical pixels (tile at x=6, y=6+22).
+    block = arr[28:36, 6:14]
+    assert (block == tile[0, 0]).all()
+    assert render.crop_box(100, 50, 98, 1, 32) == (68, 0, 100, 32)
+
+
+# --------------------------------------------------------------------------------------------
+# Model card, model sets, examples
+# --------------------------------------------------------------------------------------------
+
+def test_model_card_tables_and_absence(tmp_path):
+    assert "not in this copy" in modelcard.load(tmp_path).tables_md()
+    (tmp_path / "MODEL_CARD.md").write_text(
+        "# Card\n\n## Quality\n\n| model | PSNR |\n|---|---:|\n| fp32 | 30.1 |\n\ntext\n\n"
+        "## Latency\n\n| model | ms |\n|---|---|\n| qat | 400 |\n")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"fp32.onnx": {"size": 3_700_000, "sha256": "ab" * 32}}}))
+    card = modelcard.load(tmp_path)
+    assert [h for h, _ in card.tables] == ["Quality", "Latency"]
+    assert "| qat | 400 |" in card.tables_md(("ms",)) and "30.1" not in card.tables_md(("ms",))
+    assert "`fp32.onnx` | 3.70" in card.files_md()
+
+
+def test_model_sets_resolve_per_session(tmp_path):
+    with pytest.raises(ModelFileError, match="unknown model set"):
+        models.resolve_set("trained-x", {})
+    sets = {"trained-x": {"label": "mine", "paths": {r: str(tmp_path / f"{r}.onnx") for r in models.ROLES}}}
+    with pytest.raises(ModelFileError, match="gone"):
+        models.resolve_set("trained-x", sets)
+    assert [k for _, k in models.choices(sets)] == ["shipped", "trained-x"]
+
+
+def test_example_photos_are_reproducible(tmp_path):
+    from app.make_examples import make_examples
+
+    records = make_examples(tmp_path)
+    assert 4 <= len(records) <= 6
+    total = 0
+    for r in records:
+        for key in ("input", "reference"):
+            shipped = REPO_ROOT / "assets" / "examples" / r[key]
+            total += shipped.stat().st_size
+            with Image.open(shipped) as a, Image.open(tmp_path / r[key]) as b:
+                assert np.array_equal(np.asarray(a), np.asarray(b)), (
+                    f"assets/examples/{r[key]} is not what `python -m app.make_examples` makes now (the "
+                    "degradation model changed?): rerun it and commit assets/examples/")
+                assert a.width * a.height <= 1_000_000
+    assert total < 5_000_000
