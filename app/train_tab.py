@@ -350,7 +350,8 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
 
     sets = dict(session_sets or {})
     key = f"trained-{run_id}"
-    start = "fine-tuned shipped FP32" if s.init == INIT_SHIPPED else "from scratch"
+    start = ("from the shipped FP32" if s.fp32_steps == 0 else "fine-tuned shipped FP32") \
+        if s.init == INIT_SHIPPED else "from scratch"
     label = (f"Trained #{len(sets) + 1}: width {width_used}, {s.fp32_steps} FP32 + {s.qat_steps} QAT steps "
              f"({start}, {data_desc})")
     sets[key] = {"label": label, "paths": {"fp32": str(out / "fp32.onnx"), "ptq": str(out / "int8_ptq.onnx"),

@@ -56,7 +56,8 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="QATIE — FP32 vs PTQ-INT8 vs QAT-INT8", delete_cache=(1800, 3600)) as demo:
         # Trained sets live as long as the session (and at most a day); their files go with them.
         session_sets = gr.State({}, time_to_live=24 * 3600, delete_callback=train_tab.forget)
-        result_state = gr.State(None, time_to_live=3600)
+        # The last result (8-bit images and error maps, for the zoom): per session, 30 minutes.
+        result_state = gr.State(None, time_to_live=1800)
         gr.Markdown(about.INTRO)
         if missing:
             gr.Markdown("> **The shipped models are missing** (" + ", ".join(f"`{m}`" for m in missing) + "). "

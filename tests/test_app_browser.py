@@ -58,6 +58,9 @@ def _img_src(page, elem_id: str) -> str | None:
 
 
 def test_compare_in_the_browser(server, page):
+    outside: list[str] = []  # the app must work offline: nothing may be fetched from elsewhere
+    page.on("request", lambda req: outside.append(req.url) if not req.url.startswith(
+        (server.url, "data:", "blob:", "http://127.0.0.1", "http://localhost")) else None)
     t0 = time.perf_counter()
     page.goto(server.url, wait_until="domcontentloaded")
     page.wait_for_selector("#compare-btn")
@@ -95,6 +98,8 @@ def test_compare_in_the_browser(server, page):
     before = _img_src(page, "zoom")
     page.locator("#out-fp32 img").click(position={"x": 20, "y": 20})
     page.wait_for_function(f"() => {{ const i = document.querySelector('#zoom img'); return i && i.src !== {before!r}; }}")
+
+    assert not outside, f"the page fetched resources from outside the app: {outside[:5]}"
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.evaluate("() => window.scrollTo(0, 0)")
