@@ -201,6 +201,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             if cached is not None:
                 vals = list(cached)
                 vals[0] = cached[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
+                vals[15] = dict(cached[15])  # this session's own copy (the zoom writes into it)
                 yield vals
                 return
 
@@ -252,7 +253,6 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             zx = 100.0 * result["worst"]["x"] / w
             zy = 100.0 * result["worst"]["y"] / h
             zoom_path = render_zoom(state, zx, zy, DEFAULT_WINDOW, request_dir)
-            headers, rows = core.table(result, latencies, sizes)
         except Exception as exc:
             raise user_error(exc, "measuring the outputs") from None
 
@@ -312,7 +312,10 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             # Keep the files and the full final result for the next click on this example.
             keep_dir = True
             with _EXAMPLE_LOCK:
-                _EXAMPLE_CACHE[key] = final
+                _EXAMPLE_CACHE[key] = list(final)
+        moved = state.get("zoom")  # the user may have moved the zoom while the timing runs ran
+        if moved and Path(moved["path"]).is_file():
+            final[10:13] = [moved["path"], moved["x"], moved["y"]]
         yield final
     finally:
         if request_dir is not None and not keep_dir:
@@ -353,9 +356,13 @@ def zoom(state, x_pct, y_pct, window):
     out_dir = config.work_dir("zoom")
     _sweep(out_dir)
     try:
-        return render_zoom(state, x_pct, y_pct, window, out_dir)
+        path = render_zoom(state, x_pct, y_pct, window, out_dir)
     except Exception as exc:
         raise user_error(exc, "drawing the zoom") from None
+    # Remembered in the session's result, so a comparison still streaming its timing runs ends
+    # with the zoom where the user put it.
+    state["zoom"] = {"x": float(x_pct), "y": float(y_pct), "path": path}
+    return path
 
 
 def zoom_at_click(state, window, evt: gr.SelectData):
