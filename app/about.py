@@ -57,7 +57,9 @@ this project retrains it, quantizes it both ways and measures the difference on 
   photo) the second row shows each model's error **against the reference** — that is the
   enhancement's quality, of which quantization is one part.
 - All maps share **one colour scale** (the colour bar, in levels); the scale is square-root, so
-  small errors stay visible next to big ones. Large photos are shrunk for display by taking the
+  small errors stay visible next to big ones, and it tops out at the 99.9th percentile of all
+  maps (an arrow on the colour bar means a few pixels are brighter still — the panel titles give
+  each map's true maximum). Large photos are shrunk for display by taking the
   *maximum* of each block, so one bad pixel never disappears; the zoom shows exact pixels.
 
 ## How the numbers are measured

@@ -235,12 +235,16 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         try:
             result = core.analyse(prep, outputs)
             maps = result["maps"]
-            panels = [("|PTQ-INT8 − FP32|", maps["ptq_vs_fp32"]), ("|QAT-INT8 − FP32|", maps["qat_vs_fp32"])]
+            def panel(title: str, m: np.ndarray):
+                return f"{title}  (max {m.max():.0f}, {100 * (m > 2).mean():.1f}% > 2 levels)", m
+
+            panels = [panel("|PTQ-INT8 − FP32|", maps["ptq_vs_fp32"]), panel("|QAT-INT8 − FP32|", maps["qat_vs_fp32"])]
             cols = 2
             if prep.reference is not None:  # second row: each model against the ground truth
                 what = "clean" if prep.reference_kind == "simulated" else "ref"
-                panels += [None, (f"|FP32 − {what}|", maps["fp32_vs_ref"]),
-                           (f"|PTQ-INT8 − {what}|", maps["ptq_vs_ref"]), (f"|QAT-INT8 − {what}|", maps["qat_vs_ref"])]
+                panels += [None, panel(f"|FP32 − {what}|", maps["fp32_vs_ref"]),
+                           panel(f"|PTQ-INT8 − {what}|", maps["ptq_vs_ref"]),
+                           panel(f"|QAT-INT8 − {what}|", maps["qat_vs_ref"])]
                 cols = 3
             vmax = render.shared_vmax([m for m in maps.values()])
             heat = render.heatmap_png(panels, request_dir / "heatmap.png", vmax=vmax, cols=cols)

@@ -63,8 +63,15 @@ def block_max(levels: np.ndarray, max_side: int) -> np.ndarray:
     return pad.reshape(hp // k, k, wp // k, k).max(axis=(1, 3))
 
 
+#: The shared colour scale tops out at this percentile of all maps' pixels (brighter outliers
+#: saturate, shown by the colour bar's arrow): one flare 100 levels off must not turn every
+#: 5-level quantization error black.
+SCALE_PERCENTILE = 99.9
+
+
 def shared_vmax(maps: list[np.ndarray]) -> float:
-    return float(max([MIN_VMAX] + [float(m.max()) for m in maps if m.size]))
+    tops = [float(np.percentile(m, SCALE_PERCENTILE)) for m in maps if m.size]
+    return float(max([MIN_VMAX] + [math.ceil(t) for t in tops]))
 
 
 def _norm(vmax: float):
@@ -115,8 +122,10 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
         ax.set_xticks([])
         ax.set_yticks([])
     cax = fig.add_subplot(grid[:, cols])
-    bar = fig.colorbar(image, cax=cax)
-    bar.set_label("absolute difference, 8-bit levels (max over R,G,B)", fontsize=9)
+    over = any(float(m.max()) > vmax for _, m in real)
+    bar = fig.colorbar(image, cax=cax, extend="max" if over else "neither")
+    bar.set_label("absolute difference, 8-bit levels (max over R,G,B)"
+                  + (f"; scale capped at the {SCALE_PERCENTILE:g}th percentile" if over else ""), fontsize=9)
     ticks = [t for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 255) if t <= vmax]
     if vmax - ticks[-1] > 0.15 * vmax:
         ticks.append(round(vmax))
