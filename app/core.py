@@ -252,6 +252,9 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
         reference, reference_kind = clean, "simulated"
         notices.append(f"Simulated phone photo: your upload was degraded by the project's phone-camera model "
                        f"at seed {used_seed}; the upload itself is the ground truth.")
+        if np.array_equal(image, clean):
+            notices.append(f"**Seed {used_seed} left this photo untouched** (each effect of the phone-camera model is "
+                           "drawn at random, and here none was): pick another seed to see the enhancer at work.")
         if ref is not None:
             notices.append("The uploaded reference is not used: with 'simulate' on, the clean upload is the ground truth.")
         keys["simulate"] = used_seed

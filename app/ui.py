@@ -190,13 +190,17 @@ def build_demo() -> gr.Blocks:
                         b_status = gr.Markdown()
                         b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False)
                         b_table = gr.Dataframe(label="Results", interactive=False)
-                gr.Markdown("### The model card's numbers\n\n" + card.tables_md(
-                    ("ms", "latency", "bench", "speed", "size", "mb", "time")))
+                gr.Markdown("### The model card's numbers\n\n" + card.tables_md(("latency", "median ms", "bench")))
 
             # ---------------------------------------------------------------- About
             with gr.Tab("About", id="about"):
                 gr.Markdown(about.ABOUT)
                 gr.Markdown("## The model card\n\n" + card.tables_md())
+                figure = config.ASSETS / "model_card_crops.png"
+                if card.present and figure.is_file():
+                    gr.Image(str(figure), label="Where the INT8 error is (model card figure: input | FP32 | PTQ | QAT "
+                                                "and the error maps, one colour scale)", format="png",
+                             interactive=False)
                 files = card.files_md()
                 if files:
                     gr.Markdown("### Shipped files (`checkpoints/manifest.json`)\n\n" + files)

@@ -101,7 +101,10 @@ def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str,
         what = "the clean original" if result["reference"] == "simulated" else "the reference"
         inp, fp = result["input"], models["fp32"]
         gain = fp["psnr_db"] - inp["psnr_db"]
-        if gain >= 0.3:
+        if math.isinf(inp["psnr_db"]):
+            s = (f"The input is identical to {what}: there is nothing to repair, so any change the model makes "
+                 f"counts against it (full precision: {fp['psnr_db']:.2f} dB PSNR).")
+        elif gain >= 0.3:
             s = (f"Against {what}, full precision improves the input by {gain:+.2f} dB PSNR "
                  f"(SSIM {inp['ssim']:.3f} → {fp['ssim']:.3f}).")
         elif gain > -0.3:
