@@ -78,11 +78,19 @@ def files_md(model_set: models.ModelSet) -> str:
         side = models.sidecar(p) if role != "fp32" else None
         nq = "—"
         if side:
-            tensors = side.get("tensors") or side.get("quantized_tensors") or side.get("activations")
+            tensors, weights = side.get("tensors"), side.get("weights")
             if isinstance(tensors, (list, dict)):
-                nq = str(len(tensors))
+                nq = f"{len(tensors)} activations" + (f", {len(weights)} weights" if isinstance(weights, (list, dict)) else "")
         lines.append(f"| {models.ROLE_LABELS[role]} | `{p.name}` | {size} | {nq} |")
     return "\n".join(lines)
+
+
+def files_for(model_set, session_sets=None) -> str:
+    """The file table of a model set (a message instead when it cannot be resolved)."""
+    try:
+        return files_md(models.resolve_set(model_set, session_sets))
+    except Exception as exc:
+        return f"*{exc}*"
 
 
 def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):

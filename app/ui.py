@@ -244,8 +244,8 @@ def build_demo() -> gr.Blocks:
 
         b_run.click(bench_tab.run, [b_model_set, session_sets, b_sizes, b_threads, b_runs], [b_plot, b_table, b_status],
                     api_name="benchmark", concurrency_limit=1, concurrency_id="bench", time_limit=900)
-        b_model_set.change(lambda key, sets: bench_tab.files_md(models.resolve_set(key, sets)),
-                           [b_model_set, session_sets], b_files, api_visibility="private", queue=False)
+        b_model_set.change(bench_tab.files_for, [b_model_set, session_sets], b_files, api_visibility="private",
+                           queue=False)
 
         if os.environ.get("QATIE_APP_DEBUG") == "1":
             gr.api(debug_modules, api_name="debug_modules", api_visibility="undocumented", queue=False)
