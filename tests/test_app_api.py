@@ -366,7 +366,7 @@ def test_queue_still_works_after_errors(client, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 COLOURS = [(0.85, 0.2, 0.2), (0.2, 0.8, 0.25), (0.2, 0.3, 0.85), (0.85, 0.8, 0.2),
-           (0.2, 0.8, 0.8), (0.8, 0.25, 0.8), (0.55, 0.55, 0.55), (0.25, 0.2, 0.15)]
+           (0.2, 0.8, 0.8), (0.8, 0.25, 0.8), (0.55, 0.55, 0.55), (0.35, 0.3, 0.25)]
 
 
 def test_eight_concurrent_compares_get_their_own_results(server, tmp_path):
@@ -384,16 +384,17 @@ def test_eight_concurrent_compares_get_their_own_results(server, tmp_path):
     with ThreadPoolExecutor(len(photos)) as pool:
         results = list(pool.map(run, range(len(photos))))
     wall = time.perf_counter() - t0
-    means = [load(p).reshape(-1, 3).mean(0) for p in photos]
     for i, (r, _) in enumerate(results):
         src = load(photos[i])
         assert np.array_equal(load(r["input"]), src), f"request {i} got someone else's input"
+        luma = src.astype(float).mean(axis=2).ravel()
         for role in ("fp32", "ptq", "qat"):
             out = load(r[role])
+            # Every photo has its own size, so the size alone says whose result this is; the
+            # picture's structure must be its photo's too (an enhancer changes tone, not layout).
             assert out.shape == src.shape, f"request {i}: {role} output {out.shape} is not its photo's {src.shape}"
-            m = out.reshape(-1, 3).mean(0)
-            nearest = int(np.argmin([np.abs(m - mm).sum() for mm in means]))
-            assert nearest == i, f"request {i}: {role} output's colour is closest to photo {nearest}"
+            corr = np.corrcoef(luma, out.astype(float).mean(axis=2).ravel())[0, 1]
+            assert corr > 0.5, f"request {i}: {role} output does not look like its photo (r = {corr:.2f})"
         assert r["metrics_json"]["size"] == [src.shape[1], src.shape[0]]
     print(f"8 concurrent compares: {wall:.1f} s wall, each {min(t for _, t in results):.1f}–{max(t for _, t in results):.1f} s")
 
