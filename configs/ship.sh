@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds every shipped file in checkpoints/ from scratch: the commands below are the ones that
 # produced them (each file also records its own command; see checkpoints/manifest.json).
-# Needs ../shared (training photos). About 1.5 h on 2 CPU cores. Run from the repository root
+# Needs ../shared (training photos). About 1 h on 2 CPU cores. Run from the repository root
 # with the package installed (pip install -e . --no-deps).
 set -euo pipefail
 export OMP_NUM_THREADS=1  # one thread per process: no OpenMP spin-waiting on a shared 2-core machine
@@ -17,7 +17,7 @@ qatie export --checkpoint checkpoints/fp32.pt --out checkpoints/fp32.onnx
 qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --num-calib 32 --out checkpoints/int8_ptq.onnx
 
 # 3. QAT fine-tune from fp32.pt (fake quantization of exactly the QuantSpec's tensors), then export.
-qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --val "$POLYU" --steps 1000 --lr 1e-5 \
+qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --val "$POLYU" --steps 600 --lr 1e-5 \
           --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/qat_c32 --out checkpoints/qat.pt
 qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
 
