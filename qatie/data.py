@@ -224,5 +224,6 @@ def eval_pairs(input_dir=None, target_dir=None, clean_dir=None, seed: int = 0, p
     return [(s, read_image(a), read_image(b)) for s, a, b in pairs]
 
 
-# Test sets are always degraded (a clean-pass image would score infinite PSNR for the input).
-EVAL_DEGRADATION = degrade_mod.DegradationConfig(p_clean=0.0)
+# Test sets are always degraded: no clean pass, and sensor noise always (without it 1 % of images
+# drew no degradation at all and scored infinite PSNR for the input).
+EVAL_DEGRADATION = degrade_mod.DegradationConfig(p_clean=0.0, p_noise=1.0)
