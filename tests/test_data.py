@@ -67,8 +67,12 @@ def test_srgb_linear_roundtrip():
 
 
 def test_eval_degradation_never_clean():
-    assert EVAL_DEGRADATION.p_clean == 0.0
-    assert dataclasses.replace(EVAL_DEGRADATION, p_clean=DEFAULT.p_clean) == DEFAULT
+    assert EVAL_DEGRADATION.p_clean == 0.0 and EVAL_DEGRADATION.p_noise == 1.0
+    assert dataclasses.replace(EVAL_DEGRADATION, p_clean=DEFAULT.p_clean, p_noise=DEFAULT.p_noise) == DEFAULT
+    from qatie.degrade import degrade
+
+    img = np.full((16, 16, 3), 0.5, np.float32)
+    assert all(not np.array_equal(degrade(img, seed, EVAL_DEGRADATION), img) for seed in range(200))
     assert json.dumps(DEFAULT.to_dict())  # JSON-able (stored with checkpoints/results)
 
 
