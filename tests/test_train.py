@@ -22,7 +22,7 @@ from qatie.model import build_model
 from qatie.train import TrainConfig, lr_at, train
 
 # A light, learnable degradation: underexposure, a colour cast, lower contrast; no noise/blur/JPEG.
-LIGHT = DegradationConfig(p_clean=0.0, p_mild=0.0, p_tone=1.0, exposure_stops=(-0.8, -0.5),
+LIGHT = DegradationConfig(p_clean=0.0, p_mild=0.0, p_tone=1.0, p_tone_each=1.0, exposure_stops=(-0.8, -0.5),
                           wb_gain=(0.92, 0.97), gamma=(1.0, 1.0), contrast=(0.85, 0.95),
                           saturation=(1.0, 1.0), p_blur=0.0, p_noise=0.0, p_jpeg=0.0)
 
@@ -44,7 +44,7 @@ def test_short_training_lowers_loss_and_beats_identity(tmp_path):
         write_image(tgt_dir / f"{name}.png", t)
         write_image(inp_dir / f"{name}.png", degrade(t, seed_for(name, 0), LIGHT))
     cfg = TrainConfig(data=[f"pairs:{inp_dir},{tgt_dir}"], width=8, steps=150, batch_size=4, patch=48,
-                      lr=2e-3, warmup_steps=10, val_every=1000, checkpoint_every=1000, seed=0)
+                      lr=2e-3, warmup_steps=10, val_every=1000, checkpoint_every=1000, seed=0, loss="l1")
     losses = []
     summary = train(cfg, tmp_path / "run", progress=lambda e: losses.append(e["loss"]))
     assert summary["steps_done"] == 150 and len(losses) == 150
