@@ -60,6 +60,13 @@ def _plot(rows: list[dict], threads: int, path) -> str:
     return render.save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
 
 
+COLUMNS = ["Model", "Size (H×W)", "Median ms", "Min ms", "Max ms", "× FP32", "File MB"]
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame(columns=COLUMNS)
+
+
 def _table(rows: list[dict]) -> pd.DataFrame:
     out = []
     for r in rows:
@@ -67,7 +74,7 @@ def _table(rows: list[dict]) -> pd.DataFrame:
                     "Median ms": round(r["median_ms"], 1), "Min ms": round(r["min_ms"], 1),
                     "Max ms": round(r["max_ms"], 1), "× FP32": round(r["ratio_to_fp32"], 2),
                     "File MB": round(Path(r["path"]).stat().st_size / 1e6, 2)})  # 10⁶ bytes, as in Compare
-    return pd.DataFrame(out, columns=["Model", "Size (H×W)", "Median ms", "Min ms", "Max ms", "× FP32", "File MB"])
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
 def files_md(model_set: models.ModelSet) -> str:

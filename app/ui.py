@@ -16,7 +16,7 @@ import time
 
 import gradio as gr
 
-from . import about, bench_tab, compare, config, modelcard, models, train_tab
+from . import about, bench_tab, compare, config, inspect_panel, modelcard, models, train_tab
 
 log = logging.getLogger("qatie.app")
 
@@ -47,6 +47,13 @@ def debug_modules() -> dict:
     return {"torch": "torch" in sys.modules, "onnxruntime": "onnxruntime" in sys.modules,
             "modules": len(sys.modules), "warm_up": models.warm_state(),
             "training_threads": sum(t.name.startswith("qatie-train-") and t.is_alive() for t in threading.enumerate())}
+
+
+def _inspect_paths(key, session_sets) -> dict | None:
+    try:
+        return {r: str(p) for r, p in models.resolve_set(key, session_sets).paths.items()}
+    except Exception:  # reported by the Compare action itself
+        return None
 
 
 def build_demo() -> gr.Blocks:
@@ -130,6 +137,7 @@ def build_demo() -> gr.Blocks:
                             metrics_json = gr.JSON(label="Metrics")
                         with gr.Accordion("Full-size outputs (PNG; filled in 'Full size (tiled)' mode)", open=False):
                             downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
+                        inspect = inspect_panel.build_inspect_panel(open=False)
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
@@ -189,7 +197,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=2):
                         b_status = gr.Markdown()
                         b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False)
-                        b_table = gr.Dataframe(label="Results", interactive=False)
+                        b_table = gr.Dataframe(bench_tab.empty_table(), label="Results", interactive=False)
                 gr.Markdown("### The model card's numbers\n\n" + card.tables_md(("latency", "median ms", "bench")))
 
             # ---------------------------------------------------------------- About
@@ -198,9 +206,10 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown("## The model card\n\n" + card.tables_md())
                 figure = config.ASSETS / "model_card_crops.png"
                 if card.present and figure.is_file():
-                    gr.Image(str(figure), label="Where the INT8 error is (model card figure: input | FP32 | PTQ | QAT "
-                                                "and the error maps, one colour scale)", format="png",
-                             interactive=False)
+                    gr.Markdown("### Where the INT8 error is\n\nThe model card's figure: test-photo crops where "
+                                "minmax PTQ differs most from FP32 — input, FP32, PTQ-INT8, QAT-INT8 and the two error "
+                                "maps on one colour scale (8-bit levels).")
+                    gr.Image(str(figure), label="Model card figure", show_label=False, format="png", interactive=False)
                 files = card.files_md()
                 if files:
                     gr.Markdown("### Shipped files (`checkpoints/manifest.json`)\n\n" + files)
@@ -249,6 +258,11 @@ def build_demo() -> gr.Blocks:
 
         if os.environ.get("QATIE_APP_DEBUG") == "1":
             gr.api(debug_modules, api_name="debug_modules", api_visibility="undocumented", queue=False)
+        # Inspect: per-layer error of the models the Compare tab uses (shipped or a session set).
+        inspect_paths = gr.State(None)
+        model_set.change(_inspect_paths, [model_set, session_sets], inspect_paths, api_visibility="private")
+        inspect_panel.wire(inspect, image_in, inspect_paths,
+                           to_paths=lambda v: v or {r: str(p) for r, p in models.shipped_paths().items()})
     return demo
 
 
