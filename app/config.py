@@ -61,8 +61,9 @@ TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))
 #: Upload size limit handed to Gradio.
 MAX_FILE_SIZE = os.environ.get("QATIE_MAX_FILE_SIZE", "200mb")
 
-#: Per-process scratch space (request folders, trained models, cached examples).
-WORK_DIR = Path(os.environ.get("QATIE_APP_WORK_DIR") or Path(tempfile.gettempdir()) / f"qatie-app-{os.getpid()}")
+#: Per-process scratch space (request folders, trained models, cached examples), removed when the
+#: app exits: always a fresh folder of its own, inside QATIE_APP_WORK_DIR (default: the temp dir).
+WORK_DIR = Path(os.environ.get("QATIE_APP_WORK_DIR") or tempfile.gettempdir()) / f"qatie-app-{os.getpid()}"
 
 
 def work_dir(*parts: str) -> Path:

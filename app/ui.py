@@ -266,18 +266,31 @@ def build_demo() -> gr.Blocks:
     return demo
 
 
-def _cleanup_on_exit() -> None:
-    """Remove this process's scratch folder at exit; SIGTERM (a Space stopping, a test tearing
-    down) ends the server the way Ctrl-C does, so the cleanup runs then too."""
+def _cleanup_on_exit(demo: gr.Blocks) -> None:
+    """Remove this process's scratch folder (and Gradio's copies of the files it served) when
+    the app ends. SIGTERM (a Space stopping, a test tearing down) cleans up and exits at once:
+    Gradio's own graceful shutdown waits seconds for open connections, and an exception raised
+    from a signal handler could land anywhere in the main thread."""
     import atexit
     import shutil
     import signal
     import threading
 
-    atexit.register(shutil.rmtree, config.WORK_DIR, True)
+    def cleanup() -> None:
+        shutil.rmtree(config.WORK_DIR, ignore_errors=True)
+        try:
+            from gradio.route_utils import delete_files_created_by_app
+
+            delete_files_created_by_app(demo, None)
+        except Exception:
+            pass
+
+    atexit.register(cleanup)
     if threading.current_thread() is threading.main_thread():
         def _term(signum, frame):
-            raise KeyboardInterrupt
+            cleanup()
+            os._exit(0)
+
         signal.signal(signal.SIGTERM, _term)
 
 
@@ -285,7 +298,7 @@ def launch(demo: gr.Blocks, **kwargs):
     """Queue + launch with the app's settings. Host and port come from GRADIO_SERVER_NAME and
     GRADIO_SERVER_PORT (Gradio reads them); `kwargs` override anything."""
     t0 = time.perf_counter()
-    _cleanup_on_exit()
+    _cleanup_on_exit(demo)
     models.start_warm_up()
     demo.queue(default_concurrency_limit=1, max_size=64)
     options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True)
