@@ -143,7 +143,7 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 gr.Markdown(
                     "Train a small FP32 model, quantize it with **PTQ** (calibration only) and **QAT** (a short "
-                    "fine-tune with simulated INT8), and export all three to ONNX. The defaults take about 2–3 "
+                    "fine-tune with simulated INT8), and export all three to ONNX. The defaults take about 1.5 "
                     "minutes on a 2-vCPU machine. The new set joins the Compare and Benchmark tabs' model lists "
                     "for *this browser session* only; the shipped models stay. Short trainings make weak "
                     "enhancers — the point is to watch what quantization does to them.")

@@ -471,7 +471,8 @@ def test_train_cancel_stops_the_worker(server):
 
 @pytest.fixture(scope="module")
 def small_limits_client():
-    env = {"QATIE_MAX_MP": "0.3", "QATIE_FULL_SIZE_MAX_MP": "1.0", "QATIE_TILE": "256", "QATIE_LOG_LEVEL": "WARNING"}
+    env = {"QATIE_MAX_MP": "0.3", "QATIE_FULL_SIZE_MAX_MP": "1.0", "QATIE_TILE": "512", "QATIE_TIMING_RUNS": "1",
+           "QATIE_LOG_LEVEL": "WARNING"}
     with AppServer(env=env, timeout=120) as srv:
         yield Client(srv.url, verbose=False)
 
