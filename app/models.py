@@ -23,6 +23,7 @@ import numpy as np
 
 from qatie import runtime as rt
 from qatie.errors import ModelFileError
+from qatie.report import sha256
 
 from . import config
 
@@ -106,12 +107,7 @@ _UPLOADED_LOCK = threading.Lock()
 _UPLOADED_MAX = 9  # three sets
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_file_sha = sha256  # one file-hash helper (qatie.report, also used for the manifest)
 
 
 def clean_model_error(msg: str, path: Path) -> str:

@@ -43,6 +43,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .evaluate import jsonable
 from .errors import ModelFileError, QatieError
 from .padding import pad_nchw
 
@@ -470,17 +471,7 @@ def format_table(result_or_rows, worst: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+_jsonable = jsonable  # strict-JSON copy: non-finite floats → None (shared with qatie eval)
 
 
 def write_json(result: dict, path, image_name: str | None = None) -> Path:
@@ -706,11 +697,9 @@ def plot_histogram(hist: dict, title: str | None = None):
 # --------------------------------------------------------------------------------------------
 
 def file_sha(path, n: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
+    from .report import sha256
+
+    return sha256(Path(path))[:n]
 
 
 def cache_dir(cache=None) -> Path:
