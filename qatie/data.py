@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from . import degrade as degrade_mod
 from .errors import QatieError
@@ -164,18 +165,43 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarr
 
 
 class PatchSampler:
-    """Draws (input, target) batches of random aligned crops from one or more sources."""
+    """Draws (input, target) batches of random aligned crops from one or more sources.
 
-    def __init__(self, sources: list[Source], patch: int, degradation=degrade_mod.DEFAULT):
+    `global_share` of the synthetic crops are cut from the whole photo downscaled to just over
+    the patch size, so the crop shows (nearly) the whole scene. Tone errors are global: telling
+    a flat, dark photo from a correct one needs the whole picture (its black and white points),
+    which a 128-pixel crop of a 1024-pixel photo does not show — and the full-size image the
+    model sees in use does.
+    """
+
+    def __init__(self, sources: list[Source], patch: int, degradation=degrade_mod.DEFAULT,
+                 global_share: float = 0.0):
         self.items = [(src, i) for src in sources for i in range(len(src.targets))]
         if not self.items:
             raise QatieError("no training images")
+        if not 0.0 <= global_share <= 1.0:
+            raise QatieError(f"global_share must be in [0, 1], got {global_share}")
         self.patch = patch
         self.degradation = degradation
+        self.global_share = global_share
+        self._whole: dict[tuple[int, int], np.ndarray] = {}
+
+    def whole_view(self, src: Source, i: int) -> np.ndarray:
+        """The photo downscaled (area filter) so its short side is 1.25 × patch; cached."""
+        key = (id(src), i)
+        if key not in self._whole:
+            tgt = src.targets[i]
+            h, w = tgt.shape[:2]
+            f = min(1.0, 1.25 * self.patch / min(h, w))
+            size = (max(self.patch, round(w * f)), max(self.patch, round(h * f)))
+            self._whole[key] = np.asarray(Image.fromarray(tgt).resize(size, Image.Resampling.BOX))
+        return self._whole[key]
 
     def crop_pair(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         src, i = self.items[int(rng.integers(len(self.items)))]
         tgt = src.targets[i]
+        if self.global_share > 0 and src.synthetic and rng.random() < self.global_share:
+            tgt = self.whole_view(src, i)
         h, w = tgt.shape[:2]
         p = min(self.patch, h, w)
         y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))

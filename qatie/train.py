@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,13 +20,13 @@ import torch
 
 from . import checkpoint as ckpt_mod
 from .data import PatchSampler, load_source, Source
-from .degrade import DEFAULT as DEFAULT_DEGRADATION
+from .degrade import DEFAULT as DEFAULT_DEGRADATION, DegradationConfig
 from .errors import QatieError
 from .losses import LOSSES
 from .metrics import psnr, ssim
 from .model import build_model
 
-VAL_CROP = 256
+VAL_CROP = 768  # validation images are centre-cropped to at most this many pixels a side
 
 
 @dataclass
@@ -43,6 +43,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     loss: str = "paper"
     seed: int = 0
+    global_crops: float = 0.0  # share of crops showing the whole photo (see PatchSampler)
+    degradation: dict = field(default_factory=dict)  # DegradationConfig fields overriding the default
     val_every: int = 250
     val_data: list[str] = field(default_factory=list)  # extra validation pairs, e.g. "pairs:IN,TGT"
     val_limit: int = 16
@@ -61,6 +63,15 @@ class TrainConfig:
         return asdict(self)
 
 
+def degradation_config(cfg: TrainConfig) -> DegradationConfig:
+    """The training degradation: the default mix with the config's overrides."""
+    unknown = set(cfg.degradation) - set(DegradationConfig.__dataclass_fields__)
+    if unknown:
+        raise QatieError(f"unknown degradation fields: {', '.join(sorted(unknown))}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.degradation.items()}
+    return replace(DEFAULT_DEGRADATION, **fields)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr at cfg.steps."""
     if step < cfg.warmup_steps:
@@ -76,20 +87,25 @@ def pick_device(name: str) -> torch.device:
 
 
 def validation_sets(cfg: TrainConfig, sources: list[Source]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """Fixed (input, target) crops: each clean source's validation split degraded at seed 0
-    (or, without a split, its first images), plus the extra `val_data` pair sets."""
+    """Fixed (input, target) images: each clean source's validation split degraded at seed 0 as
+    the test split is (whole photos, up to VAL_CROP pixels a side), and the same photos with only
+    noise/blur/JPEG and correct tones (`… · tones right`): a model that re-grades good photos
+    loses there, so best.pt cannot be one that does harm. Plus the extra `val_data` pair sets."""
     from .data import EVAL_DEGRADATION
     from .degrade import degrade, seed_for
 
+    tones_right = replace(EVAL_DEGRADATION, p_tone=0.0)
     sets = {}
     for spec, src in zip(cfg.data, sources):
         if src.synthetic:
             val = load_source(spec, part="val") if spec.startswith("clean:") else src
-            items = []
+            items, right = [], []
             for name, t in list(zip(val.names, val.targets))[: cfg.val_limit]:
                 t = _center(t.astype(np.float32) / 255.0)
                 items.append((degrade(t, seed_for(name, 0), EVAL_DEGRADATION), t))
+                right.append((degrade(t, seed_for(name, 0), tones_right), t))
             sets[spec] = items
+            sets[f"{spec} · tones right"] = right
     for spec in cfg.val_data:
         src = load_source(spec, part="val")
         sets[spec] = [(_center(a.astype(np.float32) / 255), _center(b.astype(np.float32) / 255))
@@ -156,7 +172,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str
         raise QatieError(f"unknown loss {cfg.loss!r}: choose {', '.join(LOSSES)}")
     loss_fn = LOSSES[cfg.loss]
     sources = [load_source(s, part="train") for s in cfg.data]
-    sampler = PatchSampler(sources, cfg.patch, DEFAULT_DEGRADATION)
+    sampler = PatchSampler(sources, cfg.patch, degradation_config(cfg), cfg.global_crops)
     if model is None:
         model = build_model(cfg.width, cfg.variant)
     model = model.to(device).to(memory_format=torch.channels_last)

@@ -178,6 +178,32 @@ def test_tiny_images_padded_to_patch():
     assert x.shape == t.shape == (2, 3, 16, 16)
 
 
+def test_global_crops_show_the_whole_photo():
+    # A horizontal ramp 0…255 across 600 px: a native 64-px crop spans about 11 % of the ramp,
+    # a crop of the whole-photo view (80×120 px) over half of it.
+    ramp = np.repeat(np.linspace(0, 255, 600)[None, :, None], 3, axis=2)
+    src = data_mod.Source("clean:ramp", ["r"], [np.repeat(ramp, 400, axis=0).astype(np.uint8)])
+    clean = DegradationConfig(p_clean=1.0)
+
+    def spans(share):
+        _, t = PatchSampler([src], patch=64, degradation=clean, global_share=share).batch(8, 0, 0)
+        return [float(np.ptp(im[0])) for im in t]  # augment may rotate: ptp over the whole crop
+
+    assert max(spans(0.0)) < 0.12
+    assert min(spans(1.0)) > 0.5
+    with pytest.raises(QatieError, match="global_share"):
+        PatchSampler([src], patch=64, global_share=1.5)
+
+
+def test_global_crops_leave_real_pairs_alone(tmp_path):
+    a, b = tmp_path / "in", tmp_path / "tgt"
+    _write_pair_tree((a, b), ["x"], size=(30, 40), suffix=".png")
+    pairs = load_source(f"pairs:{a},{b}")
+    x1, t1 = PatchSampler([pairs], patch=24).batch(4, 0, 3)
+    x2, t2 = PatchSampler([pairs], patch=24, global_share=1.0).batch(4, 0, 3)
+    assert np.array_equal(x1, x2) and np.array_equal(t1, t2)  # real noise is never resampled
+
+
 def test_augment_keeps_pairs_aligned():
     rng = np.random.default_rng(0)
     a = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)

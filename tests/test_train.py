@@ -79,6 +79,41 @@ def test_config_rejects_unknown_options():
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
 
 
+def test_degradation_overrides_reach_the_sampler(tmp_path):
+    from qatie.train import degradation_config
+
+    cfg = TrainConfig(degradation={"p_clean": 1.0, "jpeg_quality": [60, 70]})
+    d = degradation_config(cfg)
+    assert d.p_clean == 1.0 and d.jpeg_quality == (60, 70) and d.p_noise == DegradationConfig().p_noise
+    with pytest.raises(QatieError, match="bogus"):
+        degradation_config(TrainConfig(degradation={"bogus": 1}))
+    # p_clean = 1: every training input is its target, so a run starts (and stays) at zero L1 loss.
+    run = TrainConfig(data=["samples"], width=4, steps=2, batch_size=2, patch=32, loss="l1", val_every=1000,
+                      checkpoint_every=1000, degradation={"p_clean": 1.0})
+    losses = []
+    train(run, tmp_path / "run", progress=lambda e: losses.append(e["loss"]))
+    assert losses[0] < 1e-6, losses
+
+
+def test_validation_has_a_tones_right_set_that_punishes_regrading():
+    from qatie.data import load_source
+    from qatie.train import validation_sets, val_score, evaluate_sets
+
+    cfg = TrainConfig(data=["samples"], val_limit=3)
+    sets = validation_sets(cfg, [load_source("samples")])
+    assert set(sets) == {"samples", "samples · tones right"}
+    assert all(len(v) == 3 for v in sets.values())
+
+    class Brighten(torch.nn.Module):  # re-grades every photo, as a harmful enhancer does
+        def forward(self, x):
+            return torch.clamp(x * 1.08, 0, 1)
+
+    val = evaluate_sets(Brighten(), sets, torch.device("cpu"))
+    right = val["samples · tones right"]
+    assert right["psnr"] < right["input_psnr"]
+    assert val_score(val, []) < val_score(evaluate_sets(torch.nn.Identity(), sets, torch.device("cpu")), [])
+
+
 def test_losses():
     t = torch.rand(2, 3, 16, 16)
     o = (t + 0.05 * torch.randn_like(t)).clamp(0, 1)
