@@ -90,42 +90,10 @@ class Upload:
     original_size: tuple[int, int]  # (w, h), upright, before any reduction on load
 
 
-#: PIL modes that `Image.reduce` handles (others, e.g. 16-bit, always take the full decoder).
-_REDUCIBLE = ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F")
-
-
-def _decode_reduced(data: bytes, label: str, max_pixels: float) -> np.ndarray | None:
-    """Decode a photo far larger than `max_pixels` at a reduced size: JPEG DCT scaling and an
-    integer box reduction in PIL *before* converting to float, so a 50-MP upload costs about a
-    second instead of ten and a fraction of the memory. None when the fast path does not apply
-    (the caller then uses the full decoder, which knows every mode)."""
-    from PIL import ImageOps
-
-    from qatie import imageio
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            factor = int(math.sqrt(w * h / max_pixels))
-            if factor < 2 or im.mode not in _REDUCIBLE or getattr(im, "n_frames", 1) > 1:
-                return None
-            if im.format == "JPEG":
-                im.draft(im.mode, (w // factor, h // factor))  # decode at 1/2, 1/4 or 1/8 scale
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rest = max(1, int(math.sqrt(im.width * im.height / max_pixels)))
-            if rest >= 2:
-                im = im.reduce(rest)
-            # The one place qatie converts a PIL image (modes, alpha on white, CMYK) to float.
-            return imageio._pil_to_float(im, label)
-    except Exception:
-        return None
-
-
 def read_upload(payload, what: str, max_pixels: float | None = None) -> Upload | None:
     """Decode an uploaded image; AppInputError / ImageReadError with a clear message if it can't be.
     With `max_pixels`, a photo more than 4× larger is decoded at a reduced size (see
-    `_decode_reduced`); the caller still resizes to the exact target."""
+    `qatie.imageio.decode_image`); the caller still resizes to the exact target."""
     found = payload_path(payload)
     if found is None:
         return None
@@ -149,12 +117,10 @@ def read_upload(payload, what: str, max_pixels: float | None = None) -> Upload |
         if w * h > MAX_PIXELS:
             raise AppInputError(f"{label} is {_mp(w, h)}: too large to open safely here "
                                 f"(limit {MAX_PIXELS / 1e6:.0f} MP)")
-        if max_pixels and w * h > 4 * max_pixels:
-            reduced = _decode_reduced(data, label, max_pixels)
-            if reduced is not None:
-                return Upload(reduced, name, notes, hashlib.sha256(data).hexdigest(), size)
-    image = decode_image(data, label)
-    return Upload(image, name, notes, hashlib.sha256(data).hexdigest(), (image.shape[1], image.shape[0]))
+    image = decode_image(data, label, max_pixels=max_pixels)
+    reduced = size is not None and max_pixels and size[0] * size[1] > 4 * max_pixels
+    original = size if reduced else (image.shape[1], image.shape[0])
+    return Upload(image, name, notes, hashlib.sha256(data).hexdigest(), original)
 
 
 def peek_size(payload) -> tuple[int, int] | None:

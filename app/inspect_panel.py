@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
 from qatie import inspect as qi

@@ -15,14 +15,13 @@ for this user only, and its files are offered for download.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import shutil
 import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr

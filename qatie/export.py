@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from .graph_opt import optimize_fp32, optimize_int8
 from .model import QATIENet

@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
