@@ -61,18 +61,21 @@ def evaluation_sets(shared: Path | None, seed: int = 0, limit: int | None = None
     return sets
 
 
-def calibration_variants(ckpt_dir: Path, cache: Path) -> dict[str, Path]:
-    """Percentile and entropy PTQ of fp32.pt with the shipped PTQ's calibration data."""
-    from .ptq import run_ptq
+def calibration_variants(ckpt_dir: Path, cache: Path, progress=print) -> dict[str, Path]:
+    """Percentile and entropy PTQ of fp32.pt with the shipped PTQ's calibration data, built (and
+    cached by checkpoint content + settings) by the same `cached_ptq` the app's Inspect panel uses.
+    Where that data is absent (no ../shared), the built-in sample photos stand in, and say so."""
+    from .data import load_source
+    from .inspect import cached_ptq
 
     meta = json.loads((ckpt_dir / "int8_ptq.json").read_text()).get("meta", {})
     calib, num = meta.get("calib", "samples"), int(meta.get("num_calib", 32))
-    out = {}
-    for method in ("percentile", "entropy"):
-        path = cache / f"int8_ptq_{method}.onnx"
-        run_ptq(ckpt_dir / "fp32.pt", path, method=method, calib=calib, num_calib=num)
-        out[f"ptq_{method}"] = path
-    return out
+    try:
+        load_source(calib, part="train")
+    except QatieError as e:
+        progress(f"calibration data of the shipped PTQ unavailable ({e}); percentile/entropy PTQ calibrate on `samples`")
+        calib = "samples"
+    return {f"ptq_{m}": cached_ptq(ckpt_dir / "fp32.pt", m, calib, num, cache=cache) for m in ("percentile", "entropy")}
 
 
 def check_goals(results: dict) -> list[dict]:
@@ -240,7 +243,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     t0 = time.time()
     models = {k: ckpt_dir / v for k, v in SHIPPED.items()}
     progress("building percentile and entropy PTQ variants for the calibration comparison …")
-    variants = calibration_variants(ckpt_dir, Path(cache))
+    variants = calibration_variants(ckpt_dir, Path(cache), progress)
     all_models = {**models, **variants}
     results = {}
     descriptions = {}
@@ -255,11 +258,14 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     progress("benchmarking latency …")
     ref = shared / "reference" / "qatie_official_int8_1920x1080.tflite" if shared else None
     try:
-        bench = run_benchmark([str(p) for p in models.values()], list(sizes), threads=threads, runs=runs,
+        bench = run_benchmark([str(p) for p in all_models.values()], list(sizes), threads=threads, runs=runs,
                               reference_tflite=str(ref) if ref and ref.exists() else None)
     except QatieError as e:  # e.g. ai-edge-litert not installed: time our models only
         progress(f"reference model skipped: {e}")
-        bench = run_benchmark([str(p) for p in models.values()], list(sizes), threads=threads, runs=runs)
+        bench = run_benchmark([str(p) for p in all_models.values()], list(sizes), threads=threads, runs=runs)
+    stems = {p.stem: k for k, p in all_models.items()}  # rows named like the evaluation: fp32, ptq, qat, …
+    for r in bench["results"]:
+        r["model"] = stems.get(r["model"], r["model"])
     goals = check_goals(results)
     card = {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "qatie report --out " + str(out_md),
             "sets": descriptions, "results": {k: {"models": v["models"], "count": v["count"], "summary": v["summary"]}

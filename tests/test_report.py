@@ -1,0 +1,67 @@
+"""`qatie report`: one run on copies of the shipped models (tiny sizes, two images, no ../shared)
+must evaluate all five INT8/FP32 variants, time the same five, and fill the manifest."""
+import json
+import shutil
+
+import pytest
+
+from conftest import REPO_ROOT
+from qatie.report import SHIPPED, build_report, check_goals
+
+FILES = ["fp32.pt", "qat.pt", "int8_ptq.json", "int8_qat.json", *SHIPPED.values()]
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory):
+    src = REPO_ROOT / "checkpoints"
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    for name in FILES:
+        shutil.copy(src / name, ckpt / name)
+    tmp = tmp_path_factory.mktemp("out")
+    out = build_report(tmp / "MODEL_CARD.md", ckpt_dir=ckpt, shared=None, sizes=((64, 96),), threads=1, runs=1,
+                       limit=2, figure=tmp / "crops.png", cache=tmp / "cache", progress=lambda msg: None)
+    return out, ckpt, tmp
+
+
+def test_report_scores_and_times_every_variant(card):
+    out, ckpt, tmp = card
+    variants = {"fp32", "ptq", "qat", "ptq_percentile", "ptq_entropy"}
+    summary = out["results"]["synthetic"]["summary"]
+    assert variants | {"input"} <= set(summary)
+    assert out["results"]["synthetic"]["count"] == 2
+    for k in variants - {"fp32"}:
+        assert 20 < summary[k]["agreement_with_fp32"]["psnr_vs_fp32"]  # a real INT8 model, not a copy
+    assert {r["model"] for r in out["benchmark"]["results"]} == variants
+    assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in out["benchmark"]["results"])
+    assert (tmp / "crops.png").stat().st_size > 10_000
+    md = (tmp / "MODEL_CARD.md").read_text()
+    assert "## Goals" in md and "PTQ-INT8 (entropy)" in md
+    assert json.loads((tmp / "MODEL_CARD.json").read_text())["goals"] == json.loads(json.dumps(out["goals"]))
+
+
+def test_manifest_has_hashes_metrics_and_latency_of_each_shipped_file(card):
+    out, ckpt, _ = card
+    files = json.loads((ckpt / "manifest.json").read_text())["files"]
+    assert set(FILES) - {"int8_ptq.json", "int8_qat.json"} <= set(files)
+    for key, name in SHIPPED.items():
+        entry = files[name]
+        assert len(entry["sha256"]) == 64 and entry["bytes"] == (ckpt / name).stat().st_size
+        assert entry["latency_ms"]["64x96"] > 0, (key, entry.get("latency_ms"))
+        assert set(entry["metrics"]["synthetic"]) >= {"psnr", "ssim"}
+
+
+def test_goals_follow_the_numbers():
+    def row(psnr, ssim, agree=None):
+        r = {"psnr": psnr, "ssim": ssim}
+        return r | ({"agreement_with_fp32": {"psnr_vs_fp32": agree}} if agree is not None else {})
+
+    res = {"synthetic": {"summary": {"input": row(25.0, 0.80), "fp32": row(28.5, 0.85),
+                                     "ptq": row(28.0, 0.83, 35.0), "qat": row(28.45, 0.848, 43.0)}}}
+    met = {g["goal"]: g["met"] for g in check_goals(res)}
+    assert all(met.values()), met
+    res["synthetic"]["summary"]["qat"] = row(28.3, 0.84, 38.0)  # QAT no better than PTQ's loss share
+    met = {g["goal"]: g["met"] for g in check_goals(res)}
+    assert [k for k, v in met.items() if not v] == [
+        "QAT-INT8 PSNR within 0.1 dB of FP32", "QAT-INT8 SSIM within 0.005 of FP32",
+        "QAT-INT8 agreement with FP32 ≥ 42.0 dB", "QAT recovers ≥ 75% of minmax PTQ's SSIM loss",
+        "QAT agreement ≥ 5.0 dB better than minmax PTQ"]
