@@ -112,6 +112,49 @@ def check_goals(results: dict) -> list[dict]:
     return rows
 
 
+def tiling_effect(models: dict, pairs, tiles=(256, 512), overlap: int = 32, threads: int = 2) -> dict:
+    """How much tiling changes each model's output. InstanceNorm normalises over what it sees,
+    so a tile is normalised with its own statistics, not the photo's: on photos that fit both
+    ways, compare tiled with whole-image output (PSNR, mean over photos) and both with the target.
+    The app tiles photos over 2 MP in 1024-pixel tiles; 256 and 512 show the trend."""
+    from .metrics import psnr
+    from .runtime import get_enhancer
+
+    out = {}
+    for key, path in models.items():
+        enh = get_enhancer(path, threads=threads)
+        rows = {}
+        wholes = [(enh.enhance(inp), tgt, inp) for _, inp, tgt in pairs]
+        for tile in tiles:
+            vs_whole, tiled_t, whole_t, n = [], [], [], 0
+            for whole, tgt, inp in wholes:
+                if max(inp.shape[:2]) <= tile:
+                    continue  # fits one tile: tiled == whole by construction
+                tiled = enh.enhance_tiled(inp, tile=tile, overlap=overlap)
+                vs_whole.append(psnr(tiled, whole)), tiled_t.append(psnr(tiled, tgt)), whole_t.append(psnr(whole, tgt))
+                n += 1
+            rows[str(tile)] = {"images": n, "overlap": overlap,
+                               "psnr_tiled_vs_whole": float(np.mean(vs_whole)) if n else None,
+                               "min_psnr_tiled_vs_whole": float(np.min(vs_whole)) if n else None,
+                               "psnr_vs_target_tiled": float(np.mean(tiled_t)) if n else None,
+                               "psnr_vs_target_whole": float(np.mean(whole_t)) if n else None}
+        out[key] = rows
+    return out
+
+
+def tiling_table(tiling: dict) -> str:
+    lines = ["| model | tile (overlap) | photos tiled | tiled vs whole PSNR dB (mean / worst) | PSNR vs target: whole → tiled |",
+             "|---|---|---|---|---|"]
+    for key, rows in tiling.items():
+        for tile, r in rows.items():
+            if not r["images"]:
+                continue
+            lines.append(f"| {LABELS.get(key, key)} | {tile} ({r['overlap']}) | {r['images']} | "
+                         f"{r['psnr_tiled_vs_whole']:.2f} / {r['min_psnr_tiled_vs_whole']:.2f} | "
+                         f"{r['psnr_vs_target_whole']:.2f} → {r['psnr_vs_target_tiled']:.2f} |")
+    return "\n".join(lines)
+
+
 def _f(v, spec):
     if v is None or (isinstance(v, float) and (math.isnan(v) or math.isinf(v))):
         return "—" if v is None or math.isnan(v) else "∞"
@@ -245,7 +288,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     progress("building percentile and entropy PTQ variants for the calibration comparison …")
     variants = calibration_variants(ckpt_dir, Path(cache), progress)
     all_models = {**models, **variants}
-    results = {}
+    results, tiling = {}, {}
     descriptions = {}
     for set_name, (desc, pairs) in evaluation_sets(shared, limit=limit).items():
         progress(f"evaluating on {desc} …")
@@ -255,6 +298,9 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
         results[set_name] = res
         if set_name == "synthetic" and figure:
             render_figure(pairs[:12], models, Path(figure))
+        if set_name == "synthetic":
+            progress("measuring what tiling changes …")
+            tiling = tiling_effect(models, pairs, threads=threads)
     progress("benchmarking latency …")
     ref = shared / "reference" / "qatie_official_int8_1920x1080.tflite" if shared else None
     try:
@@ -271,7 +317,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
             "sets": descriptions, "results": {k: {"models": v["models"], "count": v["count"], "summary": v["summary"]}
                                               for k, v in results.items()},
             "per_image": {k: v["images"] for k, v in results.items()},
-            "benchmark": bench, "goals": goals, "labels": LABELS,
+            "benchmark": bench, "goals": goals, "labels": LABELS, "tiling": tiling,
             "file_bytes": {p.name: p.stat().st_size for p in models.values()}, "wall_s": round(time.time() - t0, 1)}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(card, indent=1, default=_json_default))
@@ -309,6 +355,11 @@ def render_markdown(card: dict, figure: Path | None) -> str:
     parts.append("## Goals\n\n| set | goal | measured | met |\n|---|---|---|---|\n" +
                  "\n".join(f"| {g['set']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |" for g in card["goals"]) + "\n")
     b = card["benchmark"]
+    if card.get("tiling"):
+        parts.append("## Tiling (synthetic set)\n\nLarge photos run in overlapping tiles with blended seams (bounded "
+                     "memory). InstanceNorm normalises each tile with its own statistics, so tiled output differs from "
+                     "whole-image output; measured here on the photos larger than one tile:\n\n"
+                     f"{tiling_table(card['tiling'])}\n")
     parts.append(f"## Latency (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, {b.get('threads')} threads, "
                  f"median of {b.get('runs', '')} interleaved runs after warm-up)\n\n{bench_table(b)}\n")
     if figure:

@@ -34,8 +34,11 @@ def test_report_scores_and_times_every_variant(card):
     assert {r["model"] for r in out["benchmark"]["results"]} == variants
     assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in out["benchmark"]["results"])
     assert (tmp / "crops.png").stat().st_size > 10_000
+    for key in ("fp32", "ptq", "qat"):  # tiling measured: differs from whole-image output, but not wildly
+        t = out["tiling"][key]["256"]
+        assert t["images"] == 2 and 20 < t["psnr_tiled_vs_whole"] < 80
     md = (tmp / "MODEL_CARD.md").read_text()
-    assert "## Goals" in md and "PTQ-INT8 (entropy)" in md
+    assert "## Goals" in md and "PTQ-INT8 (entropy)" in md and "## Tiling" in md
     assert json.loads((tmp / "MODEL_CARD.json").read_text())["goals"] == json.loads(json.dumps(out["goals"]))
 
 
