@@ -222,7 +222,7 @@ def cmd_qat(args) -> int:
     from .qat import run_qat
 
     out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
-                  batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, seed=args.seed,
+                  distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, seed=args.seed,
                   val_data=args.val, threads=args.threads, resume=args.resume, run_dir=args.run_dir,
                   progress=_progress_bar(args.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--steps", type=int, default=1000)
     a.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, as in the paper)")
     a.add_argument("--learnable", action="store_true", help="learn scales and zero points (LSQ)")
+    a.add_argument("--distill", type=float, default=0.0, metavar="W",
+                   help="weight (0–1) of matching the FP32 model's own output instead of the target "
+                        "(1: distillation only — QAT learns to agree with full precision)")
     a.add_argument("--batch-size", type=int, default=8)
     a.add_argument("--patch", type=int, default=128)
     a.add_argument("--num-calib", type=int, default=32)

@@ -18,33 +18,41 @@ from .train import TrainConfig, train
 
 
 def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, lr: float = 1e-5,
-            learnable: bool = False, batch_size: int = 16, patch: int = 96, num_calib: int = 32,
+            learnable: bool = False, distill: float = 0.0, batch_size: int = 16, patch: int = 96, num_calib: int = 32,
             calib_method: str = "minmax", seed: int = 0, val_data: list[str] | None = None,
             val_every: int = 250, threads: int = 0, resume: bool = False, run_dir=None,
             progress: Optional[Callable[[dict], None]] = None,
             should_stop: Optional[Callable[[], bool]] = None) -> Path:
     """Fine-tune with fake quantization; writes `out` (the final QAT checkpoint) and a run
-    folder beside it (`<out stem>_run/`: last.pt, best.pt, train_log.jsonl)."""
+    folder beside it (`<out stem>_run/`: last.pt, best.pt, train_log.jsonl).
+
+    Data mix (whole-photo crops, degradation) and loss are the FP32 model's own, so QAT sees what
+    the model was trained on. `distill` > 0 also matches the frozen FP32 model's output (1: only
+    that): QAT then spends its steps on agreeing with full precision rather than refitting."""
     out = Path(out)
     ckpt = read_checkpoint(checkpoint)
     if ckpt.get("kind", "fp32") != "fp32":
         raise CheckpointError(f"{checkpoint}: QAT starts from an FP32 checkpoint (this one is {ckpt.get('kind')!r})")
     model = model_from_checkpoint(ckpt, str(checkpoint)).eval()
+    teacher = model_from_checkpoint(ckpt, str(checkpoint)).eval() if distill else None
+    fp32_cfg = ckpt.get("config", {})
     data = data or ["samples"]
     ranges = calibrate(model, calibration_images(data[0], num_calib, seed), calib_method)
     prepare_qat(model, ranges, learnable=learnable)
     cfg = TrainConfig(data=data, width=model.width, variant=model.variant, steps=steps, batch_size=batch_size,
                       patch=patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
-                      loss=ckpt.get("config", {}).get("loss", "paper"),  # the FP32 model's own loss
+                      loss=fp32_cfg.get("loss", "paper"), global_crops=fp32_cfg.get("global_crops", 0.0),
+                      degradation=fp32_cfg.get("degradation", {}), distill=distill,
                       val_every=min(val_every, steps), checkpoint_every=min(val_every, steps),
                       val_data=val_data or [], threads=threads)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
     summary = train(cfg, run_dir, resume=resume, model=model, kind="qat", extra_state=lambda: quant_state(model),
-                    progress=progress, should_stop=should_stop)
+                    teacher=teacher, progress=progress, should_stop=should_stop)
     model = model.cpu().eval()
     save_checkpoint(out, model, kind="qat", quant=quant_state(model), config=cfg.to_dict(),
                     source_checkpoint=str(checkpoint), steps=summary["steps_done"], wall_s=summary["wall_s"],
-                    calib={"method": calib_method, "num_calib": num_calib, "data": data[0]}, learnable=learnable)
+                    calib={"method": calib_method, "num_calib": num_calib, "data": data[0]}, learnable=learnable,
+                    distill=distill)
     return out
 
 

@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     global_crops: float = 0.0  # share of crops showing the whole photo (see PatchSampler)
     degradation: dict = field(default_factory=dict)  # DegradationConfig fields overriding the default
+    distill: float = 0.0  # QAT: weight of matching the FP32 teacher's output (1 = only that)
     val_every: int = 250
     val_data: list[str] = field(default_factory=list)  # extra validation pairs, e.g. "pairs:IN,TGT"
     val_limit: int = 16
@@ -148,12 +149,14 @@ def _dist_info() -> tuple[int, int]:
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str = "fp32",
-          extra_state: Optional[Callable[[], dict]] = None,
+          extra_state: Optional[Callable[[], dict]] = None, teacher: Optional[torch.nn.Module] = None,
           progress: Optional[Callable[[dict], None]] = None,
           should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Train `model` (a fresh network of cfg.width/variant if None) and write checkpoints to out_dir.
 
-    `kind` and `extra_state` let QAT reuse this loop: its checkpoints carry the quantizer state.
+    `kind` and `extra_state` let QAT reuse this loop: its checkpoints carry the quantizer state;
+    with `teacher` (the frozen FP32 model) and cfg.distill > 0 the loss also pulls the output
+    towards the teacher's, so the INT8 model learns to agree with full precision.
     `progress` receives {step, steps, loss, lr, elapsed_s[, val]} dicts; `should_stop` cancels.
     Returns a summary dict (also written to out_dir/summary.json).
     """
@@ -171,6 +174,12 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str
     if cfg.loss not in LOSSES:
         raise QatieError(f"unknown loss {cfg.loss!r}: choose {', '.join(LOSSES)}")
     loss_fn = LOSSES[cfg.loss]
+    if cfg.distill and teacher is None:
+        raise QatieError("distill > 0 needs a teacher model (it is a QAT option: qatie qat --distill)")
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise QatieError(f"distill must be in [0, 1], got {cfg.distill}")
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
     sources = [load_source(s, part="train") for s in cfg.data]
     sampler = PatchSampler(sources, cfg.patch, degradation_config(cfg), cfg.global_crops)
     if model is None:
@@ -212,7 +221,12 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss = loss_fn(net(x), t)
+        y = net(x)
+        loss = loss_fn(y, t) if cfg.distill < 1 else 0.0
+        if cfg.distill:
+            with torch.no_grad():
+                y_teacher = teacher(x)
+            loss = (1 - cfg.distill) * loss + cfg.distill * loss_fn(y, y_teacher)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

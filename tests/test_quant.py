@@ -136,6 +136,30 @@ def test_qat_ranges_move_during_training_and_export_uses_them(tmp_path):
     assert side[name]["scale"] == pytest.approx(float(scale)) and side[name]["zero_point"] == int(zp)
 
 
+def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_path):
+    from qatie.checkpoint import read_checkpoint, save_checkpoint
+    from qatie.metrics import psnr
+    from qatie.qat import run_qat
+    from qatie.quant import model_from_qat_checkpoint
+
+    fp32 = tmp_path / "fp32.pt"
+    mix = {"loss": "l1", "global_crops": 0.5, "degradation": {"p_tone": 0.25}}
+    save_checkpoint(fp32, random_model(), kind="fp32", config=mix)
+    outs = {}
+    for d in (0.0, 1.0):
+        path = run_qat(fp32, tmp_path / f"qat{d}.pt", data=["samples"], steps=12, lr=2e-3, distill=d, batch_size=2,
+                       patch=32, num_calib=2, val_every=1000, threads=1)
+        cfg = read_checkpoint(path)["config"]
+        assert {k: cfg[k] for k in mix} == mix and cfg["distill"] == d
+        outs[d] = model_from_qat_checkpoint(read_checkpoint(path), "qat").eval()
+    img = make_image(48, 64, seed=3)
+    x = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        ref, plain, distilled = (m(x)[0].permute(1, 2, 0).numpy() for m in (random_model(), outs[0.0], outs[1.0]))
+    # Same steps and data: matching the teacher keeps the INT8 model closer to full precision.
+    assert psnr(distilled, ref) > psnr(plain, ref) + 1.0, (psnr(distilled, ref), psnr(plain, ref))
+
+
 def test_learnable_ranges_get_gradients():
     m = random_model()
     prepare_qat(m, calibrate(m, calib_images(), "minmax"), learnable=True).train()
