@@ -279,7 +279,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
     _fix_output(g)
     opt = optimize_int8(proto)  # value-preserving speed-ups for ONNX Runtime (docs/performance.md)
     for t in tensors:
-        t["dq_tensor"] = opt.renamed.get(t["dq_tensor"], t["dq_tensor"])
+        opt.fix_sidecar_tensor(t)
     doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
     _finish(proto, path, doc)
     sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,

@@ -51,10 +51,20 @@ SYM_MIN_OUTPUT = 16
 
 @dataclass
 class OptReport:
-    """What the passes changed: human-readable lines and tensor renames (old → new name)."""
+    """What the passes changed: human-readable lines, tensor renames (old → new name) and the
+    DequantizeLinear outputs removed because nothing read them (their points keep the Q node)."""
 
     changes: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    dropped_dq: set[str] = field(default_factory=set)
+
+    def fix_sidecar_tensor(self, t: dict) -> None:
+        """Keep a sidecar entry true to the optimised graph (dq_tensor None: read the Q node)."""
+        dq = t.get("dq_tensor")
+        if dq in self.dropped_dq:
+            t["dq_tensor"] = None
+        elif dq in self.renamed:
+            t["dq_tensor"] = self.renamed[dq]
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -332,7 +342,7 @@ def _is_nearest_2x(G: _G, resize) -> bool:
 
 
 def nearest_resize_in_uint8(model: onnx.ModelProto, report: OptReport | None = None,
-                            keep_unread_dq: bool = True) -> OptReport:
+                            keep_unread_dq: bool = False) -> OptReport:
     """DQ → Resize(nearest 2×) → Q  ⇒  uint8 Transpose/Concat/Reshape (pure copies) → DQ → Q.
 
     Nearest resizing commutes with the elementwise DequantizeLinear, so moving it in front of the
@@ -341,10 +351,9 @@ def nearest_resize_in_uint8(model: onnx.ModelProto, report: OptReport | None = N
     concatenating a tensor with itself on C repeats every pixel along W, and on a new axis after
     H repeats every row. ORT's own uint8 Resize runs the generic per-element index loop in NHWC
     (its 2× fast path is NCHW only). The original DequantizeLinear of the low-resolution tensor
-    is kept (with nothing reading it) so every quantization point keeps its Q → DQ pair — the
-    sidecar contract that `qatie.inspect` relies on. ORT still runs it (plus a layout Transpose):
-    measured 4.6 % of the INT8 time at 1080p. `keep_unread_dq=False` drops it once inspect can
-    find a point's quantized tensor from its Q node alone (docs/performance.md, proposals).
+    then has nothing reading it and is dropped (ORT would still run it, plus a layout Transpose:
+    4.6 % of the INT8 time at 1080p); `qatie.inspect` reads that point from its Q node instead.
+    `keep_unread_dq=True` keeps it.
     """
     report = report if report is not None else OptReport()
     G = _G(model.graph)
@@ -382,6 +391,7 @@ def nearest_resize_in_uint8(model: onnx.ModelProto, report: OptReport | None = N
         G.refresh()
         if not keep_unread_dq and not G.consumers.get(dq.output[0]) and dq.output[0] not in G.outputs:
             model.graph.node.remove(dq)
+            report.dropped_dq.add(dq.output[0])
             G.refresh()
         report.changes.append(f"nearest_resize_in_uint8: {resize.name} → uint8 Concat/Reshape before its DQ")
     return report
@@ -438,8 +448,7 @@ def optimize_file(src, dst=None) -> OptReport:
         # keep the sidecar true to the graph: renamed DQ outputs, and what was changed
         side = json.loads(side_src.read_text())
         for t in side.get("tensors", []):
-            if t.get("dq_tensor") in report.renamed:
-                t["dq_tensor"] = report.renamed[t["dq_tensor"]]
+            report.fix_sidecar_tensor(t)
         side["graph_opt"] = side.get("graph_opt", []) + report.changes
         tmp = side_dst.with_name(f".{side_dst.name}.tmp")
         tmp.write_text(json.dumps(side, indent=1))

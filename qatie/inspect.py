@@ -165,15 +165,22 @@ class _Probe:
                 if node is None or node.op_type != "DequantizeLinear":
                     node = by_name.get(name.replace(".", "/") + "/DQ")
                 if node is None or node.op_type != "DequantizeLinear":
+                    # No DQ left (graph_opt drops the ones nothing reads): the point's Q node
+                    # outputs the same quantized tensor with the same scale and zero point.
+                    node = by_name.get(name.replace(".", "/") + "/Q")
+                if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
                     missing.append(name)
                     continue
+                is_dq = node.op_type == "DequantizeLinear"
                 s, z = (inits.get(node.input[1]), inits.get(node.input[2]) if len(node.input) > 2 else None)
-                if s is None:  # scale computed at run time: fetch the float output instead
+                if s is None and is_dq:  # scale computed at run time: fetch the float output instead
                     self.fetch[name] = (node.output[0], None, 0)
+                elif s is None:
+                    missing.append(name)
                 else:
                     scale = float(onnx.numpy_helper.to_array(s).reshape(-1)[0])
                     zp = int(onnx.numpy_helper.to_array(z).reshape(-1)[0]) if z is not None else 0
-                    self.fetch[name] = (node.input[0], scale, zp)
+                    self.fetch[name] = (node.input[0] if is_dq else node.output[0], scale, zp)
             else:
                 src = t.get("onnx_tensor", "")
                 if src in producers or src in input_names:
