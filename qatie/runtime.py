@@ -217,8 +217,8 @@ class OnnxEnhancer:
         x = np.ascontiguousarray(x, dtype=np.float32)
         padded, plan = pad_nchw(x)
         y = self.session.run([self._output_name], {INPUT_NAME: np.ascontiguousarray(padded)})[0]
-        y = crop(y, plan)
-        return np.ascontiguousarray(np.clip(y, 0.0, 1.0), dtype=np.float32)
+        y = np.ascontiguousarray(crop(y, plan), dtype=np.float32)  # no copy when nothing was padded
+        return np.clip(y, 0.0, 1.0, out=y)  # in place: one full-size allocation and pass fewer
 
     def enhance(self, image: np.ndarray) -> np.ndarray:
         """One H×W×3 image (float in [0,1], or uint8) → H×W×3 float32 in [0,1], whole image at once."""
