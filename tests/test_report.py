@@ -33,6 +33,9 @@ def test_report_scores_and_times_every_variant(card):
         assert 20 < summary[k]["agreement_with_fp32"]["psnr_vs_fp32"]  # a real INT8 model, not a copy
     assert {r["model"] for r in out["benchmark"]["results"]} == variants
     assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in out["benchmark"]["results"])
+    oracle = out["tone_oracle"]  # undoing tone errors can only help; its input is the table's input
+    assert oracle["input_psnr"] == pytest.approx(summary["input"]["psnr"], abs=1e-6)
+    assert oracle["gain_db"] >= 0
     assert (tmp / "crops.png").stat().st_size > 10_000
     for key in ("fp32", "ptq", "qat"):  # tiling measured: differs from whole-image output, but not wildly
         t = out["tiling"][key]["256"]
