@@ -130,6 +130,17 @@ def tone_oracle(pairs, seed: int = 0) -> dict:
             "gain_db": float(np.mean(oracle) - np.mean(inp))}
 
 
+def tone_statistics(pairs) -> dict:
+    """Mean tone statistics of a set's targets (luma 1st/99th percentile, mean luma, mean
+    saturation max−min of RGB): why tone correction learned on one set re-grades another."""
+    rows = []
+    for _, _, t in pairs:
+        luma, sat = t.mean(axis=2), t.max(axis=2) - t.min(axis=2)
+        rows.append([np.percentile(luma, 1), np.percentile(luma, 99), luma.mean(), sat.mean()])
+    m = np.mean(rows, axis=0)
+    return {"luma_p1": float(m[0]), "luma_p99": float(m[1]), "luma_mean": float(m[2]), "saturation": float(m[3])}
+
+
 def tiling_effect(models: dict, pairs, tiles=(256, 512), overlap: int = 32, threads: int = 2) -> dict:
     """How much tiling changes each model's output. InstanceNorm normalises over what it sees,
     so a tile is normalised with its own statistics, not the photo's: on photos that fit both
@@ -306,7 +317,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     progress("building percentile and entropy PTQ variants for the calibration comparison …")
     variants = calibration_variants(ckpt_dir, Path(cache), progress)
     all_models = {**models, **variants}
-    results, tiling, oracle = {}, {}, None
+    results, tiling, oracle, tones = {}, {}, None, {}
     descriptions = {}
     for set_name, (desc, pairs) in evaluation_sets(shared, limit=limit).items():
         progress(f"evaluating on {desc} …")
@@ -314,6 +325,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
         res = evaluate(list(all_models), pairs, threads=threads,
                        enhancers={k: _enhancer(p, threads) for k, p in all_models.items()})
         results[set_name] = res
+        tones[set_name] = tone_statistics(pairs)
         if set_name == "synthetic" and figure:
             render_figure(pairs[:12], models, Path(figure))
         if set_name == "synthetic":
@@ -337,7 +349,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
                                               for k, v in results.items()},
             "per_image": {k: v["images"] for k, v in results.items()},
             "benchmark": bench, "goals": goals, "labels": LABELS, "tiling": tiling,
-            "tone_oracle": oracle,
+            "tone_oracle": oracle, "target_tones": tones,
             "file_bytes": {p.name: p.stat().st_size for p in models.values()}, "wall_s": round(time.time() - t0, 1)}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(card, indent=1, default=_json_default))
@@ -378,6 +390,14 @@ def render_markdown(card: dict, figure: Path | None) -> str:
                      f"noise, blur and JPEG), its PSNR would be {o['tones_undone_psnr']:.2f} dB instead of "
                      f"{o['input_psnr']:.2f} dB (**{o['gain_db']:+.2f} dB**). The network computes its correction at "
                      "half resolution and cannot remove pixel-level noise, so this is about the most it can gain there.\n")
+    if len(card.get("target_tones") or {}) > 1:
+        rows = "\n".join(f"| {k} | {v['luma_p1']:.3f} | {v['luma_p99']:.3f} | {v['luma_mean']:.3f} | {v['saturation']:.3f} |"
+                         for k, v in card["target_tones"].items())
+        parts.append("Tones of the *targets* of each set (mean over photos). A model that learns to undo synthetic "
+                     "tone errors moves photos towards the first row; where real targets sit lower (darker highlights, "
+                     "less saturated), that correction re-grades correct photos:\n\n"
+                     "| set | luma 1st pct | luma 99th pct | mean luma | mean saturation |\n|---|---|---|---|---|\n"
+                     f"{rows}\n")
     parts.append("## Goals\n\n| set | goal | measured | met |\n|---|---|---|---|\n" +
                  "\n".join(f"| {g['set']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |" for g in card["goals"]) + "\n")
     b = card["benchmark"]

@@ -42,6 +42,7 @@ def test_report_scores_and_times_every_variant(card):
         assert t["images"] == 2 and 20 < t["psnr_tiled_vs_whole"] < 80
     md = (tmp / "MODEL_CARD.md").read_text()
     assert "## Goals" in md and "PTQ-INT8 (entropy)" in md and "## Tiling" in md
+    assert 0 <= out["target_tones"]["synthetic"]["luma_p1"] < out["target_tones"]["synthetic"]["luma_p99"] <= 1
     assert json.loads((tmp / "MODEL_CARD.json").read_text())["goals"] == json.loads(json.dumps(out["goals"]))
 
 
