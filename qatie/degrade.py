@@ -14,7 +14,9 @@ only noise, blur or JPEG to undo, like a real photo taken in good light — with
 model re-grades every photo (measured: −7.5 dB on the real PolyU pairs). A share of images
 stays clean and a share is only mildly degraded: an enhancer must learn to leave a good photo alone, not only to fix bad
 ones (the commonest failure of models trained on synthetic degradations is re-grading photos
-that were already right). Everything is drawn from one numpy Generator seeded by the caller, so
+that were already right). Even half was too many for real photos: the shipped model trains
+with `p_tone = 0` (configs/fp32_c32.json; README, "Data, split and degradation model"), while the
+evaluation sets keep the tone errors. Everything is drawn from one numpy Generator seeded by the caller, so
 a seed gives the same degraded image on every machine.
 """
 from __future__ import annotations
