@@ -15,7 +15,11 @@ TOLERANCES = {
         "metric_ssim": 0.001,
         "agreement_psnr_min_db": 40.0,  # PSNR of ORT output against the sim output
         "max_levels": 16,  # largest single-pixel difference, in 8-bit levels
-        "mean_levels": 0.5,
+        # Mean |difference| in levels. Measured: 0.115 on the first (nearly identity) shipped model,
+        # 0.647 on the trained one, whose larger corrections carry more flipped roundings to the
+        # output (the throwaway model: 1.8). 1.0 guards the trained model with headroom
+        # for retraining; a wrong scale or a missing quantizer costs tens of levels.
+        "mean_levels": 1.0,
     },
     # The same comparison on an *untrained* random network: random weights amplify every flipped
     # rounding layer after layer (measured here: max 5 levels, mean 0.76 at the output), so the
