@@ -115,6 +115,22 @@ def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
     return f"clean:{folder}", len(files)
 
 
+#: The shipped FP32 model's data mix and loss (configs/fp32_c32.json), used when its checkpoint
+#: does not say: L1, and no tone errors (tone corrections re-graded real photos; README).
+SHIPPED_RECIPE = {"loss": "l1", "degradation": {"p_tone": 0.0}, "global_crops": 0.0}
+
+
+def shipped_recipe() -> dict:
+    """Loss and data mix of the shipped FP32 checkpoint, so a user's run trains the way it was trained."""
+    try:
+        from qatie.checkpoint import read_checkpoint
+
+        cfg = read_checkpoint(config.CHECKPOINTS / "fp32.pt").get("config", {})
+    except Exception:
+        return dict(SHIPPED_RECIPE)
+    return {k: cfg.get(k, v) for k, v in SHIPPED_RECIPE.items()}
+
+
 def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", stop: threading.Event) -> None:
     """Worker thread: every stage posts events; exceptions are posted, never raised."""
     try:
@@ -145,7 +161,7 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             cfg = TrainConfig(data=[spec], width=width, steps=s.fp32_steps, batch_size=s.batch_size, patch=s.patch,
                               lr=s.lr, min_lr=s.lr / 50, warmup_steps=min(50, max(1, s.fp32_steps // 10)),
                               seed=s.seed, val_every=max(1, s.fp32_steps // 8), val_limit=8,
-                              checkpoint_every=s.fp32_steps, threads=threads)
+                              checkpoint_every=s.fp32_steps, threads=threads, **shipped_recipe())
             summary = train(cfg, out / "fp32_run", model=model, progress=lambda e: events.put(("fp32", e)),
                             should_stop=stop.is_set)
             if stop.is_set():
@@ -170,7 +186,8 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             events.put(("cancelled", None))
             return
         events.put(("stage", f"QAT fine-tuning: {s.qat_steps} steps"))
-        run_qat(fp32_pt, out / "qat.pt", data=[spec], steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size,
+        # distill=1, as the shipped QAT: match the FP32 model's own output (best agreement with it)
+        run_qat(fp32_pt, out / "qat.pt", data=[spec], steps=s.qat_steps, lr=s.qat_lr, distill=1.0, batch_size=s.batch_size,
                 patch=s.patch, num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4),
                 threads=threads, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set)
         if stop.is_set():

@@ -182,3 +182,11 @@ def test_example_photos_are_reproducible(tmp_path):
                 if key == "reference":
                     assert np.array_equal(np.asarray(x), np.asarray(y)), f"assets/examples/{r[key]} is not the clean photo"
     assert total < 5_000_000
+
+
+def test_app_training_follows_the_shipped_recipe():
+    from app.train_tab import SHIPPED_RECIPE, shipped_recipe
+
+    recipe = shipped_recipe()  # read from checkpoints/fp32.pt's own config
+    assert set(recipe) == set(SHIPPED_RECIPE)
+    assert recipe["loss"] == "l1" and recipe["degradation"] == {"p_tone": 0.0}
