@@ -65,17 +65,19 @@ def calibration_variants(ckpt_dir: Path, cache: Path, progress=print) -> dict[st
     """Percentile and entropy PTQ of fp32.pt with the shipped PTQ's calibration data, built (and
     cached by checkpoint content + settings) by the same `cached_ptq` the app's Inspect panel uses.
     Where that data is absent (no ../shared), the built-in sample photos stand in, and say so."""
-    from .data import load_source
     from .inspect import cached_ptq
 
     meta = json.loads((ckpt_dir / "int8_ptq.json").read_text()).get("meta", {})
     calib, num = meta.get("calib", "samples"), int(meta.get("num_calib", 32))
+
+    def build(spec: str) -> dict[str, Path]:
+        return {f"ptq_{m}": cached_ptq(ckpt_dir / "fp32.pt", m, spec, num, cache=cache) for m in ("percentile", "entropy")}
+
     try:
-        load_source(calib, part="train")
+        return build(calib)
     except QatieError as e:
         progress(f"calibration data of the shipped PTQ unavailable ({e}); percentile/entropy PTQ calibrate on `samples`")
-        calib = "samples"
-    return {f"ptq_{m}": cached_ptq(ckpt_dir / "fp32.pt", m, calib, num, cache=cache) for m in ("percentile", "entropy")}
+        return build("samples")
 
 
 def check_goals(results: dict) -> list[dict]:
