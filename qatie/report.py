@@ -328,9 +328,9 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
                        enhancers={k: _enhancer(p, threads) for k, p in all_models.items()})
         results[set_name] = res
         tones[set_name] = tone_statistics(pairs)
-        if set_name == "synthetic" and figure:
-            render_figure(pairs[:12], models, Path(figure))
         if set_name == "synthetic":
+            if figure:
+                render_figure(pairs[:12], models, Path(figure))
             oracle = tone_oracle(pairs)
             progress("measuring what tiling changes …")
             tiling = tiling_effect(models, pairs, threads=threads)
