@@ -32,4 +32,4 @@ qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --steps 1000 --lr 5e-
 qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
 
 # 4. Model card, crop figure and manifest (evaluation + benchmark; stop other work first).
-qatie report --out checkpoints/MODEL_CARD.md
+qatie report --out checkpoints/MODEL_CARD.md --readme README.md

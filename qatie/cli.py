@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .errors import QatieError
 
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # = qatie.quant's; kept here so --help needs no torch
+
 
 def _progress_bar(total: int, desc: str):
     """A tqdm bar fed by the training loop's progress events (created on the first event, so an
@@ -222,8 +224,8 @@ def cmd_qat(args) -> int:
     from .qat import run_qat
 
     out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
-                  distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, seed=args.seed,
-                  val_data=args.val, threads=args.threads, resume=args.resume, run_dir=args.run_dir,
+                  distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, calib_method=args.calib_method,
+                  seed=args.seed, val_data=args.val, threads=args.threads, resume=args.resume, run_dir=args.run_dir,
                   progress=_progress_bar(args.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
     return 0
@@ -254,7 +256,8 @@ def cmd_report(args) -> int:
     from .report import build_report
 
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
-    build_report(args.out, ckpt_dir=args.checkpoints, sizes=sizes, threads=args.threads, runs=args.runs, limit=args.limit)
+    build_report(args.out, ckpt_dir=args.checkpoints, sizes=sizes, threads=args.threads, runs=args.runs, limit=args.limit,
+                 readme=args.readme)
     return 0
 
 
@@ -327,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "of --calib and write the INT8 QDQ ONNX model (QuantSpec: int8 per-channel weights, "
                        "uint8 per-tensor activations) with its JSON sidecar of scales and zero points.")
     q.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint")
-    q.add_argument("--method", choices=("minmax", "percentile", "entropy"), default="minmax",
+    q.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
                    help="range calibration (default minmax: the standard PTQ baseline)")
     q.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     q.add_argument("--calib", default="samples", metavar="SPEC", help="calibration data SPEC (default samples)")
@@ -374,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=8)
     a.add_argument("--patch", type=int, default=128)
     a.add_argument("--num-calib", type=int, default=32)
+    a.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
+                   help="how the initial ranges are calibrated (default minmax)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     a.add_argument("--resume", action="store_true", help="continue the run folder")
@@ -410,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--runs", type=int, default=5)
     r.add_argument("--limit", type=int, help="first N images of each set (quick check; not for the card)")
+    r.add_argument("--readme", metavar="README.md", help="also rewrite this README's model-card block from the results")
     r.set_defaults(func=cmd_report)
     return p
 

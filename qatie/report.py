@@ -9,7 +9,8 @@ built on the spot with the shipped PTQ's calibration settings, on:
 Every model is scored against the target and against the FP32 output ("agreement with full
 precision", which isolates quantization error). It then benchmarks latency (`qatie bench`),
 lists file sizes, checks the goals of the model card, renders a crop figure into assets/, and
-refreshes checkpoints/manifest.json (hashes, sizes, commands, metrics).
+refreshes checkpoints/manifest.json (hashes, sizes, commands, metrics). With `--readme README.md`
+it also rewrites README's results block (between the model-card markers) from the same numbers.
 """
 from __future__ import annotations
 
@@ -305,7 +306,7 @@ def write_manifest(ckpt_dir: Path, results: dict, bench: dict) -> Path:
 
 def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SHARED, sizes=((512, 512), (1280, 720), (1920, 1080)),
                  threads: int = 2, runs: int = 5, limit: int | None = None, figure=REPO / "assets" / "model_card_crops.png",
-                 cache=REPO / "runs" / "report_cache", progress=print) -> dict:
+                 cache=REPO / "runs" / "report_cache", readme: Path | None = None, progress=print) -> dict:
     from .bench import run_benchmark
     from .evaluate import evaluate
 
@@ -357,6 +358,8 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     out_md.with_suffix(".json").write_text(json.dumps(card, indent=1, default=_json_default))
     out_md.write_text(render_markdown(card, figure))
     write_manifest(ckpt_dir, results, bench)
+    if readme:
+        sync_readme(readme, card)
     progress(f"→ {out_md}, {out_md.with_suffix('.json')}, {ckpt_dir / 'manifest.json'} ({card['wall_s']:.0f} s)")
     return card
 
@@ -375,17 +378,8 @@ def _json_default(o):
     return str(o)
 
 
-def render_markdown(card: dict, figure: Path | None) -> str:
-    parts = [f"# QATIE model card\n\nGenerated {card['generated']} by `{card['command']}` "
-             f"({card['wall_s']:.0f} s). Every number below comes from that command; rerun it to refresh.\n",
-             "Models: `checkpoints/fp32.onnx` (FP32), `int8_ptq.onnx` (minmax post-training quantization of fp32.pt — "
-             "the standard PTQ baseline), `int8_qat.onnx` (quantization-aware fine-tune of fp32.pt). All three run in "
-             "ONNX Runtime; the INT8 models share one QuantSpec (int8 per-channel weights, uint8 per-tensor activations). "
-             "Percentile and entropy PTQ are built on the spot with the same calibration images, for comparison.\n",
-             "Scores: PSNR/SSIM against the target, and *agreement with full precision* — PSNR of each INT8 output "
-             "against the FP32 output, with max/mean error in 8-bit levels — which isolates quantization error.\n"]
-    for set_name, res in card["results"].items():
-        parts.append(f"## {set_name}: {card['sets'][set_name]}\n\n{quality_table(res)}\n")
+def _tone_sections(card: dict) -> list[str]:
+    parts = []
     if card.get("tone_oracle"):
         o = card["tone_oracle"]
         parts.append(f"Context for the FP32 goal: had every synthetic input's tone errors been undone perfectly (same "
@@ -402,8 +396,28 @@ def render_markdown(card: dict, figure: Path | None) -> str:
                      "less saturated), that correction re-grades correct photos:\n\n"
                      "| set | luma 1st pct | luma 99th pct | mean luma | mean saturation |\n|---|---|---|---|---|\n"
                      f"{rows}\n")
-    parts.append("## Goals\n\n| set | goal | measured | met |\n|---|---|---|---|\n" +
-                 "\n".join(f"| {g['set']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |" for g in card["goals"]) + "\n")
+    return parts
+
+
+def _goals_table(card: dict) -> str:
+    return ("| set | goal | measured | met |\n|---|---|---|---|\n" +
+            "\n".join(f"| {g['set']} | {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |"
+                       for g in card["goals"]) + "\n")
+
+
+def render_markdown(card: dict, figure: Path | None) -> str:
+    parts = [f"# QATIE model card\n\nGenerated {card['generated']} by `{card['command']}` "
+             f"({card['wall_s']:.0f} s). Every number below comes from that command; rerun it to refresh.\n",
+             "Models: `checkpoints/fp32.onnx` (FP32), `int8_ptq.onnx` (minmax post-training quantization of fp32.pt — "
+             "the standard PTQ baseline), `int8_qat.onnx` (quantization-aware fine-tune of fp32.pt). All three run in "
+             "ONNX Runtime; the INT8 models share one QuantSpec (int8 per-channel weights, uint8 per-tensor activations). "
+             "Percentile and entropy PTQ are built on the spot with the same calibration images, for comparison.\n",
+             "Scores: PSNR/SSIM against the target, and *agreement with full precision* — PSNR of each INT8 output "
+             "against the FP32 output, with max/mean error in 8-bit levels — which isolates quantization error.\n"]
+    for set_name, res in card["results"].items():
+        parts.append(f"## {set_name}: {card['sets'][set_name]}\n\n{quality_table(res)}\n")
+    parts += _tone_sections(card)
+    parts.append("## Goals\n\n" + _goals_table(card))
     b = card["benchmark"]
     if card.get("tiling"):
         parts.append("## Tiling (synthetic set)\n\nLarge photos run in overlapping tiles with blended seams (bounded "
@@ -416,3 +430,65 @@ def render_markdown(card: dict, figure: Path | None) -> str:
         parts.append(f"## Where the INT8 error is\n\n![crops](../assets/{Path(figure).name})\n\nCrops where minmax PTQ "
                      "differs most from FP32; the two error maps share one colour scale (8-bit levels).\n")
     return "\n".join(parts)
+
+
+README_BEGIN, README_END = "<!-- model-card:begin (written by qatie report --readme; do not edit) -->", "<!-- model-card:end -->"
+
+
+def plain_summary(card: dict) -> str:
+    """The model card's numbers in one paragraph of words (every number read from `card`)."""
+    res = {k: v["summary"] for k, v in card["results"].items()}
+    agree = lambda m: [s[m]["agreement_with_fp32"]["psnr_vs_fp32"] for s in res.values() if m in s]
+    span = lambda v: f"{min(v):.1f}–{max(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+    kept = lambda s, m: (s[m]["psnr"] - s["input"]["psnr"]) / (s["fp32"]["psnr"] - s["input"]["psnr"])
+    gains = "; ".join(f"{k} {s['fp32']['psnr'] - s['input']['psnr']:+.2f} dB / SSIM {s['fp32']['ssim'] - s['input']['ssim']:+.4f}"
+                      for k, s in res.items())
+    text = (f"What these numbers say, plainly: the FP32 model improves on its input ({gains}). "
+            f"Minmax PTQ agrees with FP32 at {span(agree('ptq'))} dB and keeps "
+            + ", ".join(f"{kept(s, 'ptq'):.0%} ({k})" for k, s in res.items()) + " of FP32's PSNR gain; "
+            f"QAT agrees at {span(agree('qat'))} dB and keeps "
+            + ", ".join(f"{kept(s, 'qat'):.0%} ({k})" for k, s in res.items()) + ".")
+    if agree("ptq_entropy"):
+        text += (f" Better calibration alone closes much of the gap: percentile PTQ agrees at {span(agree('ptq_percentile'))} dB "
+                 f"and entropy PTQ at {span(agree('ptq_entropy'))} dB, without any training.")
+    big = [r for r in card["benchmark"]["results"] if r["size"] == "1920x1080" and r["model"] == "ptq"]
+    if big:
+        r = big[0]
+        text += (f" At 1920×1080 minmax INT8 runs at {r['ratio_to_fp32']:.2f}× the FP32 time"
+                 + (f" and {r['ratio_to_reference']:.2f}× the authors' INT8 TFLite model" if r.get("ratio_to_reference") else "")
+                 + " (goals 0.4× and 0.5×; `docs/performance.md`).")
+    return text + "\n"
+
+
+def readme_results(card: dict) -> str:
+    """README's results block: the model card's tables, goals, 1080p latency, tiling and a summary."""
+    parts = []
+    for k, res in card["results"].items():
+        title, _, what = card["sets"][k].partition(": ")
+        parts.append(f"**{title[:1].upper() + title[1:]}** — {what}\n\n{quality_table(res)}\n")
+    parts += _tone_sections(card)
+    parts.append("**Goals**\n\n" + _goals_table(card))
+    b = card["benchmark"]
+    big = {**b, "results": [r for r in b["results"] if r["size"] == "1920x1080"]}
+    if big["results"]:
+        parts.append(f"**Latency at 1920×1080** (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, "
+                     f"{b.get('threads')} threads, median of {b.get('runs', '')} interleaved runs after warm-up; "
+                     f"other sizes in the model card)\n\n{bench_table(big)}\n")
+    if card.get("tiling"):
+        parts.append("**Tiling** (photos larger than one tile run in overlapping tiles; InstanceNorm sees each tile's "
+                     "own statistics, so the output differs from whole-image output by this much):\n\n"
+                     f"{tiling_table(card['tiling'])}\n")
+    parts.append(plain_summary(card))
+    return "\n".join(parts)
+
+
+def sync_readme(readme: Path, card: dict) -> Path:
+    """Replace README's block between the model-card markers with `readme_results(card)`."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise QatieError(f"{readme}: no model-card block (lines {README_BEGIN!r} … {README_END!r}) to fill")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_BEGIN}\n{readme_results(card)}{README_END}{tail}")
+    return readme

@@ -78,6 +78,8 @@ def test_each_method_gives_the_range_it_promises():
         narrower += got["percentile"][name] != (lo, hi)
     assert narrower > len(got["minmax"]) // 2, "percentile should clip most tensors' tails"
     assert got["entropy"] != got["minmax"]
+    from qatie import cli  # the CLI's choices (kept torch-free) are exactly these methods
+    assert cli.CALIBRATION_METHODS == CALIBRATION_METHODS
 
 
 def test_sidecar_matches_the_onnx_qdq_nodes(small_int8):

@@ -72,3 +72,34 @@ def test_goals_follow_the_numbers():
         "QAT-INT8 PSNR within 0.1 dB of FP32", "QAT-INT8 SSIM within 0.005 of FP32",
         "QAT-INT8 agreement with FP32 ≥ 42.0 dB", "QAT recovers ≥ 75% of minmax PTQ's SSIM loss",
         "QAT agreement ≥ 5.0 dB better than minmax PTQ"]
+
+
+def test_readme_results_block_is_the_shipped_model_card():
+    """README's numbers are written by `qatie report --readme` from MODEL_CARD.json, never by hand."""
+    from qatie.report import README_BEGIN, README_END, readme_results
+
+    card = json.loads((REPO_ROOT / "checkpoints" / "MODEL_CARD.json").read_text())
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split(README_BEGIN, 1)[1].split(README_END, 1)[0]
+    assert block.strip() == readme_results(card).strip()
+    assert readme.count("Context for the FP32 goal") == 1
+
+
+def test_report_syncs_a_readme_block_and_refuses_one_without_markers(card, tmp_path):
+    from qatie.errors import QatieError
+    from qatie.report import README_BEGIN, README_END, sync_readme
+
+    out, _, _ = card
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nstale numbers\n{README_END}\noutro\n")
+    sync_readme(readme, out)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "stale numbers" not in text
+    assert "| QAT-INT8 |" in text and "What these numbers say" in text
+    sync_readme(readme, out)  # idempotent
+    assert readme.read_text() == text
+    bare = tmp_path / "BARE.md"
+    bare.write_text("no markers here\n")
+    with pytest.raises(QatieError, match="model-card block"):
+        sync_readme(bare, out)
+    assert bare.read_text() == "no markers here\n"
