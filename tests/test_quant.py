@@ -162,6 +162,43 @@ def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_
     assert psnr(distilled, ref) > psnr(plain, ref) + 1.0, (psnr(distilled, ref), psnr(plain, ref))
 
 
+def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
+    """The shipped recipe's path: ranges start from entropy calibration, are learned (LSQ), and
+    the INT8 export runs what the fake-quant simulation ran."""
+    from qatie.checkpoint import read_checkpoint, save_checkpoint
+    from qatie.ptq import calibration_images
+    from qatie.qat import export_checkpoint, run_qat
+    from qatie.quant import model_from_qat_checkpoint
+
+    fp32 = tmp_path / "fp32.pt"
+    save_checkpoint(fp32, random_model(), kind="fp32", config={"loss": "l1"})
+    start = calibrate(random_model(), calibration_images("samples", 2, 0), "entropy")
+    frozen = model_from_qat_checkpoint(read_checkpoint(run_qat(  # lr 0: the ranges it starts from
+        fp32, tmp_path / "qat0.pt", data=["samples"], steps=2, lr=0.0, learnable=True, calib_method="entropy",
+        batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)), "qat0")
+    for name, fq in frozen.fake_quants.items():
+        if fq.learnable:
+            lo, hi = start[name.replace("__", ".")]
+            scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi))
+            assert fq.qparams()[0].item() == pytest.approx(scale.item(), rel=1e-6) and fq.qparams()[1].item() == zp.item()
+    path = run_qat(fp32, tmp_path / "qat.pt", data=["samples"], steps=6, lr=1e-3, learnable=True, distill=1.0,
+                   calib_method="entropy", batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)
+    ckpt = read_checkpoint(path)
+    assert ckpt["learnable"] is True and ckpt["calib"]["method"] == "entropy"
+    sim = model_from_qat_checkpoint(ckpt, "qat").eval()
+    learned = current_ranges(sim)
+    assert set(learned) == set(start)
+    assert sum(learned[k] != pytest.approx(start[k], rel=1e-4) for k in start) > len(start) // 2
+    onnx_path = export_checkpoint(path, tmp_path / "qat.onnx")
+    img = make_image(40, 56, seed=9)
+    with torch.no_grad():
+        ys = sim(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
+    yo = OnnxEnhancer(onnx_path, threads=1).enhance(img)
+    diff = np.abs(np.round(ys * 255) - np.round(yo * 255))
+    tol = TOLERANCES["random_sim_vs_ort"]
+    assert diff.max() <= tol["max_levels"] and diff.mean() <= tol["mean_levels"], (diff.max(), diff.mean())
+
+
 def test_learnable_ranges_get_gradients():
     m = random_model()
     prepare_qat(m, calibrate(m, calib_images(), "minmax"), learnable=True).train()
