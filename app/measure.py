@@ -10,6 +10,8 @@
   three output PNGs have all arrived, downloaded on the client — what "on screen" costs
   through the API. Also the time to the analysis (metrics) and to the final update (median of
   the timing runs). Each is the median over `--runs` calls on different 1-MP photos.
+* **Training** (`--train`): one `/train` call with the Train tab's defaults (built-in photos,
+  from scratch), timed from submit to the final update.
 
 `AppServer` (a context manager) is also what the API and browser tests use to launch the app.
 """
@@ -159,21 +161,42 @@ def measure(url: str, runs: int, folder: Path) -> dict:
     return {"runs": rows, "median": med}
 
 
+def time_train(client) -> dict:
+    """One /train call with the Train tab's default settings, timed on the client."""
+    from app.train_tab import DATA_SAMPLES, DEFAULTS, INIT_SCRATCH
+
+    d = DEFAULTS
+    t0 = time.perf_counter()
+    status = client.predict(api_name="/train", data=DATA_SAMPLES, init=INIT_SCRATCH, width=d.width,
+                            fp32_steps=d.fp32_steps, qat_steps=d.qat_steps, batch_size=d.batch_size, patch=d.patch,
+                            lr=d.lr, qat_lr=d.qat_lr, ptq_method=d.ptq_method)[0]
+    return {"train_s": round(time.perf_counter() - t0, 1), "width": d.width, "fp32_steps": d.fp32_steps,
+            "qat_steps": d.qat_steps, "status": status}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="measure an app already running at this URL (no cold start)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--train", action="store_true", help="also time one /train call with the Train tab's defaults")
     args = ap.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="qatie-measure-"))
     report: dict = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    def run(url: str) -> None:
+        report.update(measure(url, args.runs, folder))
+        if args.train:
+            from gradio_client import Client
+
+            report["train"] = time_train(Client(url, verbose=False))
+
     if args.url:
-        report.update(measure(args.url, args.runs, folder))
+        run(args.url)
     else:
         with AppServer() as server:
             report["cold_start_s"] = round(server.startup_s, 2)
             print(f"cold start to usable page: {server.startup_s:.2f} s")
-            report.update(measure(server.url, args.runs, folder))
+            run(server.url)
     for r in report["runs"]:
         lat = r["latency_ms"] or {}
         print(f"{r['photo']}: outputs on client {r['first_outputs_s']:.2f} s, metrics {r['analysis_s']:.2f} s, "
@@ -182,6 +205,10 @@ def main(argv=None) -> int:
     m = report["median"]
     print(f"median over {len(report['runs'])} 1-MP photos (1224×816 JPEG): three outputs on the client after "
           f"{m['first_outputs_s']:.2f} s, metrics {m['analysis_s']:.2f} s, final (median-of-3 latency) {m['final_s']:.2f} s")
+    if "train" in report:
+        t = report["train"]
+        print(f"Train tab defaults (width {t['width']}, {t['fp32_steps']} FP32 + {t['qat_steps']} QAT steps): "
+              f"{t['train_s']:.0f} s — {t['status'].splitlines()[0] if t['status'] else ''}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -131,6 +131,23 @@ def shipped_recipe() -> dict:
     return {k: cfg.get(k, v) for k, v in SHIPPED_RECIPE.items()}
 
 
+SHIPPED_QAT_RECIPE = {"learnable": False, "calib_method": "minmax", "distill": 1.0}
+
+
+def shipped_qat_recipe() -> dict:
+    """How the shipped QAT checkpoint was made (range learning, the calibration its ranges start
+    from, distillation), read from checkpoints/qat.pt, so a user's QAT runs the same way."""
+    try:
+        from qatie.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(config.CHECKPOINTS / "qat.pt")
+    except Exception:
+        return dict(SHIPPED_QAT_RECIPE)
+    return {"learnable": bool(ckpt.get("learnable", False)),
+            "calib_method": (ckpt.get("calib") or {}).get("method", "minmax"),
+            "distill": float(ckpt.get("distill", SHIPPED_QAT_RECIPE["distill"]))}
+
+
 def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", stop: threading.Event) -> None:
     """Worker thread: every stage posts events; exceptions are posted, never raised."""
     try:
@@ -186,10 +203,11 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             events.put(("cancelled", None))
             return
         events.put(("stage", f"QAT fine-tuning: {s.qat_steps} steps"))
-        # distill=1, as the shipped QAT: match the FP32 model's own output (best agreement with it)
-        run_qat(fp32_pt, out / "qat.pt", data=[spec], steps=s.qat_steps, lr=s.qat_lr, distill=1.0, batch_size=s.batch_size,
+        # as the shipped QAT: distilled from the FP32 output, ranges calibrated then learned (qat.pt says which)
+        run_qat(fp32_pt, out / "qat.pt", data=[spec], steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size,
                 patch=s.patch, num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4),
-                threads=threads, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set)
+                threads=threads, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set,
+                **shipped_qat_recipe())
         if stop.is_set():
             events.put(("cancelled", None))
             return

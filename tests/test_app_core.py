@@ -190,3 +190,13 @@ def test_app_training_follows_the_shipped_recipe():
     recipe = shipped_recipe()  # read from checkpoints/fp32.pt's own config
     assert set(recipe) == set(SHIPPED_RECIPE)
     assert recipe["loss"] == "l1" and recipe["degradation"] == {"p_tone": 0.0}
+
+
+def test_app_qat_follows_the_shipped_qat_recipe():
+    from app.train_tab import SHIPPED_QAT_RECIPE, shipped_qat_recipe
+    from qatie.checkpoint import read_checkpoint
+
+    recipe = shipped_qat_recipe()  # read from checkpoints/qat.pt
+    assert set(recipe) == set(SHIPPED_QAT_RECIPE)
+    ckpt = read_checkpoint(REPO_ROOT / "checkpoints" / "qat.pt")
+    assert recipe == {"learnable": ckpt["learnable"], "calib_method": ckpt["calib"]["method"], "distill": ckpt["distill"]}
