@@ -16,9 +16,10 @@ TOLERANCES = {
         "agreement_psnr_min_db": 40.0,  # PSNR of ORT output against the sim output
         "max_levels": 16,  # largest single-pixel difference, in 8-bit levels
         # Mean |difference| in levels. Measured: 0.115 on the first (nearly identity) shipped model,
-        # 0.647 on the first trained one (0.375 on today's, with learned ranges), whose larger corrections carry more flipped roundings to the
-        # output (the throwaway model: 1.8). 1.0 guards the trained model with headroom
-        # for retraining; a wrong scale or a missing quantizer costs tens of levels.
+        # 0.647 on the first trained one (0.375 on today's, with learned ranges), whose larger
+        # corrections carry more flipped roundings to the output (the throwaway model: 1.8).
+        # 1.0 guards trained models with headroom for retraining; a wrong scale or a missing
+        # quantizer costs tens of levels.
         "mean_levels": 1.0,
     },
     # The same comparison on an *untrained* random network: random weights amplify every flipped
