@@ -108,16 +108,21 @@ def test_every_conv_runs_as_an_integer_kernel(small_int8, tmp_path):
     assert ops["QLinearConv"] == 35 and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
 
 
-def test_int8_onnx_equals_the_torch_simulation_on_a_random_model(small_int8):
-    m, ranges, path, _ = small_int8
-    sim = prepare_qat(random_model(), ranges).eval()
+def assert_random_sim_matches_ort(sim, onnx_path):
+    """Torch fake-quant `sim` vs ORT running its INT8 export, on one odd-sized image."""
     img = make_image(40, 56, seed=9)
     with torch.no_grad():
         ys = sim(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
-    yo = OnnxEnhancer(path, threads=1).enhance(img)
+    yo = OnnxEnhancer(onnx_path, threads=1).enhance(img)
     diff = np.abs(np.round(ys * 255) - np.round(yo * 255))
     tol = TOLERANCES["random_sim_vs_ort"]
     assert diff.max() <= tol["max_levels"] and diff.mean() <= tol["mean_levels"], (diff.max(), diff.mean())
+
+
+def test_int8_onnx_equals_the_torch_simulation_on_a_random_model(small_int8):
+    m, ranges, path, _ = small_int8
+    sim = prepare_qat(random_model(), ranges).eval()
+    assert_random_sim_matches_ort(sim, path)
 
 
 def test_qat_ranges_move_during_training_and_export_uses_them(tmp_path):
@@ -190,13 +195,7 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
     assert set(learned) == set(start)
     assert sum(learned[k] != pytest.approx(start[k], rel=1e-4) for k in start) > len(start) // 2
     onnx_path = export_checkpoint(path, tmp_path / "qat.onnx")
-    img = make_image(40, 56, seed=9)
-    with torch.no_grad():
-        ys = sim(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
-    yo = OnnxEnhancer(onnx_path, threads=1).enhance(img)
-    diff = np.abs(np.round(ys * 255) - np.round(yo * 255))
-    tol = TOLERANCES["random_sim_vs_ort"]
-    assert diff.max() <= tol["max_levels"] and diff.mean() <= tol["mean_levels"], (diff.max(), diff.mean())
+    assert_random_sim_matches_ort(sim, onnx_path)
 
 
 def test_learnable_ranges_get_gradients():
