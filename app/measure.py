@@ -183,6 +183,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="qatie-measure-"))
     report: dict = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
     def run(url: str) -> None:
         report.update(measure(url, args.runs, folder))
         if args.train:

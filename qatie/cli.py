@@ -224,8 +224,9 @@ def cmd_qat(args) -> int:
     from .qat import run_qat
 
     out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
-                  distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib, calib_method=args.calib_method,
-                  seed=args.seed, val_data=args.val, threads=args.threads, resume=args.resume, run_dir=args.run_dir,
+                  distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib,
+                  calib_method=args.calib_method, seed=args.seed, val_data=args.val, threads=args.threads,
+                  resume=args.resume, run_dir=args.run_dir,
                   progress=_progress_bar(args.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
     return 0

@@ -3,8 +3,9 @@
 Starts from the FP32 weights, arms the network with the QuantSpec's fake quantizers (ranges
 initialised by calibration — `calib_method`, minmax by default — then tracked by moving averages
 or learned), and runs the shared training loop at a low learning rate (the paper used 1e-5;
-the shipped model: entropy-started learned ranges, distilled, 5e-5 — docs/qat.md). The result is a checkpoint
-of kind "qat" holding weights and ranges; `qatie export` turns it into the INT8 ONNX model.
+the shipped model: entropy-started learned ranges, distilled, 5e-5 — docs/qat.md). The result
+is a checkpoint of kind "qat" holding weights and ranges; `qatie export` turns it into the INT8
+ONNX model.
 """
 from __future__ import annotations
 
