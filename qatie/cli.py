@@ -174,10 +174,11 @@ def cmd_eval(args) -> int:
 def cmd_ptq(args) -> int:
     from .ptq import run_ptq
 
-    progress = None
-    if args.keep_float and args.keep_float.strip().lower().startswith("auto"):
-        def progress(i, n, name):
-            print(f"\rsensitivity: {i}/{n} convs {name:<20}", end="" if i < n else "\n", flush=True)
+    def sensitivity_progress(i, n, name):
+        print(f"\rsensitivity: {i}/{n} convs {name:<20}", end="" if i < n else "\n", flush=True)
+
+    ranked = bool(args.keep_float) and args.keep_float.strip().lower().startswith("auto")
+    progress = sensitivity_progress if ranked else None
     out = run_ptq(args.checkpoint, args.out, method=args.method, calib=args.calib, num_calib=args.num_calib,
                   percentile=args.percentile, seed=args.seed, keep_float=args.keep_float, progress=progress)
     print(f"INT8 ({args.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
