@@ -24,19 +24,15 @@ def main() -> int:
 
     import numpy as np
 
-    from qatie import degrade as dm
-    from qatie.data import EVAL_DEGRADATION, split_files
+    from qatie.data import EVAL_DEGRADATION, eval_pairs
     from qatie.evaluate import load_enhancer
-    from qatie.imageio import read_image
     from qatie.metrics import psnr, ssim
 
-    root = REPO.parent / "shared" / "data" / "clean"
-    cfg = replace(EVAL_DEGRADATION, p_tone=0.0)
+    pairs = eval_pairs(clean_dir=REPO.parent / "shared" / "data" / "clean", seed=args.seed,
+                       degradation=replace(EVAL_DEGRADATION, p_tone=0.0))
     enhance = load_enhancer(args.model, threads=args.threads)
     rows = []
-    for f in split_files(root, "test"):
-        name, target = f.relative_to(root).as_posix(), read_image(f)
-        x = dm.degrade(target, dm.seed_for(name, args.seed), cfg)
+    for _, x, target in pairs:
         y = enhance(x)
         rows.append((psnr(x, target), psnr(y, target), ssim(x, target), ssim(y, target)))
     p_in, p_out, s_in, s_out = np.mean(rows, axis=0)

@@ -231,13 +231,14 @@ def _fit(a: np.ndarray, p: int) -> np.ndarray:
 
 
 def eval_pairs(input_dir=None, target_dir=None, clean_dir=None, seed: int = 0, part: str = "test",
-               limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+               limit: int | None = None, degradation=None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, input, target) float images for evaluation: real pairs, or clean photos degraded at
-    a fixed seed (the test split when `clean_dir` is the shared set; never the clean-pass case)."""
+    a fixed seed (the test split when `clean_dir` is the shared set; never the clean-pass case).
+    `degradation` replaces EVAL_DEGRADATION (e.g. with tone errors off) for the clean photos."""
     if clean_dir is not None:
         root = Path(clean_dir)
         files = split_files(root, part) if _uses_split(root) else _all_clean(root)
-        cfg = EVAL_DEGRADATION
+        cfg = degradation or EVAL_DEGRADATION
         out = []
         for f in files[:limit]:
             name = f.relative_to(root).as_posix()
