@@ -23,15 +23,19 @@ class QPoint(nn.Module):
     """A quantization point: the identity unless `hook` is set.
 
     `fixed` pins (scale, zero_point) — the network input and output are always 1/255, 0.
-    `share` names the QPoint whose parameters this one reuses (max-pool and nearest resize do
-    not change the value grid, so their outputs keep their input's scale and ORT runs them on
-    uint8 directly).
+    `share` names the QPoint whose parameters this one reuses: max-pool and nearest resize do
+    not change the value grid, so their outputs keep their input's scale, and a concat's inputs
+    use the concat's own scale (as TFLite does) — ORT then runs all three on uint8 as plain
+    copies. `tanh_lut` (set on owners only): the range reaches down to −1 at least and the
+    scale is exactly 1/n for an integer n, so tanh outputs quantized here run as a 256-entry
+    lookup table (tanh(x) = 2σ(2x) − 1, ORT's QLinearSigmoid; see `qatie.graph_opt`).
     """
 
     def __init__(self, fixed: Optional[tuple[float, int]] = None):
         super().__init__()
         self.fixed = fixed
         self.share: Optional[QPoint] = None
+        self.tanh_lut = False
         self.qname = ""  # set by the network after construction (its dotted module path)
         self.hook: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
@@ -58,17 +62,22 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GatedEncoder(nn.Module):
-    """Two parallel stride-2 convs; tanh of each; their product is the gated feature."""
+    """Two parallel stride-2 convs; tanh of each; their product is the gated feature.
+
+    The tanh outputs go to the gate (quantized at `q_ta`/`q_tb`) and to a later concat (at
+    `q_ca`/`q_cb`, which take that concat's parameters): quantizing the float tanh twice is
+    more precise than requantizing, and in INT8 both are lookup tables on the same input."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.a, self.b = conv(cin, cout, 3, 2), conv(cin, cout, 3, 2)
-        self.q_a, self.q_b, self.q_ta, self.q_tb, self.q_gate = (QPoint() for _ in range(5))
+        self.q_a, self.q_b, self.q_ta, self.q_tb, self.q_gate, self.q_ca, self.q_cb = (QPoint() for _ in range(7))
+        self.q_ta.tanh_lut = self.q_tb.tanh_lut = True
 
     def forward(self, x):
-        xa = self.q_ta(torch.tanh(self.q_a(self.a(x))))
-        xb = self.q_tb(torch.tanh(self.q_b(self.b(x))))
-        return xa, self.q_gate(xa * xb), xb
+        ta = torch.tanh(self.q_a(self.a(x)))
+        tb = torch.tanh(self.q_b(self.b(x)))
+        return self.q_ca(ta), self.q_gate(self.q_ta(ta) * self.q_tb(tb)), self.q_cb(tb)
 
 
 class Refine(nn.Module):
@@ -105,16 +114,58 @@ class ConvAct(nn.Module):
         return self.q_out(lrelu(self.q_conv(self.conv(x))))
 
 
+def phase_weights(w: torch.Tensor) -> list[torch.Tensor]:
+    """The four 2×2 kernels that compute "nearest 2× resize, then the 3×3 conv `w`" directly on
+    the low-resolution input, one per output phase (row a, column b) in the order 00, 01, 10, 11.
+
+    Output row 2i reads resized rows 2i−1, 2i, 2i+1 = input rows i−1, i, i: taps 1 and 2 read the
+    same pixel, so their weights add (phase 0: [w0, w1 + w2] over rows i−1, i; phase 1:
+    [w0 + w1, w2] over rows i, i+1); likewise for columns. 16 taps per four outputs instead of 36.
+    The additions are written out so that QAT and export get bit-identical phase weights."""
+    rows = [torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2]], 2), torch.stack([w[:, :, 0] + w[:, :, 1], w[:, :, 2]], 2)]
+    return [torch.stack([r[..., 0], r[..., 1] + r[..., 2]], 3) if b == 0 else torch.stack([r[..., 0] + r[..., 1], r[..., 2]], 3)
+            for r in rows for b in (0, 1)]
+
+
+#: F.pad's (left, right, top, bottom) for each phase: phase 0 reads pixels i−1, i; phase 1 i, i+1.
+PHASE_PADS = [(1 - b, b, 1 - a, a) for a in (0, 1) for b in (0, 1)]
+
+
+def interleave_phases(ys: list[torch.Tensor]) -> torch.Tensor:
+    """Four N×C×H×W phase outputs (00, 01, 10, 11) → N×C×2H×2W with y[2i+a, 2j+b] = y_ab[i, j]."""
+    n, c, h, w = ys[0].shape
+    rows = [torch.stack(ys[0:2], -1), torch.stack(ys[2:4], -1)]  # N×C×H×W×2 (b)
+    return torch.stack(rows, 3).reshape(n, c, 2 * h, 2 * w)  # N×C×H×2(a)×W×2(b)
+
+
 class Up(nn.Module):
-    """Nearest-neighbour 2× resize (sizes are multiples of 8, so 2× is the target size), conv."""
+    """Nearest-neighbour 2× resize (sizes are multiples of 8, so 2× is the target size), conv.
+
+    `subpixel` (what the INT8 scheme quantizes; set by `qatie.quant.prepare_qat` and the INT8
+    export): the same function computed as four 2×2 phase convs on the low-resolution input
+    (`phase_weights`), each quantized at a point sharing `q_conv`, then interleaved — 4/9 of
+    the multiply-adds and no upsampled tensor. In float both forms agree to rounding."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.conv = conv(cin, cout, 3)
-        self.q_resize, self.q_conv = QPoint(), QPoint()
+        self.q_conv = QPoint()
+        self.q_phase = nn.ModuleList(QPoint() for _ in range(4))
+        for qp in self.q_phase:
+            qp.share = self.q_conv
+        self.subpixel = False
+        self.phases: Optional[nn.ModuleList] = None  # set by the INT8 export: the 2×2 convs, named
 
     def forward(self, x):
-        return self.q_conv(self.conv(self.q_resize(F.interpolate(x, scale_factor=2.0, mode="nearest"))))
+        if not self.subpixel:
+            return self.q_conv(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+        if self.phases is not None:
+            ys = [m(F.pad(x, pad)) for m, pad in zip(self.phases, PHASE_PADS)]
+        else:
+            quant = self.conv.weight_quant or (lambda w: w)
+            ys = [F.conv2d(F.pad(x, pad), quant(w), self.conv.bias)
+                  for w, pad in zip(phase_weights(self.conv.weight), PHASE_PADS)]
+        return self.q_conv(interleave_phases([qp(y) for qp, y in zip(self.q_phase, ys)]))
 
 
 class Fuse(nn.Module):
@@ -160,8 +211,14 @@ class QATIENet(nn.Module):
                 m.qname = name
         # Value-grid-preserving ops keep their input's quantization parameters.
         self.q_pool.share = self.ref_s4.q["out"] if isinstance(self.ref_s4, Refine) else self.ref_s4.q_out
-        for up, src in ((self.up4, self.bottleneck), (self.up2, self.ref_f4), (self.up1, self.ref_f2)):
-            up.q_resize.share = src.q["out"] if isinstance(src, Refine) else src.q_out
+        # A concat's inputs take the concat's parameters, so it is a plain uint8 copy in ORT.
+        for block in (self.ref_s2, self.ref_s4, self.bottleneck, self.ref_f4, self.ref_f2):
+            if isinstance(block, Refine):
+                block.q["t_act"].share = block.q["u"].share = block.q["cat"]
+        for fuse, up, skip, enc in ((self.fuse4, self.up4, self.ref_s4, self.enc2), (self.fuse2, self.up2, self.ref_s2, self.enc1)):
+            for qp in (up.q_conv, skip.q["out"] if isinstance(skip, Refine) else skip.q_out, enc.q_ca, enc.q_cb):
+                qp.share = fuse.q_cat
+            fuse.q_cat.tanh_lut = True  # it quantizes tanh outputs too (enc.q_ca / q_cb)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, plan = pad_torch(x)
@@ -183,6 +240,12 @@ class QATIENet(nn.Module):
 
     def convs(self) -> list[QConv2d]:
         return [m for m in self.modules() if isinstance(m, QConv2d)]
+
+    def set_subpixel(self, on: bool = True) -> None:
+        """Compute the up-convs as the INT8 scheme quantizes them (`Up`); same function in float."""
+        for m in self.modules():
+            if isinstance(m, Up):
+                m.subpixel = on
 
 
 def build_model(width: int = 32, variant: str = "full") -> QATIENet:

@@ -5,6 +5,9 @@ Activations uint8, asymmetric, per tensor, at every `QPoint` of the network (eve
 and output, add, concat, LeakyReLU, the tanh outputs and the gating product); tanh and
 InstanceNorm compute in float between dequantize and quantize; the input and output are pinned
 to scale 1/255, zero point 0 (so the output quantizer *is* the final clamp to [0,1]).
+A concat's inputs share the concat's (scale, zero point), and a point that quantizes tanh
+outputs has a range reaching −1 and a scale of exactly 1/n (n an integer): both let ONNX
+Runtime skip float work (a plain uint8 concat; tanh as a lookup table) — docs/performance.md.
 
 PTQ and QAT differ only in where the activation ranges come from: calibration statistics
 (`calibrate`) or training (`prepare_qat` arms every QPoint with a `FakeQuant` whose range is
@@ -40,6 +43,9 @@ class QuantSpec:
     float_ops: tuple[str, ...] = ("Tanh", "InstanceNormalization")
     io_scale: float = 1 / 255
     io_zero_point: int = 0
+    concat_inputs: str = "share the concat's scale and zero point"
+    tanh_output: str = "range reaches −1, scale 1/n with n an integer (tanh(x) = 2σ(2x) − 1 runs as a lookup table)"
+    version: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,13 +55,23 @@ SPEC = QuantSpec()
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
-def act_qparams(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reciprocal_scale(scale: torch.Tensor) -> torch.Tensor:
+    """The smallest scale 1/n (n an integer ≥ 1) that is ≥ `scale` (so the range only widens).
+    Idempotent: a scale that already is float32(1/n) maps to itself (the 1e-4 absorbs rounding)."""
+    return 1.0 / torch.clamp(torch.floor(1.0 / scale + 1e-4), min=1.0)
+
+
+def act_qparams(lo: torch.Tensor, hi: torch.Tensor, tanh_lut: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 asymmetric (scale, zero_point) for a float range, computed in float32. The range is
     widened to include 0 so zero is exact (padding and ReLU-like outputs need it). Used by the
-    fake quantizers *and* the exporter, so simulation and deployment share every bit of it."""
-    lo = torch.clamp(lo.float(), max=0.0)
+    fake quantizers *and* the exporter, so simulation and deployment share every bit of it.
+    `tanh_lut` (see `QPoint.tanh_lut`): the range also reaches −1 and the scale is rounded up
+    to 1/n, so zero_point ≥ n."""
+    lo = torch.clamp(lo.float(), max=-1.0 if tanh_lut else 0.0)
     hi = torch.clamp(hi.float(), min=0.0)
     scale = torch.clamp((hi - lo) / (SPEC.act_qmax - SPEC.act_qmin), min=1e-8)
+    if tanh_lut:
+        scale = reciprocal_scale(scale)
     zp = torch.clamp(torch.round(SPEC.act_qmin - lo / scale), SPEC.act_qmin, SPEC.act_qmax).to(torch.int32)
     return scale, zp
 
@@ -76,25 +92,32 @@ class FakeQuant(nn.Module):
 
     Moving-average mode: in training, lo/hi follow an exponential moving average of each
     batch's min/max (`momentum`). Learnable mode (LSQ): scale and zero point get gradients.
+    `tanh_lut`: the scale used is rounded up to 1/n and the zero point
+    kept ≥ n (straight-through for the learned ones), exactly as `act_qparams` does.
     """
 
-    def __init__(self, lo: float, hi: float, momentum: float = 0.01, learnable: bool = False, fixed: bool = False):
+    def __init__(self, lo: float, hi: float, momentum: float = 0.01, learnable: bool = False, fixed: bool = False,
+                 tanh_lut: bool = False):
         super().__init__()
         self.register_buffer("lo", torch.tensor(float(lo)))
         self.register_buffer("hi", torch.tensor(float(hi)))
-        self.momentum, self.fixed = momentum, fixed
+        self.momentum, self.fixed, self.tanh_lut = momentum, fixed, tanh_lut
         self.learnable = learnable and not fixed
         if self.learnable:
-            scale, zp = act_qparams(self.lo, self.hi)
+            scale, zp = act_qparams(self.lo, self.hi, tanh_lut)
             self.scale = nn.Parameter(scale.clone().reshape(1))  # the learnable op wants 1-element tensors
             self.zero_point = nn.Parameter(zp.float().reshape(1))
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.learnable:
             scale = self.scale.detach().abs().clamp(min=1e-8)
-            zp = self.zero_point.detach().round().clamp(SPEC.act_qmin, SPEC.act_qmax)
+            zp = self.zero_point.detach()
+            if self.tanh_lut:
+                scale = reciprocal_scale(scale)
+                zp = torch.maximum(zp, torch.round(1.0 / scale))
+            zp = zp.round().clamp(SPEC.act_qmin, SPEC.act_qmax)
             return scale, zp.to(torch.int32)
-        return act_qparams(self.lo, self.hi)
+        return act_qparams(self.lo, self.hi, self.tanh_lut)
 
     def range(self) -> tuple[float, float]:
         """The float range this quantizer represents (what export writes)."""
@@ -105,14 +128,19 @@ class FakeQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.learnable:
+            scale, zp = self.scale, self.zero_point
+            if self.tanh_lut:  # the snapped values forward, the learned ones' gradients backward
+                snapped, snapped_zp = self.qparams()
+                scale = scale + (snapped - scale).detach()
+                zp = zp + (snapped_zp.float() - zp).detach()
             return torch._fake_quantize_learnable_per_tensor_affine(
-                x, self.scale, self.zero_point, SPEC.act_qmin, SPEC.act_qmax, 1.0 / (x.numel() * SPEC.act_qmax) ** 0.5)
+                x, scale, zp, SPEC.act_qmin, SPEC.act_qmax, 1.0 / (x.numel() * SPEC.act_qmax) ** 0.5)
         if self.training and not self.fixed:
             with torch.no_grad():
                 m = self.momentum
                 self.lo.mul_(1 - m).add_(m * x.detach().min())
                 self.hi.mul_(1 - m).add_(m * x.detach().max())
-        scale, zp = act_qparams(self.lo, self.hi)
+        scale, zp = act_qparams(self.lo, self.hi, self.tanh_lut)
         return torch.fake_quantize_per_tensor_affine(x, scale, zp, SPEC.act_qmin, SPEC.act_qmax)
 
 
@@ -149,9 +177,10 @@ def complete_ranges(model: QATIENet, ranges: Ranges) -> Ranges:
 
 def quant_params(model: QATIENet, ranges: Ranges) -> dict[str, tuple[float, int]]:
     """(scale, zero_point) of every QPoint, as float32-exact Python numbers."""
+    tanh_lut = {qp.qname: owner(qp).tanh_lut for qp in model.qpoints()}
     out = {}
     for name, (lo, hi) in complete_ranges(model, ranges).items():
-        scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi))
+        scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi), tanh_lut[name])
         out[name] = (float(scale), int(zp))
     return out
 
@@ -284,10 +313,12 @@ def prepare_qat(model: QATIENet, ranges: Ranges, learnable: bool = False, moment
     weight with per-channel fake quantization. The model then computes what the INT8 ONNX
     model computes."""
     full = complete_ranges(model, ranges)
+    model.set_subpixel(True)
     model.fake_quants = nn.ModuleDict()
     for qp in model.qpoints():
         if qp.share is None:
-            fq = FakeQuant(*full[qp.qname], momentum=momentum, learnable=learnable, fixed=qp.fixed is not None)
+            fq = FakeQuant(*full[qp.qname], momentum=momentum, learnable=learnable, fixed=qp.fixed is not None,
+                           tanh_lut=qp.tanh_lut)
             model.fake_quants[qp.qname.replace(".", "__")] = fq
     for qp in model.qpoints():  # a bound method, so the QPoint does not register it as a submodule
         qp.hook = model.fake_quants[owner(qp).qname.replace(".", "__")].forward
@@ -318,7 +349,7 @@ def load_quant_state(model: QATIENet, state: dict) -> None:
         fq = model.fake_quants[name.replace(".", "__")]
         fq.lo.fill_(lo), fq.hi.fill_(hi)
         if fq.learnable:
-            scale, zp = act_qparams(fq.lo, fq.hi)
+            scale, zp = act_qparams(fq.lo, fq.hi, fq.tanh_lut)
             fq.scale.data.copy_(scale), fq.zero_point.data.copy_(zp.float())
 
 
@@ -333,6 +364,10 @@ def model_from_qat_checkpoint(ckpt: dict, label: str = "checkpoint") -> QATIENet
     if "quant" not in ckpt:
         raise CheckpointError(f"{label}: a QAT checkpoint without quantization ranges")
     state = ckpt["quant"]
+    version = (state.get("spec") or {}).get("version", 1)
+    if version != SPEC.version:
+        raise CheckpointError(f"{label}: made for QuantSpec version {version}, this qatie uses version {SPEC.version} "
+                              "(its quantization points differ); re-run `qatie qat` from the FP32 checkpoint")
     weights = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("fake_quants.")}
     model = model_from_checkpoint({**ckpt, "state_dict": weights}, label)
     prepare_qat(model, ranges_from_state(state), learnable=bool(state.get("learnable", False)))

@@ -184,7 +184,7 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
     for name, fq in frozen.fake_quants.items():
         if fq.learnable:
             lo, hi = start[name.replace("__", ".")]
-            scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi))
+            scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi), fq.tanh_lut)
             assert fq.qparams()[0].item() == pytest.approx(scale.item(), rel=1e-6) and fq.qparams()[1].item() == zp.item()
     path = run_qat(fp32, tmp_path / "qat.pt", data=["samples"], steps=6, lr=1e-3, learnable=True, distill=1.0,
                    calib_method="entropy", batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)
