@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch.nn as nn
 from onnx import helper, numpy_helper
 
 from .graph_opt import optimize_fp32, optimize_int8
-from .model import QATIENet
+from .model import QATIENet, QConv2d, Up, phase_weights
 from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
 
@@ -44,13 +45,31 @@ class _Marker(torch.autograd.Function):
         return out
 
 
-def _trace(model: QATIENet, path: Path) -> onnx.ModelProto:
-    """Trace `model` to ONNX with QPoint markers (weights as float, fake quantizers off)."""
+def _phase_convs(up: Up) -> nn.ModuleList:
+    """The sub-pixel form's four 2×2 convs as modules, so they trace under names (`up1.phases.0`)."""
+    convs = nn.ModuleList()
+    bias = nn.Parameter(up.conv.bias.detach().clone())  # one tensor: the tracer would merge equal copies
+    for w in phase_weights(up.conv.weight.detach()):
+        c = QConv2d(w.shape[1], w.shape[0], 2, padding=0, bias=False)
+        c.weight.data.copy_(w)
+        c.bias = bias
+        convs.append(c)
+    return convs
+
+
+def _trace(model: QATIENet, path: Path, subpixel: bool = False) -> onnx.ModelProto:
+    """Trace `model` to ONNX with QPoint markers (weights as float, fake quantizers off).
+    `subpixel`: the up-convs in the INT8 scheme's form (`qatie.model.Up`)."""
     saved_hooks = [(qp, qp.hook) for qp in model.qpoints()]
     saved_wq = [(c, c.weight_quant) for c in model.convs()]
+    ups = [m for m in model.modules() if isinstance(m, Up)]
+    saved_sub = [(u, u.subpixel) for u in ups]
     was_training = model.training
     model.eval()
     try:
+        for u in ups:
+            u.subpixel = subpixel
+            u.phases = _phase_convs(u) if subpixel else None
         for qp in model.qpoints():
             qp.hook = (lambda name: (lambda x: _Marker.apply(x, name)))(qp.qname)
         for c in model.convs():
@@ -71,6 +90,8 @@ def _trace(model: QATIENet, path: Path) -> onnx.ModelProto:
             qp.hook = h
         for c, w in saved_wq:
             c.weight_quant = w
+        for u, sub in saved_sub:
+            u.subpixel, u.phases = sub, None
         model.train(was_training)
 
 
@@ -89,8 +110,9 @@ def _rename_input(graph, old: str, new: str) -> None:
 
 
 def _finish(proto: onnx.ModelProto, path: Path, doc: str) -> Path:
+    contrib = [o for o in proto.opset_import if o.domain == "com.microsoft"]  # graph_opt's lookup tables
     del proto.opset_import[:]
-    proto.opset_import.extend([helper.make_opsetid("", OPSET)])
+    proto.opset_import.extend([helper.make_opsetid("", OPSET)] + contrib)
     proto.doc_string = doc
     proto.producer_name = "qatie"
     command = current_command()
@@ -188,7 +210,7 @@ def conv_islands(model: QATIENet) -> dict[str, list[str]]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        g = _trace(model, Path(d) / "islands.onnx").graph
+        g = _trace(model, Path(d) / "islands.onnx", subpixel=True).graph
     return float_islands(g, [conv_name(n) for n in g.node if n.op_type == "Conv"])
 
 
@@ -203,7 +225,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
     path.parent.mkdir(parents=True, exist_ok=True)
     params = quant_params(model, ranges)
     full_ranges = complete_ranges(model, ranges)
-    proto = _trace(model, path)
+    proto = _trace(model, path, subpixel=True)
     g = proto.graph
     keep = set(keep_float or ())
     dropped = set().union(*float_islands(g, keep).values()) if keep else set()
@@ -228,7 +250,8 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
         new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [node.output[0]], name=f"{base}/DQ"))
         dq_scale[node.output[0]] = scale
         lo, hi = full_ranges[name]
-        tensors.append({"name": name, "onnx_tensor": node.input[0], "dq_tensor": node.output[0], "scale": scale, "zero_point": zp,
+        tensors.append({"name": name, "onnx_tensor": node.input[0], "q_tensor": q_out, "dq_tensor": node.output[0],
+                        "scale": scale, "zero_point": zp,
                         "dtype": SPEC.activation_dtype, "min": lo, "max": hi})
     for node in new_nodes:  # consumers of a removed QPoint read its (float) input
         for i, name in enumerate(node.input):
@@ -236,10 +259,11 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
                 name = bypass[name]
             node.input[i] = name
     weights, weight_nodes = [], []
+    pads = {n.output[0]: n.input[0] for n in new_nodes if n.op_type == "Pad"}  # sub-pixel phases pad first
     for node in new_nodes:
         if node.op_type != "Conv" or conv_name(node) in keep:
             continue
-        x_name, w_name = node.input[0], node.input[1]
+        x_name, w_name = pads.get(node.input[0], node.input[0]), node.input[1]
         if x_name not in dq_scale:
             raise RuntimeError(f"conv {node.name} input {x_name} is not quantized: the network breaks the QuantSpec")
         w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
@@ -257,7 +281,9 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
             b = numpy_helper.to_array(inits[b_name]).astype(np.float64)
             sb = (np.float32(dq_scale[x_name]) * sw).astype(np.float32)
             bq = np.round(b / sb.astype(np.float64)).astype(np.int32)
-            g.initializer.remove(inits[b_name])
+            if inits[b_name] in g.initializer:
+                g.initializer.remove(inits[b_name])
+            b_name = f"{w_name[: -len('.weight')]}.bias" if w_name.endswith(".weight") else b_name  # the phases share one bias
             g.initializer.extend([numpy_helper.from_array(bq, f"{b_name}_int32"),
                                   numpy_helper.from_array(sb, f"{b_name}_scale"),
                                   numpy_helper.from_array(np.zeros(len(sb), np.int32), f"{b_name}_zero_point")])

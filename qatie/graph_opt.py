@@ -52,19 +52,22 @@ SYM_MIN_OUTPUT = 16
 @dataclass
 class OptReport:
     """What the passes changed: human-readable lines, tensor renames (old → new name) and the
-    DequantizeLinear outputs removed because nothing read them (their points keep the Q node)."""
+    DequantizeLinear outputs removed because nothing read them (their points keep `q_tensor`)."""
 
     changes: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
     dropped_dq: set[str] = field(default_factory=set)
 
     def fix_sidecar_tensor(self, t: dict) -> None:
-        """Keep a sidecar entry true to the optimised graph (dq_tensor None: read the Q node)."""
+        """Keep a sidecar entry true to the optimised graph: `q_tensor` the uint8 tensor holding the
+        point's levels, `dq_tensor` its float view (None where nothing reads one)."""
         dq = t.get("dq_tensor")
         if dq in self.dropped_dq:
             t["dq_tensor"] = None
         elif dq in self.renamed:
             t["dq_tensor"] = self.renamed[dq]
+        if t.get("q_tensor") in self.renamed:
+            t["q_tensor"] = self.renamed[t["q_tensor"]]
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -96,6 +99,9 @@ class _G:
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             return numpy_helper.to_array(node.attribute[0].t)
+        if node is not None and node.op_type == "Cast":  # torch exports F.pad's pads as Cast(Constant)
+            v = self.const(node.input[0])
+            return None if v is None else v.astype(onnx.helper.tensor_dtype_to_np_dtype(_attr(node, "to")))
         return None
 
     def unique(self, base: str) -> str:
@@ -397,6 +403,180 @@ def nearest_resize_in_uint8(model: onnx.ModelProto, report: OptReport | None = N
     return report
 
 
+def fold_pad_into_conv(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
+    """Pad(constant 0, H/W only) → Conv  ⇒  Conv with those pads (the sub-pixel up-convs' asymmetric
+    padding; torch's conv only pads symmetrically). Exact: the conv pads with zeros itself — in
+    INT8 with the input's zero point, which is 0.0 — and ORT can only fuse DQ → Conv → Q."""
+    report = report if report is not None else OptReport()
+    G = _G(model.graph)
+    for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
+        convs = G.consumers.get(pad.output[0], [])
+        pads = G.const(pad.input[1]) if len(pad.input) > 1 else None
+        value = G.const(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
+        mode = _attr(pad, "mode", b"constant")
+        if (not convs or any(c.op_type != "Conv" or c.input[0] != pad.output[0] for c in convs) or pads is None
+                or pads.shape != (8,) or np.any(pads[[0, 1, 4, 5]] != 0) or value is None or np.any(value != 0)
+                or mode not in (b"constant", "constant") or (len(pad.input) > 3 and pad.input[3])
+                or pad.output[0] in G.outputs):
+            continue
+        top, left, bottom, right = (int(v) for v in pads[[2, 3, 6, 7]])
+        for conv in convs:
+            old = [int(v) for v in (_attr(conv, "pads") or [0, 0, 0, 0])]
+            if _attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                break
+            new = [old[0] + top, old[1] + left, old[2] + bottom, old[3] + right]
+            for a in [a for a in conv.attribute if a.name == "pads"]:
+                conv.attribute.remove(a)
+            conv.attribute.append(helper.make_attribute("pads", new))
+            conv.input[0] = pad.input[0]
+        else:
+            model.graph.node.remove(pad)
+            report.changes.append(f"fold_pad_into_conv: {pad.name} → pads {top, left, bottom, right} of "
+                                  + ", ".join(c.name for c in convs))
+            G.refresh()
+    return report
+
+
+COPY_OPS = {"Concat": None, "Reshape": (0,), "Transpose": (0,), "Unsqueeze": (0,), "Squeeze": (0,)}
+
+
+def _copy_chain(G: _G, name: str, chain: list, leaves: list) -> bool:
+    """Collect the pure-copy nodes producing `name` back to DequantizeLinear leaves."""
+    node = G.producer.get(name)
+    if node is None:
+        return False
+    if node.op_type == "DequantizeLinear":
+        leaves.append(node)
+        return True
+    if node.op_type not in COPY_OPS or len(G.consumers.get(name, [])) != 1 or name in G.outputs:
+        return False
+    data = range(len(node.input)) if COPY_OPS[node.op_type] is None else COPY_OPS[node.op_type]
+    chain.append(node)
+    return all(_copy_chain(G, node.input[i], chain, leaves) for i in data)
+
+
+def copies_in_uint8(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
+    """DQ(q₁), DQ(q₂), … → pure copies (Concat, Reshape, Transpose, …) → Q  ⇒  the copies on q₁,
+    q₂, … directly, when every DQ has the Q's scale and zero point (the QuantSpec makes a
+    concat's inputs share its parameters, and the sub-pixel up-conv's phases share theirs).
+    Exact: Q(DQ(q)) = q for the same parameters, and copies do not change values. ORT would
+    otherwise run QLinearConcat — single-threaded, requantizing each input through a table."""
+    report = report if report is not None else OptReport()
+    G = _G(model.graph)
+    for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        qp = _scalar_qparams(G, q, "QuantizeLinear")
+        chain, leaves = [], []
+        if qp is None or not _copy_chain(G, q.input[0], chain, leaves) or not chain:
+            continue
+        params = [_scalar_qparams(G, d) for d in leaves]
+        if not all(p is not None and np.float32(p[0]) == np.float32(qp[0]) and p[1] == qp[1]
+                   and p[1].dtype == qp[1].dtype for p in params):
+            continue
+        for node in chain:  # copies now read the quantized tensors
+            for i, name in enumerate(node.input):
+                d = G.producer.get(name)
+                if d in leaves:
+                    node.input[i] = d.input[0]
+            for o in node.output:
+                _forget_shape(model, o)  # now uint8
+        # the point's DQ (and any other reader of the Q) reads the uint8 copy result directly
+        for c in G.consumers.get(q.output[0], []):
+            for i, name in enumerate(c.input):
+                if name == q.output[0]:
+                    c.input[i] = q.input[0]
+        model.graph.node.remove(q)
+        G.refresh()
+        for d in {id(d): d for d in leaves}.values():
+            for c in G.consumers.get(d.output[0], []):  # Shape reads the same shape from the uint8 tensor
+                if c.op_type == "Shape":
+                    c.input[0] = d.input[0]
+            G.refresh()
+            if not G.consumers.get(d.output[0]) and d.output[0] not in G.outputs:
+                model.graph.node.remove(d)
+                report.dropped_dq.add(d.output[0])
+                G.refresh()
+        report.renamed[q.output[0]] = q.input[0]  # the point's levels are the copies' output now
+        report.changes.append(f"copies_in_uint8: {', '.join(n.name for n in chain)} on uint8 (dropped {q.name})")
+    return report
+
+
+def _tanh_tables(in_scale: float, in_zp: np.ndarray, out_scale: float, out_zp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ORT's own outputs for all 256 input levels: DQ → Tanh → Q, and QLinearSigmoid(2x) at half
+    the output scale and zero point − n. Equal tables make the lookup exact."""
+    import onnxruntime as ort
+
+    n = int(round(1.0 / out_scale))
+    init = [numpy_helper.from_array(np.array(v, dtype), k) for k, v, dtype in (
+        ("s", in_scale, np.float32), ("z", in_zp, in_zp.dtype), ("so", out_scale, np.float32), ("zo", out_zp, out_zp.dtype),
+        ("s2", 2 * np.float32(in_scale), np.float32), ("so2", np.float32(out_scale) / 2, np.float32),
+        ("zo2", int(out_zp) - n, out_zp.dtype))]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"]), helper.make_node("Tanh", ["f"], ["t"]),
+             helper.make_node("QuantizeLinear", ["t", "so", "zo"], ["y_tanh"]),
+             helper.make_node("QLinearSigmoid", ["x", "s2", "z", "so2", "zo2"], ["y_lut"], domain="com.microsoft")]
+    u8 = onnx.TensorProto.UINT8
+    g = helper.make_graph(nodes, "tanh_tables", [helper.make_tensor_value_info("x", u8, [256])],
+                          [helper.make_tensor_value_info(k, u8, [256]) for k in ("y_tanh", "y_lut")], init)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=8)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    y_tanh, y_lut = sess.run(None, {"x": np.arange(256, dtype=np.uint8)})
+    return y_tanh, y_lut
+
+
+def tanh_lookup(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
+    """DQ → Tanh → Q  ⇒  com.microsoft QLinearSigmoid, a 256-entry lookup table, per Q.
+
+    tanh(x) = 2σ(2x) − 1, so with the input scale doubled, the output scale halved and the zero
+    point lowered by n, σ's table gives tanh's levels — exactly when the output scale is 1/n and
+    zero point ≥ n (the QuantSpec's tanh points are made so). Each replacement is checked: ORT's
+    tables of both forms over all 256 input levels must be identical, else the float form stays.
+    Saves a single-threaded DequantizeLinear, the float Tanh and the QuantizeLinear per tensor."""
+    report = report if report is not None else OptReport()
+    G = _G(model.graph)
+    for tanh in [n for n in model.graph.node if n.op_type == "Tanh"]:
+        dq = G.producer.get(tanh.input[0])
+        qin = _scalar_qparams(G, dq)
+        if qin is None or tanh.output[0] in G.outputs or qin[1].dtype != np.uint8:
+            continue
+        qs = G.consumers.get(tanh.output[0], [])
+        done = []
+        for q in qs:
+            qout = _scalar_qparams(G, q, "QuantizeLinear")
+            if qout is None or qout[1].dtype != np.uint8:
+                continue
+            n = round(1.0 / qout[0])
+            if np.float32(1.0 / n) != np.float32(qout[0]) or not n <= int(qout[1]) <= 255:
+                continue
+            y_tanh, y_lut = _tanh_tables(qin[0], qin[1], qout[0], qout[1])
+            if not np.array_equal(y_tanh, y_lut):
+                report.changes.append(f"tanh_lookup: {q.name} kept in float ({int((y_tanh != y_lut).sum())} of 256 levels differ)")
+                continue
+            base = q.name or q.output[0]
+            s2 = G.add_init(np.array(2 * np.float32(qin[0]), np.float32), f"{base}/lut/x_scale")
+            so2 = G.add_init(np.array(np.float32(qout[0]) / 2, np.float32), f"{base}/lut/y_scale")
+            zo2 = G.add_init(np.array(int(qout[1]) - n, np.uint8), f"{base}/lut/y_zero_point")
+            lut = helper.make_node("QLinearSigmoid", [dq.input[0], s2, dq.input[2], so2, zo2], [q.output[0]],
+                                   name=G.unique(f"{base}/lut"), domain="com.microsoft")
+            G.insert_before(q, [lut])
+            model.graph.node.remove(q)
+            done.append(q.name)
+        if not done:
+            continue
+        G.refresh()
+        if not G.consumers.get(tanh.output[0]):
+            model.graph.node.remove(tanh)
+            G.refresh()
+            if not G.consumers.get(dq.output[0]) and dq.output[0] not in G.outputs:
+                model.graph.node.remove(dq)
+                report.dropped_dq.add(dq.output[0])
+        G.refresh()
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        report.changes.append(f"tanh_lookup: {tanh.name} → QLinearSigmoid tables for {', '.join(done)}")
+    return report
+
+
 def _prune_initializers(model: onnx.ModelProto) -> None:
     """Drop initializers and Constant nodes nothing reads any more."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
@@ -408,7 +588,8 @@ def _prune_initializers(model: onnx.ModelProto) -> None:
         model.graph.initializer.extend(keep)
 
 
-INT8_PASSES = (pad_narrow_convs, nearest_resize_in_uint8, drop_redundant_clip)
+INT8_PASSES = (fold_pad_into_conv, pad_narrow_convs, nearest_resize_in_uint8, copies_in_uint8, tanh_lookup,
+               drop_redundant_clip)
 FP32_PASSES: tuple = ()  # measured: nothing value-preserving helped the FP32 graph (docs/performance.md)
 
 

@@ -169,7 +169,10 @@ class _Probe:
                     # outputs the same quantized tensor with the same scale and zero point.
                     node = by_name.get(name.replace(".", "/") + "/Q")
                 if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
-                    missing.append(name)
+                    if t.get("q_tensor") in producers:  # made by a lookup table or uint8 copies
+                        self.fetch[name] = (t["q_tensor"], float(t["scale"]), int(t["zero_point"]))
+                    else:
+                        missing.append(name)
                     continue
                 is_dq = node.op_type == "DequantizeLinear"
                 s, z = (inits.get(node.input[1]), inits.get(node.input[2]) if len(node.input) > 2 else None)

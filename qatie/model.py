@@ -131,11 +131,38 @@ def phase_weights(w: torch.Tensor) -> list[torch.Tensor]:
 PHASE_PADS = [(1 - b, b, 1 - a, a) for a in (0, 1) for b in (0, 1)]
 
 
+class _ZeroPad(torch.autograd.Function):
+    """F.pad that exports as one ONNX Pad with constant pads (the tracer would emit a subgraph),
+    so `qatie.graph_opt.fold_pad_into_conv` can fold it into the conv's own padding."""
+
+    @staticmethod
+    def forward(ctx, x, pad):
+        ctx.pad = pad
+        return F.pad(x, pad)
+
+    @staticmethod
+    def backward(ctx, g):
+        left, right, top, bottom = ctx.pad
+        return g[..., top:g.shape[-2] - bottom, left:g.shape[-1] - right], None
+
+    @staticmethod
+    def symbolic(g, x, pad):
+        left, right, top, bottom = pad
+        pads = g.op("Constant", value_t=torch.tensor([0, 0, top, left, 0, 0, bottom, right], dtype=torch.int64))
+        return g.op("Pad", x, pads, mode_s="constant")
+
+
 def interleave_phases(ys: list[torch.Tensor]) -> torch.Tensor:
-    """Four N×C×H×W phase outputs (00, 01, 10, 11) → N×C×2H×2W with y[2i+a, 2j+b] = y_ab[i, j]."""
+    """Four N×C×H×W phase outputs (00, 01, 10, 11) → N×C×2H×2W with y[2i+a, 2j+b] = y_ab[i, j].
+
+    Written as channels-last copies (ONNX Runtime runs convs channels-last, so the transposes
+    cancel): concatenating two phases on C and reshaping interleaves their columns; concatenating
+    the two column-interleaved rows on W and reshaping interleaves the rows. All pure copies,
+    so the INT8 graph runs them on uint8 (`qatie.graph_opt.copies_in_uint8`)."""
     n, c, h, w = ys[0].shape
-    rows = [torch.stack(ys[0:2], -1), torch.stack(ys[2:4], -1)]  # N×C×H×W×2 (b)
-    return torch.stack(rows, 3).reshape(n, c, 2 * h, 2 * w)  # N×C×H×2(a)×W×2(b)
+    t = [y.permute(0, 2, 3, 1) for y in ys]
+    rows = [torch.cat(t[k:k + 2], 3).reshape(n, h, 2 * w, c) for k in (0, 2)]
+    return torch.cat(rows, 2).reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 class Up(nn.Module):
@@ -160,7 +187,7 @@ class Up(nn.Module):
         if not self.subpixel:
             return self.q_conv(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
         if self.phases is not None:
-            ys = [m(F.pad(x, pad)) for m, pad in zip(self.phases, PHASE_PADS)]
+            ys = [m(_ZeroPad.apply(x, pad)) for m, pad in zip(self.phases, PHASE_PADS)]
         else:
             quant = self.conv.weight_quant or (lambda w: w)
             ys = [F.conv2d(F.pad(x, pad), quant(w), self.conv.bias)

@@ -83,29 +83,49 @@ def test_each_method_gives_the_range_it_promises():
 
 
 def test_sidecar_matches_the_onnx_qdq_nodes(small_int8):
+    """Every QPoint is in the sidecar with its parameters, and the graph holds it: `q_tensor` is a
+    uint8 tensor made by its QuantizeLinear, by a tanh lookup table with the matching parameters
+    or by uint8 copies (graph_opt), and `dq_tensor`, where one is left, dequantizes exactly it."""
     m, ranges, path, _ = small_int8
     side = json.loads(sidecar_path(path).read_text())
     g = onnx.load(str(path)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    qnodes = {n.name: n for n in g.node if n.op_type == "QuantizeLinear"}
-    assert len(side["tensors"]) == len(qnodes) == len(m.qpoints())
+    producer = {o: n for n in g.node for o in n.output}
+    assert sorted(t["name"] for t in side["tensors"]) == sorted(qp.qname for qp in m.qpoints())
     params = quant_params(m, ranges)
+    made_by = Counter()
     for t in side["tensors"]:
-        node = qnodes[t["name"].replace(".", "/") + "/Q"]
-        assert float(inits[node.input[1]]) == pytest.approx(t["scale"], rel=1e-7)
-        assert int(inits[node.input[2]]) == t["zero_point"]
         assert (t["scale"], t["zero_point"]) == pytest.approx(params[t["name"]])
+        node = producer[t["q_tensor"]]
+        made_by[node.op_type] += 1
+        if node.op_type == "QuantizeLinear":
+            assert (float(inits[node.input[1]]), int(inits[node.input[2]])) == (pytest.approx(t["scale"], rel=1e-7), t["zero_point"])
+        elif node.op_type == "QLinearSigmoid":  # tanh(x) = 2σ(2x) − 1 at half the scale, zero point − n
+            n = round(1 / t["scale"])
+            assert float(inits[node.input[3]]) * 2 == pytest.approx(t["scale"], rel=1e-7) and t["scale"] == pytest.approx(1 / n)
+            assert int(inits[node.input[4]]) == t["zero_point"] - n
+        elif node.op_type == "Slice":  # a narrow conv padded to more channels, sliced back
+            assert producer[node.input[0]].op_type == "QuantizeLinear"
+        else:
+            assert node.op_type in ("Concat", "Reshape", "Transpose"), node.op_type
+        if t["dq_tensor"]:
+            dq = producer[t["dq_tensor"]]
+            assert dq.op_type == "DequantizeLinear" and dq.input[0] == t["q_tensor"]
+            assert (float(inits[dq.input[1]]), int(inits[dq.input[2]])) == (pytest.approx(t["scale"], rel=1e-7), t["zero_point"])
+    # 8 tanh tables (2 encoders × a, b × gate and concat); 5 refine + 2 fuse concats and 3 up-conv interleaves
+    assert made_by["QLinearSigmoid"] == 8 and made_by["Concat"] + made_by["Reshape"] + made_by["Transpose"] == 10, made_by
     pinned = {t["name"]: (t["scale"], t["zero_point"]) for t in side["tensors"] if t["name"] in ("q_input", "q_output")}
     assert pinned == {"q_input": (pytest.approx(1 / 255), 0), "q_output": (pytest.approx(1 / 255), 0)}
-    assert len(side["weights"]) == 35
+    assert len(side["weights"]) == 35 - 3 + 3 * 4  # each up-conv as four 2×2 phase convs
 
 
 def test_every_conv_runs_as_an_integer_kernel(small_int8, tmp_path):
     _, _, path, fp32_path = small_int8
-    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node)
+    assert sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node) == 35
+    n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
     ops = optimized_ops(path, tmp_path)
-    assert n_conv == 35
-    assert ops["QLinearConv"] == 35 and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
+    assert n_conv == 44  # the INT8 scheme computes each of the 3 up-convs as four phase convs
+    assert ops["QLinearConv"] == n_conv and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
 
 
 def assert_random_sim_matches_ort(sim, onnx_path):
