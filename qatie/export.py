@@ -162,9 +162,14 @@ def _bypass(graph, node) -> None:
 
 
 def conv_name(node) -> str:
-    """The module path of a traced Conv node (`ref_s2.m1`), from its weight initializer's name."""
+    """The module path of a traced Conv node (`ref_s2.m1`), from its weight initializer's name.
+    The four phase convs of a sub-pixel up-conv (`up1.phases.0` …) all belong to `up1.conv`."""
     w = node.input[1]
-    return w[: -len(".weight")] if w.endswith(".weight") else node.name
+    if not w.endswith(".weight"):
+        return node.name
+    path = w[: -len(".weight")]
+    head, _, tail = path.rpartition(".phases.")
+    return f"{head}.conv" if head and tail.isdigit() else path
 
 
 def float_islands(graph, keep_float) -> dict[str, list[str]]:
@@ -181,7 +186,10 @@ def float_islands(graph, keep_float) -> dict[str, list[str]]:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    convs = {conv_name(n): n for n in graph.node if n.op_type == "Conv"}
+    convs: dict[str, list] = {}
+    for n in graph.node:
+        if n.op_type == "Conv":
+            convs.setdefault(conv_name(n), []).append(n)
     unknown = sorted(set(keep_float) - set(convs))
     if unknown:
         from .errors import QatieError
@@ -189,7 +197,7 @@ def float_islands(graph, keep_float) -> dict[str, list[str]]:
         raise QatieError(f"keep-float: no conv named {', '.join(unknown)}; convs are: {', '.join(convs)}")
     islands = {}
     for name in keep_float:
-        dropped, stack, seen = [], list(convs[name].output), set()
+        dropped, stack, seen = [], [o for n in convs[name] for o in n.output], set()
         while stack:
             for c in consumers.get(stack.pop(), []):
                 if c.name in seen or c.op_type == "Conv":
@@ -211,7 +219,7 @@ def conv_islands(model: QATIENet) -> dict[str, list[str]]:
 
     with tempfile.TemporaryDirectory() as d:
         g = _trace(model, Path(d) / "islands.onnx", subpixel=True).graph
-    return float_islands(g, [conv_name(n) for n in g.node if n.op_type == "Conv"])
+    return float_islands(g, list(dict.fromkeys(conv_name(n) for n in g.node if n.op_type == "Conv")))
 
 
 def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict | None = None,

@@ -3,7 +3,7 @@
 `qatie.export` calls `optimize_int8` on every INT8 QDQ model (and `optimize_fp32` on every FP32
 model) right before saving. Every pass here is *value-preserving*: the optimised graph computes
 bit-for-bit the output of the unoptimised one in ONNX Runtime (tests/test_graph_opt.py checks
-that, and that all 35 convs still become QLinearConv). The QuantSpec — which tensors are
+that, and that all 44 convs still become QLinearConv). The QuantSpec — which tensors are
 quantized and with which parameters — is untouched; only how ORT gets to compute it changes.
 Measured effects are in docs/performance.md.
 
@@ -20,9 +20,14 @@ Passes (INT8):
   plus zero weight columns; output channels by zero weight rows / zero bias, and a `Slice` of
   the quantized output back to the real channels. Zero weights add exact integer zeros, so the
   int32 accumulators — and therefore every output level — are unchanged.
-* `nearest_resize_in_uint8` — DQ → Resize(nearest 2×) → Q becomes uint8 Concat/Reshape copies
-  in front of the DQ (nearest resizing commutes with dequantization); ORT's own uint8 Resize runs
-  a generic per-element loop in NHWC, the two Concats are 2.4× faster.
+* `fold_pad_into_conv` — the sub-pixel up-convs' asymmetric zero padding (an ONNX `Pad`, as
+  torch convs pad symmetrically) becomes the conv's own `pads`, so ORT fuses DQ → Conv → Q.
+* `copies_in_uint8` — DQ → pure copies (Concat, Reshape, Transpose) → Q with one scale and zero
+  point throughout (the QuantSpec's concats and the sub-pixel interleave) runs the copies on the
+  uint8 tensors: ORT's QLinearConcat is single-threaded and requantizes every input.
+* `tanh_lookup` — DQ → Tanh → Q becomes com.microsoft `QLinearSigmoid`, a 256-entry table
+  (tanh(x) = 2σ(2x) − 1; the QuantSpec gives tanh outputs a 1/n scale for this), once ORT's
+  tables of both forms are checked identical over all 256 input levels.
 * `drop_redundant_clip` — a `Clip(min, max)` fed by a DequantizeLinear whose 256 possible
   outputs all lie in [min, max] is the identity (the network output is quantized at scale
   1/255, zero point 0, so it is already in [0, 1]); it is removed and the DequantizeLinear
@@ -295,114 +300,6 @@ def drop_redundant_clip(model: onnx.ModelProto, report: OptReport | None = None)
     return report
 
 
-def _nearest_source_index(out_idx: np.ndarray, in_len: int, out_len: int, scale: float,
-                          ctm: str, nearest_mode: str) -> np.ndarray | None:
-    """ONNX Resize (nearest) source index of each output index, in float32 like ORT; None if unknown."""
-    x = out_idx.astype(np.float32)
-    s = np.float32(scale)
-    if ctm == "asymmetric":
-        orig = x / s
-    elif ctm == "half_pixel":
-        orig = (x + np.float32(0.5)) / s - np.float32(0.5)
-    elif ctm == "pytorch_half_pixel":
-        orig = (x + np.float32(0.5)) / s - np.float32(0.5) if out_len > 1 else np.zeros_like(x)
-    elif ctm == "tf_half_pixel_for_nn":
-        orig = (x + np.float32(0.5)) / s
-    elif ctm == "align_corners":
-        orig = x * np.float32(in_len - 1) / np.float32(out_len - 1) if out_len > 1 else np.zeros_like(x)
-    else:
-        return None
-    fl = np.floor(orig)
-    if nearest_mode == "floor":
-        idx = fl
-    elif nearest_mode == "ceil":
-        idx = np.ceil(orig)
-    elif nearest_mode == "round_prefer_floor":
-        idx = np.where(orig == fl + np.float32(0.5), fl, np.round(orig))
-    elif nearest_mode == "round_prefer_ceil":
-        idx = np.where(orig == fl + np.float32(0.5), fl + 1, np.round(orig))
-    else:
-        return None
-    return np.clip(idx, 0, in_len - 1).astype(np.int64)
-
-
-def _is_nearest_2x(G: _G, resize) -> bool:
-    """True when `resize` is exactly 'repeat every pixel 2×2' (nearest, scales [1, 1, 2, 2])."""
-    if _attr(resize, "mode", b"nearest") not in (b"nearest", "nearest"):
-        return False
-    if len(resize.input) < 3 or not resize.input[2] or (len(resize.input) > 3 and resize.input[3]):
-        return False
-    scales = G.const(resize.input[2])
-    if scales is None or scales.shape != (4,) or not np.array_equal(scales, np.array([1, 1, 2, 2], np.float32)):
-        return False
-    if _attr(resize, "antialias", 0) or _attr(resize, "axes") is not None:
-        return False
-    ctm = _attr(resize, "coordinate_transformation_mode", b"half_pixel")
-    mode = _attr(resize, "nearest_mode", b"round_prefer_floor")
-    ctm, mode = (v.decode() if isinstance(v, bytes) else v for v in (ctm, mode))
-    for n in range(1, 258):
-        idx = _nearest_source_index(np.arange(2 * n), n, 2 * n, 2.0, ctm, mode)
-        if idx is None or not np.array_equal(idx, np.arange(2 * n) // 2):
-            return False
-    return True
-
-
-def nearest_resize_in_uint8(model: onnx.ModelProto, report: OptReport | None = None,
-                            keep_unread_dq: bool = False) -> OptReport:
-    """DQ → Resize(nearest 2×) → Q  ⇒  uint8 Transpose/Concat/Reshape (pure copies) → DQ → Q.
-
-    Nearest resizing commutes with the elementwise DequantizeLinear, so moving it in front of the
-    DQ is exact. ORT then removes the DQ → Q pair (same scale and zero point) and cancels the two
-    Transposes against its own NHWC layout transposes, leaving two uint8 Concats: in NHWC,
-    concatenating a tensor with itself on C repeats every pixel along W, and on a new axis after
-    H repeats every row. ORT's own uint8 Resize runs the generic per-element index loop in NHWC
-    (its 2× fast path is NCHW only). The original DequantizeLinear of the low-resolution tensor
-    then has nothing reading it and is dropped (ORT would still run it, plus a layout Transpose:
-    4.6 % of the INT8 time at 1080p); `qatie.inspect` reads that point from its Q node instead.
-    `keep_unread_dq=True` keeps it.
-    """
-    report = report if report is not None else OptReport()
-    G = _G(model.graph)
-    for resize in [n for n in model.graph.node if n.op_type == "Resize"]:
-        dq = G.producer.get(resize.input[0])
-        qp = _scalar_qparams(G, dq)
-        if qp is None or not _is_nearest_2x(G, resize) or resize.output[0] in G.outputs:
-            continue
-        consumers = G.consumers.get(resize.output[0], [])
-        cq = [_scalar_qparams(G, c, "QuantizeLinear") for c in consumers]
-        if not cq or not all(c is not None and np.float32(c[0]) == np.float32(qp[0]) and c[1] == qp[1]
-                             and c[1].dtype == qp[1].dtype for c in cq):
-            continue  # ORT could not drop the DQ → Q pair: not faster
-        a, base = dq.input[0], resize.name or resize.output[0]
-        t = lambda s: G.unique(f"{base}/u8/{s}")  # noqa: E731
-        nhwc, wide, rows, tall, shp, shp2, up_nhwc, up = (t(s) for s in (
-            "nhwc", "repeat_w", "rows", "repeat_h", "shape", "shape_2x", "up_nhwc", "up"))
-        rs_rows = G.add_init(np.array([0, 0, 1, -1], np.int64), f"{base}/u8/rows_shape")
-        twice = G.add_init(np.array([1, 2, 2, 1], np.int64), f"{base}/u8/hw_times_2")
-        new = [
-            helper.make_node("Transpose", [a], [nhwc], perm=[0, 2, 3, 1], name=t("to_nhwc")),
-            helper.make_node("Concat", [nhwc, nhwc], [wide], axis=3, name=t("repeat_w")),
-            helper.make_node("Reshape", [wide, rs_rows], [rows], name=t("rows")),
-            helper.make_node("Concat", [rows, rows], [tall], axis=2, name=t("repeat_h")),
-            helper.make_node("Shape", [nhwc], [shp], name=t("shape")),
-            helper.make_node("Mul", [shp, twice], [shp2], name=t("shape_2x")),
-            helper.make_node("Reshape", [tall, shp2], [up_nhwc], name=t("up_nhwc")),
-            helper.make_node("Transpose", [up_nhwc], [up], perm=[0, 3, 1, 2], name=t("to_nchw")),
-            helper.make_node("DequantizeLinear", [up, dq.input[1], dq.input[2]], [resize.output[0]], name=t("DQ")),
-        ]
-        idx = list(model.graph.node).index(resize)
-        model.graph.node.remove(resize)
-        for k, n in enumerate(new):
-            model.graph.node.insert(idx + k, n)
-        G.refresh()
-        if not keep_unread_dq and not G.consumers.get(dq.output[0]) and dq.output[0] not in G.outputs:
-            model.graph.node.remove(dq)
-            report.dropped_dq.add(dq.output[0])
-            G.refresh()
-        report.changes.append(f"nearest_resize_in_uint8: {resize.name} → uint8 Concat/Reshape before its DQ")
-    return report
-
-
 def fold_pad_into_conv(model: onnx.ModelProto, report: OptReport | None = None) -> OptReport:
     """Pad(constant 0, H/W only) → Conv  ⇒  Conv with those pads (the sub-pixel up-convs' asymmetric
     padding; torch's conv only pads symmetrically). Exact: the conv pads with zeros itself — in
@@ -466,7 +363,7 @@ def copies_in_uint8(model: onnx.ModelProto, report: OptReport | None = None) -> 
     for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
         qp = _scalar_qparams(G, q, "QuantizeLinear")
         chain, leaves = [], []
-        if qp is None or not _copy_chain(G, q.input[0], chain, leaves) or not chain:
+        if qp is None or q.output[0] in G.outputs or not _copy_chain(G, q.input[0], chain, leaves) or not chain:
             continue
         params = [_scalar_qparams(G, d) for d in leaves]
         if not all(p is not None and np.float32(p[0]) == np.float32(qp[0]) and p[1] == qp[1]
@@ -588,8 +485,7 @@ def _prune_initializers(model: onnx.ModelProto) -> None:
         model.graph.initializer.extend(keep)
 
 
-INT8_PASSES = (fold_pad_into_conv, pad_narrow_convs, nearest_resize_in_uint8, copies_in_uint8, tanh_lookup,
-               drop_redundant_clip)
+INT8_PASSES = (fold_pad_into_conv, pad_narrow_convs, copies_in_uint8, tanh_lookup, drop_redundant_clip)
 FP32_PASSES: tuple = ()  # measured: nothing value-preserving helped the FP32 graph (docs/performance.md)
 
 
