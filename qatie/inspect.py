@@ -164,15 +164,20 @@ class _Probe:
                 node = producers.get(t.get("dq_tensor", ""))
                 if node is None or node.op_type != "DequantizeLinear":
                     node = by_name.get(name.replace(".", "/") + "/DQ")
-                if node is None or node.op_type != "DequantizeLinear":
-                    # No DQ left (graph_opt drops the ones nothing reads): the point's Q node
-                    # outputs the same quantized tensor with the same scale and zero point.
+                if (node is None or node.op_type != "DequantizeLinear") and t.get("q_tensor") in producers:
+                    # No DQ left (graph_opt drops the ones nothing reads): the uint8 tensor itself,
+                    # made by its Q node (whose parameters are the graph's truth), a tanh lookup
+                    # table or uint8 copies (the sidecar's parameters).
+                    q = producers[t["q_tensor"]]
+                    s, z = (inits.get(q.input[1]), inits.get(q.input[2])) if q.op_type == "QuantizeLinear" else (None, None)
+                    scale = float(onnx.numpy_helper.to_array(s).reshape(-1)[0]) if s is not None else float(t["scale"])
+                    zp = int(onnx.numpy_helper.to_array(z).reshape(-1)[0]) if z is not None else int(t["zero_point"])
+                    self.fetch[name] = (t["q_tensor"], scale, zp)
+                    continue
+                if node is None or node.op_type != "DequantizeLinear":  # sidecars before q_tensor
                     node = by_name.get(name.replace(".", "/") + "/Q")
                 if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
-                    if t.get("q_tensor") in producers:  # made by a lookup table or uint8 copies
-                        self.fetch[name] = (t["q_tensor"], float(t["scale"]), int(t["zero_point"]))
-                    else:
-                        missing.append(name)
+                    missing.append(name)
                     continue
                 is_dq = node.op_type == "DequantizeLinear"
                 s, z = (inits.get(node.input[1]), inits.get(node.input[2]) if len(node.input) > 2 else None)

@@ -80,7 +80,7 @@ def test_rows_list_every_sidecar_tensor_in_order_and_files_agree(small, tmp_path
     res = inspect_image(small["fp32"], [small["int8"]], img, threads=1)
     names = [t["name"] for t in sidecar(small["int8"])["tensors"]]
     rows = res["layers"]
-    assert [r["name"] for r in rows] == names and len(names) == 79
+    assert [r["name"] for r in rows] == names and len(names) == 92
     assert all(r["stage"] in STAGE_NAMES for r in rows)
     assert {r["stage"] for r in rows} == set(STAGE_NAMES)
     # the network input is quantized exactly (8-bit image, scale 1/255): effectively lossless
@@ -153,6 +153,7 @@ def float_conv_names(nodes, all_convs) -> set[str]:
     """Convs of the optimized graph that did not become QLinearConv (ORT keeps the conv's path in
     the QLinearConv node name, e.g. '/ref_s2/m1/Conv_token_29')."""
     integer = {n.name.split("/Conv")[0].strip("/").replace("/", ".") for n in nodes if n.op_type == "QLinearConv"}
+    integer = {f"{k.split('.phases.')[0]}.conv" if ".phases." in k else k for k in integer}  # up-conv phases
     assert integer <= set(all_convs), integer - set(all_convs)
     return set(all_convs) - integer
 
@@ -166,11 +167,11 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
     assert side["keep_float"] == sorted(keep)
     assert set(side["float_points"]) == {"ref_s2.q.m1", "q_delta"}
     assert {t["name"] for t in side["tensors"]}.isdisjoint(side["float_points"])
-    assert len(side["weights"]) == 33
+    assert len(side["weights"]) == 42  # 44 integer convs (each up-conv is four phase convs) − 2
     nodes = optimized_ops(path, tmp_path)
     ops = Counter(n.op_type for n in nodes)
-    assert ops["QLinearConv"] == 33 and ops["Conv"] + ops["FusedConv"] == 2, ops
-    all_convs = [w["weight"][: -len(".weight")] for w in sidecar(small["int8"])["weights"]]
+    assert ops["QLinearConv"] == 42 and ops["Conv"] + ops["FusedConv"] == 2, ops
+    all_convs = sorted({w["module"] for w in sidecar(small["int8"])["weights"]})
     assert len(all_convs) == 35 and float_conv_names(nodes, all_convs) == keep
     # and the float weights are the FP32 ones
     inits = {i.name for i in onnx.load(str(path)).graph.initializer}
@@ -229,7 +230,8 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     assert len(ranking) == 35 and side["keep_float"] == sorted(r["conv"] for r in ranking[:2])
     nodes = optimized_ops(auto, tmp_path)
     assert float_conv_names(nodes, [r["conv"] for r in ranking]) == set(side["keep_float"])
-    assert Counter(n.op_type for n in nodes)["QLinearConv"] == 33
+    n_float = sum(4 if c.startswith("up") else 1 for c in side["keep_float"])  # an up-conv is four phase convs
+    assert Counter(n.op_type for n in nodes)["QLinearConv"] == 44 - n_float
     every = run_ptq(CKPT / "fp32.pt", tmp_path / "k35.onnx", keep_float=",".join(r["conv"] for r in ranking), **common)
     fp32 = OnnxEnhancer(CKPT / "fp32.onnx", threads=1)
     imgs = [inp for inp, _ in parity_images()[:4]]
@@ -307,7 +309,7 @@ def test_cli_inspect_smoke(small, tmp_path, cli):
                "--histogram-plot", str(tmp_path / "h.png"), "--threads", "1")
     assert "◀ worst PTQ" in proc.stdout and "fuse2.q_cat ptq: range" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["image"] == str(img) and len(data["layers"]) == 79
+    assert data["image"] == str(img) and len(data["layers"]) == 92
     assert set(data["layers"][5]) >= {"name", "stage", "sqnr_ptq_db"}
     assert (tmp_path / "o.csv").is_file() and (tmp_path / "o.png").stat().st_size > 0
     assert (tmp_path / "h.png").stat().st_size > 0
@@ -348,7 +350,7 @@ def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     paths = {"fp32": small["fp32"], "ptq": small["int8"], "qat": small["int8"]}
     img = (make_image(40, 48, seed=4) * 255).astype(np.uint8)
     fig, df, files, dropdown, note = ip.analyse(img, paths, threads=1)
-    assert len(df) == 79 and len(fig.axes[0].get_xticklabels()) == 79
+    assert len(df) == 92 and len(fig.axes[0].get_xticklabels()) == 92
     assert all(str(f).endswith((".csv", ".json")) for f in files)
     hfig, md = ip.histogram(img, paths, dropdown.value, threads=1)
     assert "step" in md and hfig.axes[0].get_yscale() == "log"
