@@ -25,7 +25,7 @@ import torch.nn as nn
 from onnx import helper, numpy_helper
 
 from .graph_opt import optimize_fp32, optimize_int8
-from .model import QATIENet, QConv2d, Up, phase_weights
+from .model import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights
 from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
 
@@ -46,7 +46,7 @@ class _Marker(torch.autograd.Function):
 
 
 def _phase_convs(up: Up) -> nn.ModuleList:
-    """The sub-pixel form's four 2×2 convs as modules, so they trace under names (`up1.phases.0`)."""
+    """The sub-pixel form's four 2×2 convs as modules, so they trace under names (`up1.conv.phases.0`)."""
     convs = nn.ModuleList()
     bias = nn.Parameter(up.conv.bias.detach().clone())  # one tensor: the tracer would merge equal copies
     for w in phase_weights(up.conv.weight.detach()):
@@ -55,6 +55,14 @@ def _phase_convs(up: Up) -> nn.ModuleList:
         c.bias = bias
         convs.append(c)
     return convs
+
+
+def _delta_phase_conv(delta: QConv2d) -> QConv2d:
+    """delta as one conv on up1's stacked phases (`qatie.model.delta_phase_weights`)."""
+    w = delta_phase_weights(delta.weight.detach())
+    c = QConv2d(w.shape[1], w.shape[0], 3, padding=1, bias=True)
+    c.weight.data.copy_(w), c.bias.data.copy_(delta.bias.detach().repeat(4))
+    return c
 
 
 def _trace(model: QATIENet, path: Path, subpixel: bool = False) -> onnx.ModelProto:
@@ -69,7 +77,8 @@ def _trace(model: QATIENet, path: Path, subpixel: bool = False) -> onnx.ModelPro
     try:
         for u in ups:
             u.subpixel = subpixel
-            u.phases = _phase_convs(u) if subpixel else None
+            u.conv.phases = _phase_convs(u) if subpixel else None
+        model.delta.phases = _delta_phase_conv(model.delta) if subpixel else None
         for qp in model.qpoints():
             qp.hook = (lambda name: (lambda x: _Marker.apply(x, name)))(qp.qname)
         for c in model.convs():
@@ -91,7 +100,8 @@ def _trace(model: QATIENet, path: Path, subpixel: bool = False) -> onnx.ModelPro
         for c, w in saved_wq:
             c.weight_quant = w
         for u, sub in saved_sub:
-            u.subpixel, u.phases = sub, None
+            u.subpixel, u.conv.phases = sub, None
+        model.delta.phases = None
         model.train(was_training)
 
 
@@ -165,13 +175,10 @@ def _bypass(graph, node) -> None:
 
 def conv_name(node) -> str:
     """The module path of a traced Conv node (`ref_s2.m1`), from its weight initializer's name.
-    The four phase convs of a sub-pixel up-conv (`up1.phases.0` …) all belong to `up1.conv`."""
+    The sub-pixel form's convs belong to the conv they compute: `up1.conv.phases.0` … and
+    `delta.phases` are `up1.conv` and `delta`."""
     w = node.input[1]
-    if not w.endswith(".weight"):
-        return node.name
-    path = w[: -len(".weight")]
-    head, _, tail = path.rpartition(".phases.")
-    return f"{head}.conv" if head and tail.isdigit() else path
+    return w[: -len(".weight")].split(".phases")[0] if w.endswith(".weight") else node.name
 
 
 def float_islands(graph, keep_float) -> dict[str, list[str]]:
@@ -293,7 +300,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
             bq = np.round(b / sb.astype(np.float64)).astype(np.int32)
             if inits[b_name] in g.initializer:
                 g.initializer.remove(inits[b_name])
-            b_name = f"{w_name[: -len('.weight')]}.bias" if w_name.endswith(".weight") else b_name  # the phases share one bias
+            b_name = f"{w_name[: -len('.weight')]}.bias" if w_name.endswith(".weight") else b_name  # up-conv phases share one
             g.initializer.extend([numpy_helper.from_array(bq, f"{b_name}_int32"),
                                   numpy_helper.from_array(sb, f"{b_name}_scale"),
                                   numpy_helper.from_array(np.zeros(len(sb), np.int32), f"{b_name}_zero_point")])

@@ -334,7 +334,8 @@ def fold_pad_into_conv(model: onnx.ModelProto, report: OptReport | None = None) 
     return report
 
 
-COPY_OPS = {"Concat": None, "Reshape": (0,), "Transpose": (0,), "Unsqueeze": (0,), "Squeeze": (0,)}
+COPY_OPS = {"Concat": None, "Reshape": (0,), "Transpose": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Slice": (0,),
+            "Split": (0,)}
 
 
 def _copy_chain(G: _G, name: str, chain: list, leaves: list) -> bool:
@@ -345,8 +346,11 @@ def _copy_chain(G: _G, name: str, chain: list, leaves: list) -> bool:
     if node.op_type == "DequantizeLinear":
         leaves.append(node)
         return True
-    if node.op_type not in COPY_OPS or len(G.consumers.get(name, [])) != 1 or name in G.outputs:
+    readers = [c for c in G.consumers.get(name, []) if c.op_type != "Shape"]  # a shape is a shape in uint8 too
+    if node.op_type not in COPY_OPS or len(readers) != 1 or name in G.outputs:
         return False
+    if node in chain:  # a Split reached through another of its outputs
+        return True
     data = range(len(node.input)) if COPY_OPS[node.op_type] is None else COPY_OPS[node.op_type]
     chain.append(node)
     return all(_copy_chain(G, node.input[i], chain, leaves) for i in data)

@@ -63,7 +63,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bottleneck S/8", ("q_pool", "bottleneck")),
     ("fusion S/4", ("up4", "fuse4", "ref_f4")),
     ("fusion S/2", ("up2", "fuse2", "ref_f2")),
-    ("output", ("up1", "delta", "q_delta", "q_output")),
+    ("output", ("up1", "delta", "q_delta", "q_delta_phases", "q_output")),
 )
 STAGE_NAMES = tuple(s for s, _ in STAGES)
 

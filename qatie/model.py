@@ -181,18 +181,42 @@ class Up(nn.Module):
         for qp in self.q_phase:
             qp.share = self.q_conv
         self.subpixel = False
-        self.phases: Optional[nn.ModuleList] = None  # set by the INT8 export: the 2×2 convs, named
 
-    def forward(self, x):
-        if not self.subpixel:
-            return self.q_conv(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
-        if self.phases is not None:
-            ys = [m(_ZeroPad.apply(x, pad)) for m, pad in zip(self.phases, PHASE_PADS)]
+    def phase_outputs(self, x) -> list[torch.Tensor]:
+        """The four phase outputs (00, 01, 10, 11), each at its quantization point."""
+        phases = getattr(self.conv, "phases", None)  # the export's named 2×2 convs (`conv.phases.k`)
+        if phases is not None:
+            ys = [m(_ZeroPad.apply(x, pad)) for m, pad in zip(phases, PHASE_PADS)]
         else:
             quant = self.conv.weight_quant or (lambda w: w)
             ys = [F.conv2d(F.pad(x, pad), quant(w), self.conv.bias)
                   for w, pad in zip(phase_weights(self.conv.weight), PHASE_PADS)]
-        return self.q_conv(interleave_phases([qp(y) for qp, y in zip(self.q_phase, ys)]))
+        return [qp(y) for qp, y in zip(self.q_phase, ys)]
+
+    def forward(self, x):
+        if not self.subpixel:
+            return self.q_conv(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+        return self.q_conv(interleave_phases(self.phase_outputs(x)))
+
+
+def delta_phase_weights(w: torch.Tensor) -> torch.Tensor:
+    """A 3×3 conv `w` (cout×cin) applied to the interleave of four phase tensors, as one 3×3 conv
+    on the phases stacked along channels (4·cin in, 4·cout out, phase-major), at low resolution.
+
+    Output phase (a, b), tap (dy, dx) reads full-resolution pixel (2i+a+dy, 2j+b+dx) = phase
+    ((a+dy) mod 2, (b+dx) mod 2) at low-resolution offset (⌊(a+dy)/2⌋, ⌊(b+dx)/2⌋) ∈ {−1, 0, 1}².
+    Every weight is placed once, the rest are zeros: the integer accumulators (and so every
+    output level) equal the full-resolution conv's, without the full-resolution tensor."""
+    cout, cin = w.shape[:2]
+    out = w.new_zeros(4 * cout, 4 * cin, 3, 3)
+    for a in (0, 1):
+        for b in (0, 1):
+            rows = slice((2 * a + b) * cout, (2 * a + b + 1) * cout)
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    p = ((a + dy) % 2) * 2 + (b + dx) % 2
+                    out[rows, p * cin:(p + 1) * cin, (a + dy) // 2 + 1, (b + dx) // 2 + 1] = w[:, :, dy + 1, dx + 1]
+    return out
 
 
 class Fuse(nn.Module):
@@ -232,6 +256,8 @@ class QATIENet(nn.Module):
         # Start as the identity (delta = 0): a fresh model leaves photos alone and learns changes.
         nn.init.zeros_(self.delta.weight), nn.init.zeros_(self.delta.bias)
         self.q_delta = QPoint()
+        self.q_delta_phases = QPoint()  # the export computes delta on up1's phases (`delta_phase_weights`)
+        self.q_delta_phases.share = self.q_delta
         self.q_output = QPoint(fixed=(1 / 255, 0))
         for name, m in self.named_modules():
             if isinstance(m, QPoint):
@@ -257,7 +283,14 @@ class QATIENet(nn.Module):
         b = self.bottleneck(self.q_pool(F.max_pool2d(s4, 2)))
         f4 = self.ref_f4(self.fuse4(self.up4(b), s4, xa2, xb2))
         f2 = self.ref_f2(self.fuse2(self.up2(f4), s2, xa1, xb1))
-        delta = self.q_delta(self.delta(self.up1(f2)))
+        phases = getattr(self.delta, "phases", None)  # set by the export (sub-pixel form)
+        if phases is not None:
+            stack = self.up1.q_conv(torch.cat(self.up1.phase_outputs(f2), 1))
+            d = self.q_delta_phases(phases(stack))
+            n = self.delta.out_channels
+            delta = self.q_delta(interleave_phases([d[:, k * n:(k + 1) * n] for k in range(4)]))
+        else:
+            delta = self.q_delta(self.delta(self.up1(f2)))
         y = delta if self.variant == "no_global_residual" else x + delta
         y = torch.clamp(self.q_output(y), 0.0, 1.0)
         return y if plan.is_noop else crop(y, plan)  # no-op skipped so ONNX export keeps H, W dynamic

@@ -94,7 +94,7 @@ def assert_sidecar_follows_graph(path):
     for t in side["tensors"]:
         assert t["q_tensor"] in producers or t["q_tensor"] == "image", t["name"]
         if t["dq_tensor"] is None:
-            assert readers[t["q_tensor"]] <= {"Concat", "Reshape", "Transpose", "Shape", "QLinearSigmoid"}, t["name"]
+            assert readers[t["q_tensor"]] <= {"Concat", "Reshape", "Transpose", "Slice", "Shape", "QLinearSigmoid"}, t["name"]
         else:
             dq = producers[t["dq_tensor"]]
             assert dq.op_type == "DequantizeLinear" and dq.input[0] == t["q_tensor"], t["name"]

@@ -80,7 +80,7 @@ def test_rows_list_every_sidecar_tensor_in_order_and_files_agree(small, tmp_path
     res = inspect_image(small["fp32"], [small["int8"]], img, threads=1)
     names = [t["name"] for t in sidecar(small["int8"])["tensors"]]
     rows = res["layers"]
-    assert [r["name"] for r in rows] == names and len(names) == 92
+    assert [r["name"] for r in rows] == names and len(names) == 93
     assert all(r["stage"] in STAGE_NAMES for r in rows)
     assert {r["stage"] for r in rows} == set(STAGE_NAMES)
     # the network input is quantized exactly (8-bit image, scale 1/255): effectively lossless
@@ -152,8 +152,8 @@ def test_histogram_ranges_equal_the_sidecar(small):
 def float_conv_names(nodes, all_convs) -> set[str]:
     """Convs of the optimized graph that did not become QLinearConv (ORT keeps the conv's path in
     the QLinearConv node name, e.g. '/ref_s2/m1/Conv_token_29')."""
-    integer = {n.name.split("/Conv")[0].strip("/").replace("/", ".") for n in nodes if n.op_type == "QLinearConv"}
-    integer = {f"{k.split('.phases.')[0]}.conv" if ".phases." in k else k for k in integer}  # up-conv phases
+    # the conv's module from its int8 weight's name (`ref_s2.m1.weight_int8`; `up1.conv.phases.0…` → `up1.conv`)
+    integer = {n.input[3].split(".weight")[0].split(".phases")[0] for n in nodes if n.op_type == "QLinearConv"}
     assert integer <= set(all_convs), integer - set(all_convs)
     return set(all_convs) - integer
 
@@ -165,7 +165,7 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
     path = export_int8(small["model"], small["ranges"], tmp_path / "kf.onnx", source="ptq-minmax", keep_float=keep)
     side = sidecar(path)
     assert side["keep_float"] == sorted(keep)
-    assert set(side["float_points"]) == {"ref_s2.q.m1", "q_delta"}
+    assert set(side["float_points"]) == {"ref_s2.q.m1", "q_delta_phases", "q_delta"}
     assert {t["name"] for t in side["tensors"]}.isdisjoint(side["float_points"])
     assert len(side["weights"]) == 42  # 44 integer convs (each up-conv is four phase convs) − 2
     nodes = optimized_ops(path, tmp_path)
@@ -175,7 +175,7 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
     assert len(all_convs) == 35 and float_conv_names(nodes, all_convs) == keep
     # and the float weights are the FP32 ones
     inits = {i.name for i in onnx.load(str(path)).graph.initializer}
-    assert {"ref_s2.m1.weight", "delta.weight"} <= inits and "ref_s2.m1.weight_int8" not in inits
+    assert {"ref_s2.m1.weight", "delta.phases.weight"} <= inits and "ref_s2.m1.weight_int8" not in inits
 
 
 def test_keep_float_rejects_unknown_convs_and_parses_specs(small, tmp_path):
@@ -199,7 +199,7 @@ def test_islands_stop_at_tensors_that_feed_convs(small):
     assert len(isl) == 35
     assert isl["ref_s2.t_conv"] == ["ref_s2.q.t_conv", "ref_s2.q.t_norm", "ref_s2.q.t_act"]
     assert isl["fuse4.conv"] == []  # its output feeds the refine block's convs: stays quantized
-    assert isl["delta"] == ["q_delta"]  # q_output (pinned to 1/255) stays
+    assert isl["delta"] == ["q_delta_phases", "q_delta"]  # q_output (pinned to 1/255) stays
 
 
 def test_sensitivity_ranks_every_conv(small):
@@ -309,7 +309,7 @@ def test_cli_inspect_smoke(small, tmp_path, cli):
                "--histogram-plot", str(tmp_path / "h.png"), "--threads", "1")
     assert "◀ worst PTQ" in proc.stdout and "fuse2.q_cat ptq: range" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["image"] == str(img) and len(data["layers"]) == 92
+    assert data["image"] == str(img) and len(data["layers"]) == 93
     assert set(data["layers"][5]) >= {"name", "stage", "sqnr_ptq_db"}
     assert (tmp_path / "o.csv").is_file() and (tmp_path / "o.png").stat().st_size > 0
     assert (tmp_path / "h.png").stat().st_size > 0
@@ -350,7 +350,7 @@ def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     paths = {"fp32": small["fp32"], "ptq": small["int8"], "qat": small["int8"]}
     img = (make_image(40, 48, seed=4) * 255).astype(np.uint8)
     fig, df, files, dropdown, note = ip.analyse(img, paths, threads=1)
-    assert len(df) == 92 and len(fig.axes[0].get_xticklabels()) == 92
+    assert len(df) == 93 and len(fig.axes[0].get_xticklabels()) == 93
     assert all(str(f).endswith((".csv", ".json")) for f in files)
     hfig, md = ip.histogram(img, paths, dropdown.value, threads=1)
     assert "step" in md and hfig.axes[0].get_yscale() == "log"
