@@ -93,3 +93,33 @@ def test_reflect_padding_values():
     one = np.full((1, 3, 1, 1), 0.25, np.float32)
     p1, _ = pad_nchw(one)
     assert p1.shape == (1, 3, 16, 16) and np.all(p1 == 0.25)  # edge replication
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_subpixel_form_computes_the_same_function(variant):
+    """The INT8 scheme's form of the up-convs (four 2×2 phase convs on the low-resolution input,
+    interleaved) is nearest-2× + 3×3 conv, and delta on up1's stacked phases is delta on their
+    interleave — in float, up to rounding."""
+    import torch.nn.functional as F
+
+    from qatie.model import delta_phase_weights, interleave_phases
+
+    torch.manual_seed(0)
+    m = build_model(8, variant).eval()
+    for c in m.convs():
+        torch.nn.init.normal_(c.weight, std=0.1)
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        plain = m(x)
+        m.set_subpixel(True)
+        sub = m(x)
+    assert (plain - x).abs().mean() > 0.01 and (plain - sub).abs().max() < 1e-4
+    ys = [torch.randn(2, 5, 6, 7) for _ in range(4)]
+    for a in (0, 1):
+        for b in (0, 1):
+            assert torch.equal(interleave_phases(ys)[:, :, a::2, b::2], ys[2 * a + b])
+    w, bias = torch.randn(3, 5, 3, 3), torch.randn(3)
+    d = F.conv2d(torch.cat(ys, 1), delta_phase_weights(w), bias.repeat(4), padding=1)
+    on_phases = interleave_phases([d[:, 3 * k:3 * k + 3] for k in range(4)])
+    assert (on_phases - F.conv2d(interleave_phases(ys), w, bias, padding=1)).abs().max() < 1e-4
+    assert int((delta_phase_weights(w) != 0).sum()) == 4 * w.numel()  # every weight placed once per phase
