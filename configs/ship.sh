@@ -27,9 +27,10 @@ qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --nu
 #    --learnable --calib-method entropy: ranges start from entropy calibration and are then learned
 #    (LSQ). Picked on the validation split (`qatie eval --split val`, agreement with FP32; docs/qat.md):
 #    minmax start + moving averages 48.8 dB (shipped before), minmax start + learned 48.7, entropy
-#    start + learned 51.9 (1000 steps) and 52.9 (2000 steps, shipped). This command, run again,
-#    gave a bit-identical checkpoint. (The shipped run wrote runs/qat_lsq_entropy_2k.pt, copied to
-#    checkpoints/qat.pt; about 1 h on one core.)
+#    start + learned 51.9 (1000 steps) and 52.9 (2000 steps). This command, run again, gave a
+#    bit-identical checkpoint. The recipe was chosen under QuantSpec v1; the shipped model is the
+#    same command under QuantSpec v2 (docs/performance.md). (The shipped run wrote
+#    runs/qat_v2.pt, copied to checkpoints/qat.pt; about 1 h on one core.)
 qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --steps 2000 --lr 5e-5 --distill 1.0 --learnable \
           --calib-method entropy --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/qat_c32 \
           --out checkpoints/qat.pt

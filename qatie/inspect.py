@@ -157,6 +157,7 @@ class _Probe:
         self.int8 = any(n.op_type == "DequantizeLinear" for n in g.node)
         # name → (graph tensor to fetch, scale, zero_point) — scale None: a float tensor
         self.fetch: dict[str, tuple[str, float | None, int]] = {}
+        self.channels: dict[str, tuple[int, int]] = {}  # INT8 points merged into a wider conv (graph_opt)
         missing = []
         for t in tensors:
             name = t["name"]
@@ -173,6 +174,8 @@ class _Probe:
                     scale = float(onnx.numpy_helper.to_array(s).reshape(-1)[0]) if s is not None else float(t["scale"])
                     zp = int(onnx.numpy_helper.to_array(z).reshape(-1)[0]) if z is not None else int(t["zero_point"])
                     self.fetch[name] = (t["q_tensor"], scale, zp)
+                    if t.get("channels"):
+                        self.channels[name] = tuple(t["channels"])
                     continue
                 if node is None or node.op_type != "DequantizeLinear":  # sidecars before q_tensor
                     node = by_name.get(name.replace(".", "/") + "/Q")
@@ -232,6 +235,8 @@ class _Probe:
         acts = {}
         for name, (src, _, _) in self.fetch.items():
             a = values[src]
+            if name in self.channels:  # a point merged into a wider conv: its channels of that output
+                a = a[:, self.channels[name][0]:self.channels[name][1]]
             if a.ndim == 4:
                 a = a[:, :, :math.ceil(h * a.shape[2] / hp), :math.ceil(w * a.shape[3] / wp)]
             acts[name] = a
@@ -724,9 +729,13 @@ def cache_dir(cache=None) -> Path:
     return d
 
 
+#: Part of every cache key: exports made under another QuantSpec version (or export form) are stale.
+EXPORT_FORM = "spec2"
+
+
 def cached_fp32_onnx(fp32_checkpoint, cache=None) -> Path:
     """The FP32 ONNX export of a checkpoint, cached by the checkpoint's content."""
-    out = cache_dir(cache) / f"fp32-{file_sha(fp32_checkpoint)}.onnx"
+    out = cache_dir(cache) / f"fp32-{file_sha(fp32_checkpoint)}-{EXPORT_FORM}.onnx"
     if not out.is_file():
         from .checkpoint import load_model
         from .export import export_fp32
@@ -741,7 +750,7 @@ def cached_ptq(fp32_checkpoint, method: str = "minmax", calib: str = "samples", 
                percentile: float = 99.99, seed: int = 0, keep_float=None, cache=None) -> Path:
     """`run_ptq` for these settings, cached in `cache_dir` by checkpoint content + settings."""
     kf = keep_float if isinstance(keep_float, str) or keep_float is None else ",".join(sorted(keep_float))
-    settings = json.dumps([method, calib, num_calib, percentile if method == "percentile" else None, seed, kf])
+    settings = json.dumps([EXPORT_FORM, method, calib, num_calib, percentile if method == "percentile" else None, seed, kf])
     key = hashlib.sha256(settings.encode()).hexdigest()[:10]
     out = cache_dir(cache) / f"ptq-{file_sha(fp32_checkpoint)}-{method}-{key}.onnx"
     if not (out.is_file() and out.with_suffix(".json").is_file()):

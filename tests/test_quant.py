@@ -113,8 +113,9 @@ def test_sidecar_matches_the_onnx_qdq_nodes(small_int8):
             assert dq.op_type == "DequantizeLinear" and dq.input[0] == t["q_tensor"]
             assert (float(inits[dq.input[1]]), int(inits[dq.input[2]])) == (pytest.approx(t["scale"], rel=1e-7), t["zero_point"])
     # 8 tanh tables (2 encoders × a, b × gate and concat); uint8 copies: 5 refine + 2 fuse concats, the
-    # up4/up2 interleaves, up1's phase stack and the interleave of delta computed on it
-    assert made_by["QLinearSigmoid"] == 8 and made_by["Concat"] + made_by["Reshape"] + made_by["Transpose"] == 11, made_by
+    # up4/up2 interleaves and the interleave of delta computed on up1's phases (themselves one merged conv)
+    assert made_by["QLinearSigmoid"] == 8 and made_by["Concat"] + made_by["Reshape"] + made_by["Transpose"] == 10, made_by
+    assert sum(bool(t.get("channels")) for t in side["tensors"]) == 4  # up1's phases: channels of the merged conv
     pinned = {t["name"]: (t["scale"], t["zero_point"]) for t in side["tensors"] if t["name"] in ("q_input", "q_output")}
     assert pinned == {"q_input": (pytest.approx(1 / 255), 0), "q_output": (pytest.approx(1 / 255), 0)}
     assert len(side["weights"]) == 35 - 3 + 3 * 4  # each up-conv as four 2×2 phase convs
@@ -123,9 +124,9 @@ def test_sidecar_matches_the_onnx_qdq_nodes(small_int8):
 def test_every_conv_runs_as_an_integer_kernel(small_int8, tmp_path):
     _, _, path, fp32_path = small_int8
     n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
-    assert n_conv == sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node)
+    # the network's 35, each of the 3 up-convs as four phase convs; in INT8, up1's four merged into one
+    assert sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node) == 44 and n_conv == 41
     ops = optimized_ops(path, tmp_path)
-    assert n_conv == 44  # the network's 35, with each of the 3 up-convs as four phase convs
     assert ops["QLinearConv"] == n_conv and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
 
 
@@ -265,7 +266,7 @@ def parity_images():
 def test_shipped_int8_models_use_integer_kernels(tmp_path):
     for name in ("int8_ptq.onnx", "int8_qat.onnx"):
         ops = optimized_ops(CKPT / name, tmp_path)
-        assert ops["QLinearConv"] == 35 and ops["Conv"] == 0, (name, ops)
+        assert ops["QLinearConv"] == 41 and ops["Conv"] == 0 and ops["QLinearConcat"] == 0, (name, ops)
 
 
 @shipped
