@@ -23,10 +23,10 @@ class QPoint(nn.Module):
     """A quantization point: the identity unless `hook` is set.
 
     `fixed` pins (scale, zero_point) — the network input and output are always 1/255, 0.
-    `share` names the QPoint whose parameters this one reuses: max-pool and nearest resize do
-    not change the value grid, so their outputs keep their input's scale, and a concat's inputs
-    use the concat's own scale (as TFLite does) — ORT then runs all three on uint8 as plain
-    copies. `tanh_lut` (set on owners only): the range reaches down to −1 at least and the
+    `share` names the QPoint whose parameters this one reuses: max-pool does not change the
+    value grid, so its output keeps its input's scale; a concat's inputs use the concat's own
+    scale (as TFLite does); an up-conv's four phases use the up-conv's — ORT then runs the pool,
+    the concats and the phase interleave on uint8, as plain copies. `tanh_lut` (set on owners only): the range reaches down to −1 at least and the
     scale is exactly 1/n for an integer n, so tanh outputs quantized here run as a 256-entry
     lookup table (tanh(x) = 2σ(2x) − 1, ORT's QLinearSigmoid; see `qatie.graph_opt`).
     """
