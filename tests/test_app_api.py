@@ -8,7 +8,6 @@ are on shapes, formats, labels, internal consistency and behaviour.
 from __future__ import annotations
 
 import io
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -6,7 +6,6 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import make_image, needs_shared
 from qatie import data as data_mod

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env, make_image
+from conftest import cli_env
 from qatie import checkpoint as ckpt_mod
 from qatie.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from qatie.data import sample_images
