@@ -192,6 +192,14 @@ def _forget_shape(model: onnx.ModelProto, name: str) -> None:
         model.graph.value_info.extend(keep)
 
 
+def _drop_if_unread(model: onnx.ModelProto, G: _G, dq, report: OptReport) -> None:
+    """Remove a DequantizeLinear nothing reads any more; its point keeps `q_tensor` in the sidecar."""
+    if not G.consumers.get(dq.output[0]) and dq.output[0] not in G.outputs:
+        model.graph.node.remove(dq)
+        report.dropped_dq.add(dq.output[0])
+        G.refresh()
+
+
 def _own_initializer(G: _G, node, index: int) -> str:
     """Make `node.input[index]` an initializer used by `node` alone (copy if shared); its name."""
     name = node.input[index]
@@ -399,10 +407,7 @@ def copies_in_uint8(model: onnx.ModelProto, report: OptReport | None = None) -> 
                 if c.op_type == "Shape":
                     c.input[0] = d.input[0]
             G.refresh()
-            if not G.consumers.get(d.output[0]) and d.output[0] not in G.outputs:
-                model.graph.node.remove(d)
-                report.dropped_dq.add(d.output[0])
-                G.refresh()
+            _drop_if_unread(model, G, d, report)
         report.renamed[q.output[0]] = q.input[0]  # the point's levels are the copies' output now
         report.changes.append(f"copies_in_uint8: {', '.join(n.name for n in chain)} on uint8 (dropped {q.name})")
     return report
@@ -426,8 +431,8 @@ def merge_sibling_convs(model: onnx.ModelProto, report: OptReport | None = None)
             continue
         convs = [G.producer.get(q.input[0]) for q in qs]
         parts = [_qdq_conv(G, c) if c is not None else None for c in convs]
-        if any(p is None for p in parts) or len({p[0].output[0] for p in parts}) != 1:
-            continue
+        if any(p is None or p[2] is None for p in parts) or len({p[0].output[0] for p in parts}) != 1:
+            continue  # not QDQ convs with biases reading one tensor
         qps = [_scalar_qparams(G, q, "QuantizeLinear") for q in qs]
         if any(qp is None or np.float32(qp[0]) != np.float32(qps[0][0]) or qp[1] != qps[0][1] for qp in qps):
             continue
@@ -441,21 +446,21 @@ def merge_sibling_convs(model: onnx.ModelProto, report: OptReport | None = None)
         top, left = max(p[0] for p in pads), max(p[1] for p in pads)
         bottom, right = max(p[2] for p in pads), max(p[3] for p in pads)
         kh, kw = top + bottom + 1, left + right + 1
-        if any(b is None for _, _, b, _ in parts):
-            continue
         blocks = []
         for w, (t, le, _, _) in zip(ws, pads):
             k = np.zeros(w.shape[:2] + (kh, kw), np.int8)
             k[:, :, top - t:top - t + w.shape[2], left - le:left - le + w.shape[3]] = w
             blocks.append(k)
+        cout = sum(b.shape[0] for b in blocks)
         w0 = parts[0][1].input[0]  # e.g. up1.conv.phases.0.weight_int8 → up1.conv.phases.merged
         base = G.unique(f"{w0.split('.phases.')[0]}.phases.merged" if ".phases." in w0 else f"{convs[0].name}/merged")
+        joined = lambda k, i: np.concatenate([G.const(p[k].input[i]).reshape(-1) for p in parts])  # noqa: E731
         w_name = G.add_init(np.concatenate(blocks), f"{base}/weight_int8")
-        ws_name = G.add_init(np.concatenate([G.const(p[1].input[1]).astype(np.float32).reshape(-1) for p in parts]), f"{base}/weight_scale")
-        wz_name = G.add_init(np.zeros(sum(b.shape[0] for b in blocks), np.int8), f"{base}/weight_zero_point")
-        b_name = G.add_init(np.concatenate([G.const(p[2].input[0]).reshape(-1) for p in parts]), f"{base}/bias_int32")
-        bs_name = G.add_init(np.concatenate([G.const(p[2].input[1]).astype(np.float32).reshape(-1) for p in parts]), f"{base}/bias_scale")
-        bz_name = G.add_init(np.zeros(sum(b.shape[0] for b in blocks), np.int32), f"{base}/bias_zero_point")
+        ws_name = G.add_init(joined(1, 1).astype(np.float32), f"{base}/weight_scale")
+        wz_name = G.add_init(np.zeros(cout, np.int8), f"{base}/weight_zero_point")
+        b_name = G.add_init(joined(2, 0), f"{base}/bias_int32")
+        bs_name = G.add_init(joined(2, 1).astype(np.float32), f"{base}/bias_scale")
+        bz_name = G.add_init(np.zeros(cout, np.int32), f"{base}/bias_zero_point")
         new = [helper.make_node("DequantizeLinear", [w_name, ws_name, wz_name], [f"{base}/weight"], axis=0, name=f"{base}/weight/DQ"),
                helper.make_node("DequantizeLinear", [b_name, bs_name, bz_name], [f"{base}/bias"], axis=0, name=f"{base}/bias/DQ"),
                helper.make_node("Conv", [parts[0][0].output[0], f"{base}/weight", f"{base}/bias"], [f"{base}/out"],
@@ -474,8 +479,7 @@ def merge_sibling_convs(model: onnx.ModelProto, report: OptReport | None = None)
             report.merged[q.output[0]] = (cat.output[0], start, start + b.shape[0])
             start += b.shape[0]
         G.refresh()
-        report.changes.append(f"merge_sibling_convs: {', '.join(c.name for c in convs)} → {base} ({kh}×{kw}, "
-                              f"{sum(b.shape[0] for b in blocks)} outputs)")
+        report.changes.append(f"merge_sibling_convs: {', '.join(c.name for c in convs)} → {base} ({kh}×{kw}, {cout} outputs)")
     return report
 
 
@@ -546,10 +550,7 @@ def tanh_lookup(model: onnx.ModelProto, report: OptReport | None = None) -> OptR
         if not G.consumers.get(tanh.output[0]):
             model.graph.node.remove(tanh)
             G.refresh()
-            if not G.consumers.get(dq.output[0]) and dq.output[0] not in G.outputs:
-                model.graph.node.remove(dq)
-                report.dropped_dq.add(dq.output[0])
-        G.refresh()
+            _drop_if_unread(model, G, dq, report)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
         report.changes.append(f"tanh_lookup: {tanh.name} → QLinearSigmoid tables for {', '.join(done)}")

@@ -166,18 +166,14 @@ class _Probe:
                 if node is None or node.op_type != "DequantizeLinear":
                     node = by_name.get(name.replace(".", "/") + "/DQ")
                 if (node is None or node.op_type != "DequantizeLinear") and t.get("q_tensor") in producers:
-                    # No DQ left (graph_opt drops the ones nothing reads): the uint8 tensor itself,
-                    # made by its Q node (whose parameters are the graph's truth), a tanh lookup
-                    # table or uint8 copies (the sidecar's parameters).
-                    q = producers[t["q_tensor"]]
-                    s, z = (inits.get(q.input[1]), inits.get(q.input[2])) if q.op_type == "QuantizeLinear" else (None, None)
-                    scale = float(onnx.numpy_helper.to_array(s).reshape(-1)[0]) if s is not None else float(t["scale"])
-                    zp = int(onnx.numpy_helper.to_array(z).reshape(-1)[0]) if z is not None else int(t["zero_point"])
-                    self.fetch[name] = (t["q_tensor"], scale, zp)
+                    # No DQ left (graph_opt drops the ones nothing reads): the uint8 tensor itself.
                     if t.get("channels"):
                         self.channels[name] = tuple(t["channels"])
-                    continue
-                if node is None or node.op_type != "DequantizeLinear":  # sidecars before q_tensor
+                    node = producers[t["q_tensor"]]
+                    if node.op_type != "QuantizeLinear":  # a tanh lookup table or uint8 copies
+                        self.fetch[name] = (t["q_tensor"], float(t["scale"]), int(t["zero_point"]))
+                        continue  # (a Q node's own parameters, below, are the graph's truth)
+                if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):  # sidecars before q_tensor
                     node = by_name.get(name.replace(".", "/") + "/Q")
                 if node is None or node.op_type not in ("DequantizeLinear", "QuantizeLinear"):
                     missing.append(name)
