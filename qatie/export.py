@@ -60,7 +60,7 @@ def _phase_convs(up: Up) -> nn.ModuleList:
 def _delta_phase_conv(delta: QConv2d) -> QConv2d:
     """delta as one conv on up1's stacked phases (`qatie.model.delta_phase_weights`)."""
     w = delta_phase_weights(delta.weight.detach())
-    c = QConv2d(w.shape[1], w.shape[0], 3, padding=1, bias=True)
+    c = QConv2d(w.shape[1], w.shape[0], 2, padding=1, bias=True)
     c.weight.data.copy_(w), c.bias.data.copy_(delta.bias.detach().repeat(4))
     return c
 

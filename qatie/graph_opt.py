@@ -18,8 +18,9 @@ Passes (INT8):
   and the 3-channel output conv (delta) hit that path. The pass pads them with zeros: input
   channels by a `Pad` of the *quantized* input with its zero point (dequantizes to exactly 0)
   plus zero weight columns; output channels by zero weight rows / zero bias, and a `Slice` of
-  the quantized output back to the real channels. Zero weights add exact integer zeros, so the
-  int32 accumulators — and therefore every output level — are unchanged.
+  the quantized output back to the real channels (or, where one `Split` on channels reads it —
+  delta's four phases — one more, unread, piece of that Split). Zero weights add exact integer
+  zeros, so the int32 accumulators — and therefore every output level — are unchanged.
 * `fold_pad_into_conv` — the sub-pixel up-convs' asymmetric zero padding (an ONNX `Pad`, as
   torch convs pad symmetrically) becomes the conv's own `pads`, so ORT fuses DQ → Conv → Q.
 * `copies_in_uint8` — DQ → pure copies (Concat, Reshape, Transpose) → Q with one scale and zero
@@ -77,7 +78,7 @@ class OptReport:
             t["dq_tensor"] = self.renamed[dq]
         if t.get("q_tensor") in self.renamed:
             t["q_tensor"] = self.renamed[t["q_tensor"]]
-        if t.get("q_tensor") in self.merged:  # now channels [start, end) of a merged conv's output
+        if t.get("q_tensor") in self.merged:  # now channels [start, end) of a wider tensor
             t["q_tensor"], start, end = self.merged[t["q_tensor"]]
             t["channels"] = [start, end]
 
@@ -269,8 +270,23 @@ def pad_narrow_convs(model: onnx.ModelProto, report: OptReport | None = None) ->
                     bz = G.const(b_dq.input[2]).reshape(-1)
                     G.set_init(_own_initializer(G, b_dq, 2), np.zeros(cout_p, bz.dtype))
             _forget_shape(model, conv.output[0])  # now cout_p channels
-            # Slice the quantized output back to the real channels, before every consumer.
             q_out = q.output[0]
+            readers = G.consumers.get(q_out, [])
+            split = readers[0] if len(readers) == 1 and readers[0].op_type == "Split" else None
+            sizes = G.const(split.input[1]) if split is not None and len(split.input) > 1 else None
+            if (sizes is not None and _attr(split, "axis", 0) == 1 and int(sizes.sum()) == cout
+                    and q_out not in G.outputs):
+                # One Split reads the output (delta's phases): it takes the padding channels as one
+                # more piece, left unread, instead of a Slice copying the real ones first.
+                split.input[1] = G.add_init(np.append(sizes, cout_p - cout).astype(np.int64), f"{q_out}/split")
+                split.output.append(G.unique(f"{q_out}/padding_channels"))
+                _forget_shape(model, q_out)
+                report.merged[q_out] = (q_out, 0, cout)  # the point's levels: channels [0, cout)
+                what.append(f"output channels {cout}→{cout_p} (+1 Split piece)")
+                G.refresh()
+                report.changes.append(f"pad_narrow_convs: {conv.name}: " + ", ".join(what))
+                continue
+            # Slice the quantized output back to the real channels, before every consumer.
             full = G.unique(f"{q_out}/padded")
             q.output[0] = full
             starts = G.add_init(np.array([0], np.int64), f"{q_out}/slice/starts")

@@ -726,7 +726,7 @@ def cache_dir(cache=None) -> Path:
 
 
 #: Part of every cache key: exports made under another QuantSpec version (or export form) are stale.
-EXPORT_FORM = "spec2"
+EXPORT_FORM = "spec2-delta2x2"  # v2 QuantSpec; delta as a 2×2 conv on up1's phases
 
 
 def cached_fp32_onnx(fp32_checkpoint, cache=None) -> Path:

@@ -200,23 +200,32 @@ class Up(nn.Module):
 
 
 def delta_phase_weights(w: torch.Tensor) -> torch.Tensor:
-    """A 3×3 conv `w` (cout×cin) applied to the interleave of four phase tensors, as one 3×3 conv
-    on the phases stacked along channels (4·cin in, 4·cout out, phase-major), at low resolution.
+    """A 3×3 conv `w` (cout×cin) applied to the interleave of four phase tensors, as one 2×2 conv
+    (padding 1) on the phases stacked along channels (4·cin in, 4·cout out, slot-major), at low
+    resolution. `unstack_delta` turns its output into the full-resolution one.
 
-    Output phase (a, b), tap (dy, dx) reads full-resolution pixel (2i+a+dy, 2j+b+dx) = phase
-    ((a+dy) mod 2, (b+dx) mod 2) at low-resolution offset (⌊(a+dy)/2⌋, ⌊(b+dx)/2⌋) ∈ {−1, 0, 1}².
-    Every weight is placed once, the rest are zeros: the integer accumulators (and so every
-    output level) equal the full-resolution conv's, without the full-resolution tensor."""
+    Its output at position o, slot (a, b), is full-resolution pixel (2o−1+a, 2o−1+b): a window
+    shifted by one pixel, so that every slot reads only positions o−1 and o (a 2×2 window, not
+    the 3×3 an unshifted phase needs). Tap (dy, dx) reads full-resolution row 2o−1+a+dy = phase
+    (a+dy−1) mod 2 at position o + ⌊(a+dy−1)/2⌋ ∈ {o−1, o}; likewise for columns. Every weight is
+    placed once per slot, the rest are zeros: the integer accumulators (and so every output
+    level) equal the full-resolution conv's, without the full-resolution tensor."""
     cout, cin = w.shape[:2]
-    out = w.new_zeros(4 * cout, 4 * cin, 3, 3)
+    out = w.new_zeros(4 * cout, 4 * cin, 2, 2)
     for a in (0, 1):
         for b in (0, 1):
             rows = slice((2 * a + b) * cout, (2 * a + b + 1) * cout)
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
-                    p = ((a + dy) % 2) * 2 + (b + dx) % 2
-                    out[rows, p * cin:(p + 1) * cin, (a + dy) // 2 + 1, (b + dx) // 2 + 1] = w[:, :, dy + 1, dx + 1]
+                    p = ((a + dy - 1) % 2) * 2 + (b + dx - 1) % 2
+                    out[rows, p * cin:(p + 1) * cin, (a + dy - 1) // 2 + 1, (b + dx - 1) // 2 + 1] = w[:, :, dy + 1, dx + 1]
     return out
+
+
+def unstack_delta(d: torch.Tensor, cout: int) -> torch.Tensor:
+    """The output of `delta_phase_weights`' conv (N×4·cout×(H+1)×(W+1)) → N×cout×2H×2W: its four
+    slots interleaved cover full-resolution rows and columns −1 … 2H; the outer ring is cropped."""
+    return interleave_phases(list(d.split(cout, 1)))[..., 1:-1, 1:-1]
 
 
 class Fuse(nn.Module):
@@ -286,9 +295,7 @@ class QATIENet(nn.Module):
         phases = getattr(self.delta, "phases", None)  # set by the export (sub-pixel form)
         if phases is not None:
             stack = self.up1.q_conv(torch.cat(self.up1.phase_outputs(f2), 1))
-            d = self.q_delta_phases(phases(stack))
-            n = self.delta.out_channels
-            delta = self.q_delta(interleave_phases([d[:, k * n:(k + 1) * n] for k in range(4)]))
+            delta = self.q_delta(unstack_delta(self.q_delta_phases(phases(stack)), self.delta.out_channels))
         else:
             delta = self.q_delta(self.delta(self.up1(f2)))
         y = delta if self.variant == "no_global_residual" else x + delta

@@ -75,6 +75,9 @@ def test_optimised_int8_equals_unoptimised_bit_for_bit(tmp_path, monkeypatch, wi
     # no float Tanh, no Q/DQ except around the 5 InstanceNorms and at the input and output.
     assert ort_ops["QLinearConcat"] == 0 and ort_ops["Tanh"] == 0 and ort_ops["QLinearSigmoid"] == 8, ort_ops
     assert ort_ops["DequantizeLinear"] == 5 + 1 and ort_ops["QuantizeLinear"] == 5 + 1, ort_ops
+    # delta's phases are padded to 16 outputs and split straight into its four phases plus the
+    # padding channels (no Slice copy of the real ones first)
+    assert [len(n.output) for n in onnx.load(str(opt)).graph.node if n.op_type == "Split"] == [5]
     assert_sidecar_follows_graph(opt)
     side = json.loads(sidecar_path(opt).read_text())
     assert side["graph_opt"] and any("delta" in c for c in side["graph_opt"])

@@ -102,7 +102,7 @@ def test_subpixel_form_computes_the_same_function(variant):
     interleave — in float, up to rounding."""
     import torch.nn.functional as F
 
-    from qatie.model import delta_phase_weights, interleave_phases
+    from qatie.model import delta_phase_weights, interleave_phases, unstack_delta
 
     torch.manual_seed(0)
     m = build_model(8, variant).eval()
@@ -120,6 +120,6 @@ def test_subpixel_form_computes_the_same_function(variant):
             assert torch.equal(interleave_phases(ys)[:, :, a::2, b::2], ys[2 * a + b])
     w, bias = torch.randn(3, 5, 3, 3), torch.randn(3)
     d = F.conv2d(torch.cat(ys, 1), delta_phase_weights(w), bias.repeat(4), padding=1)
-    on_phases = interleave_phases([d[:, 3 * k:3 * k + 3] for k in range(4)])
+    on_phases = unstack_delta(d, 3)
     assert (on_phases - F.conv2d(interleave_phases(ys), w, bias, padding=1)).abs().max() < 1e-4
     assert int((delta_phase_weights(w) != 0).sum()) == 4 * w.numel()  # every weight placed once per phase
