@@ -204,6 +204,11 @@ def float_islands(graph, keep_float) -> dict[str, list[str]]:
         from .errors import QatieError
 
         raise QatieError(f"keep-float: no conv named {', '.join(unknown)}; convs are: {', '.join(convs)}")
+
+    def feeds_conv(tensor: str) -> bool:  # directly, or through the Pad in front of a sub-pixel phase conv
+        return any(x.op_type == "Conv" or (x.op_type == "Pad" and feeds_conv(x.output[0]))
+                   for x in consumers.get(tensor, []))
+
     islands = {}
     for name in keep_float:
         dropped, stack, seen = [], [o for n in convs[name] for o in n.output], set()
@@ -214,7 +219,7 @@ def float_islands(graph, keep_float) -> dict[str, list[str]]:
                 seen.add(c.name)
                 if c.op_type == "QPoint":
                     qname = _marker_name(c)
-                    if qname in ("q_input", "q_output") or any(x.op_type == "Conv" for x in consumers.get(c.output[0], [])):
+                    if qname in ("q_input", "q_output") or feeds_conv(c.output[0]):
                         continue
                     dropped.append(qname)
                 stack.extend(c.output)

@@ -32,7 +32,7 @@ from .errors import QatieError
 from .inspect import _image_list, cache_dir, cached_fp32_onnx, cached_ptq, file_sha, read_sidecar, score_models, stage_of
 
 SENSITIVITY_IMAGES = 8
-SENSITIVITY_VERSION = 2  # bump when the islands or the score change (invalidates cached rankings)
+SENSITIVITY_VERSION = 3  # bump when the islands or the score change (invalidates cached rankings)
 DEFAULT_K = (0, 1, 2, 4, 8, 16, 35)
 
 

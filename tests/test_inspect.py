@@ -200,6 +200,18 @@ def test_islands_stop_at_tensors_that_feed_convs(small):
     assert isl["ref_s2.t_conv"] == ["ref_s2.q.t_conv", "ref_s2.q.t_norm", "ref_s2.q.t_act"]
     assert isl["fuse4.conv"] == []  # its output feeds the refine block's convs: stays quantized
     assert isl["delta"] == ["q_delta_phases", "q_delta"]  # q_output (pinned to 1/255) stays
+    # a block's output that feeds an up-conv (its phase convs, each behind a Pad) stays quantized
+    assert isl["ref_f4.skip"] == ["ref_f4.q.skip"] and isl["bottleneck.m2"] == ["bottleneck.q.m2", "bottleneck.q.m2_act"]
+
+
+def test_every_conv_can_be_kept_float(small, tmp_path):
+    """The trade-off curve keeps any conv float: each one alone exports, and the rest stay integer."""
+    from qatie.export import export_int8
+
+    all_convs = sorted({w["module"] for w in sidecar(small["int8"])["weights"]})
+    for name in all_convs:
+        path = export_int8(small["model"], small["ranges"], tmp_path / "one.onnx", source="ptq-minmax", keep_float={name})
+        assert sidecar(path)["keep_float"] == [name]
 
 
 def test_sensitivity_ranks_every_conv(small):
