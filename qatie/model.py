@@ -127,8 +127,10 @@ def phase_weights(w: torch.Tensor) -> list[torch.Tensor]:
             for r in rows for b in (0, 1)]
 
 
-#: F.pad's (left, right, top, bottom) for each phase: phase 0 reads pixels i−1, i; phase 1 i, i+1.
-PHASE_PADS = [(1 - b, b, 1 - a, a) for a in (0, 1) for b in (0, 1)]
+#: The four output phases (row a, column b), and F.pad's (left, right, top, bottom) for each:
+#: phase 0 reads pixels i−1, i; phase 1 i, i+1.
+PHASES = [(a, b) for a in (0, 1) for b in (0, 1)]
+PHASE_PADS = [(1 - b, b, 1 - a, a) for a, b in PHASES]
 
 
 class _ZeroPad(torch.autograd.Function):
@@ -187,10 +189,13 @@ class Up(nn.Module):
         phases = getattr(self.conv, "phases", None)  # the export's named 2×2 convs (`conv.phases.k`)
         if phases is not None:
             ys = [m(_ZeroPad.apply(x, pad)) for m, pad in zip(phases, PHASE_PADS)]
-        else:
+        else:  # one conv for all four (per-channel weight quantization is per phase anyway)
             quant = self.conv.weight_quant or (lambda w: w)
-            ys = [F.conv2d(F.pad(x, pad), quant(w), self.conv.bias)
-                  for w, pad in zip(phase_weights(self.conv.weight), PHASE_PADS)]
+            y = F.conv2d(F.pad(x, (1, 1, 1, 1)), quant(torch.cat(phase_weights(self.conv.weight))),
+                         self.conv.bias.repeat(4))
+            h, w, n = x.shape[-2], x.shape[-1], self.conv.out_channels
+            # output o reads input pixels o−1, o: phase 0 at i is o = i, phase 1 at i is o = i + 1
+            ys = [y[:, k * n:(k + 1) * n, a:a + h, b:b + w] for k, (a, b) in enumerate(PHASES)]
         return [qp(y) for qp, y in zip(self.q_phase, ys)]
 
     def forward(self, x):
