@@ -30,7 +30,10 @@ qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --nu
 #    start + learned 51.9 (1000 steps) and 52.9 (2000 steps). This command, run again, gave a
 #    bit-identical checkpoint. The recipe was chosen under QuantSpec v1; the shipped model is the
 #    same command under QuantSpec v2 (docs/performance.md). (The shipped run wrote
-#    runs/qat_v2.pt, copied to checkpoints/qat.pt; about 1 h on one core.)
+#    runs/qat_v2.pt, copied to checkpoints/qat.pt; about 1 h on one core.) Since then QAT computes
+#    each up-conv's four phase convs as one conv (same outputs, 8 % faster per step), which changes
+#    float rounding in training: re-run with that code (2026-11-30) the command gave agreement with
+#    FP32 53.23 dB synthetic / 54.99 dB PolyU (shipped 53.22 / 54.90), PSNR within 0.01 dB.
 qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --steps 2000 --lr 5e-5 --distill 1.0 --learnable \
           --calib-method entropy --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/qat_c32 \
           --out checkpoints/qat.pt
