@@ -283,19 +283,16 @@ def pad_narrow_convs(model: onnx.ModelProto, report: OptReport | None = None) ->
                 _forget_shape(model, q_out)
                 report.merged[q_out] = (q_out, 0, cout)  # the point's levels: channels [0, cout)
                 what.append(f"output channels {cout}→{cout_p} (+1 Split piece)")
-                G.refresh()
-                report.changes.append(f"pad_narrow_convs: {conv.name}: " + ", ".join(what))
-                continue
-            # Slice the quantized output back to the real channels, before every consumer.
-            full = G.unique(f"{q_out}/padded")
-            q.output[0] = full
-            starts = G.add_init(np.array([0], np.int64), f"{q_out}/slice/starts")
-            ends = G.add_init(np.array([cout], np.int64), f"{q_out}/slice/ends")
-            axes = G.add_init(np.array([1], np.int64), f"{q_out}/slice/axes")
-            sl = helper.make_node("Slice", [full, starts, ends, axes], [q_out], name=G.unique(f"{q.name or q_out}/slice_channels"))
-            idx = list(model.graph.node).index(q)
-            model.graph.node.insert(idx + 1, sl)
-            what.append(f"output channels {cout}→{cout_p} (+Slice)")
+            else:  # Slice the quantized output back to the real channels, before every consumer.
+                full = G.unique(f"{q_out}/padded")
+                q.output[0] = full
+                starts = G.add_init(np.array([0], np.int64), f"{q_out}/slice/starts")
+                ends = G.add_init(np.array([cout], np.int64), f"{q_out}/slice/ends")
+                axes = G.add_init(np.array([1], np.int64), f"{q_out}/slice/axes")
+                sl = helper.make_node("Slice", [full, starts, ends, axes], [q_out], name=G.unique(f"{q.name or q_out}/slice_channels"))
+                idx = list(model.graph.node).index(q)
+                model.graph.node.insert(idx + 1, sl)
+                what.append(f"output channels {cout}→{cout_p} (+Slice)")
         G.refresh()
         report.changes.append(f"pad_narrow_convs: {conv.name}: " + ", ".join(what))
     return report

@@ -26,9 +26,10 @@ class QPoint(nn.Module):
     `share` names the QPoint whose parameters this one reuses: max-pool does not change the
     value grid, so its output keeps its input's scale; a concat's inputs use the concat's own
     scale (as TFLite does); an up-conv's four phases use the up-conv's — ORT then runs the pool,
-    the concats and the phase interleave on uint8, as plain copies. `tanh_lut` (set on owners only): the range reaches down to −1 at least and the
-    scale is exactly 1/n for an integer n, so tanh outputs quantized here run as a 256-entry
-    lookup table (tanh(x) = 2σ(2x) − 1, ORT's QLinearSigmoid; see `qatie.graph_opt`).
+    the concats and the phase interleave on uint8, as plain copies. `tanh_lut` (set on owners
+    only): the range reaches down to −1 at least and the scale is exactly 1/n for an integer n,
+    so tanh outputs quantized here run as a 256-entry lookup table (tanh(x) = 2σ(2x) − 1, ORT's
+    QLinearSigmoid; see `qatie.graph_opt`).
     """
 
     def __init__(self, fixed: Optional[tuple[float, int]] = None):
@@ -217,13 +218,12 @@ def delta_phase_weights(w: torch.Tensor) -> torch.Tensor:
     level) equal the full-resolution conv's, without the full-resolution tensor."""
     cout, cin = w.shape[:2]
     out = w.new_zeros(4 * cout, 4 * cin, 2, 2)
-    for a in (0, 1):
-        for b in (0, 1):
-            rows = slice((2 * a + b) * cout, (2 * a + b + 1) * cout)
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    p = ((a + dy - 1) % 2) * 2 + (b + dx - 1) % 2
-                    out[rows, p * cin:(p + 1) * cin, (a + dy - 1) // 2 + 1, (b + dx - 1) // 2 + 1] = w[:, :, dy + 1, dx + 1]
+    for k, (a, b) in enumerate(PHASES):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                p = ((a + dy - 1) % 2) * 2 + (b + dx - 1) % 2
+                out[k * cout:(k + 1) * cout, p * cin:(p + 1) * cin, (a + dy - 1) // 2 + 1, (b + dx - 1) // 2 + 1] = \
+                    w[:, :, dy + 1, dx + 1]
     return out
 
 
