@@ -586,22 +586,22 @@ INT8_PASSES = (fold_pad_into_conv, copies_in_uint8, merge_sibling_convs, pad_nar
 FP32_PASSES = (fold_pad_into_conv,)  # the sub-pixel up-convs' padding; nothing else helped FP32 (docs/performance.md)
 
 
-def optimize_int8(model: onnx.ModelProto) -> OptReport:
-    """Apply every INT8 pass to `model` in place; returns what changed. Idempotent."""
+def _run_passes(model: onnx.ModelProto, passes) -> OptReport:
     report = OptReport()
-    for p in INT8_PASSES:
+    for p in passes:
         p(model, report)
     _prune_initializers(model)
     return report
+
+
+def optimize_int8(model: onnx.ModelProto) -> OptReport:
+    """Apply every INT8 pass to `model` in place; returns what changed. Idempotent."""
+    return _run_passes(model, INT8_PASSES)
 
 
 def optimize_fp32(model: onnx.ModelProto) -> OptReport:
     """Apply every FP32 pass to `model` in place; returns what changed. Idempotent."""
-    report = OptReport()
-    for p in FP32_PASSES:
-        p(model, report)
-    _prune_initializers(model)
-    return report
+    return _run_passes(model, FP32_PASSES)
 
 
 def is_int8(model: onnx.ModelProto) -> bool:
