@@ -76,25 +76,69 @@ def _median(samples: list[float] | None) -> float | None:
     return statistics.median(samples) if samples else None
 
 
+SHORT_NAMES = {"ptq": "PTQ", "qat": "QAT"}
+
+
+def _closer(ap: float, aq: float) -> tuple[str | None, float]:
+    """(role numerically closer to full precision by agreement PSNR, gap in dB); None when tied."""
+    if math.isinf(ap) and math.isinf(aq):
+        return None, 0.0
+    if math.isinf(ap) or math.isinf(aq):
+        return ("ptq" if math.isinf(ap) else "qat"), math.inf
+    if abs(aq - ap) < 0.1:
+        return None, abs(aq - ap)
+    return ("qat" if aq > ap else "ptq"), abs(aq - ap)
+
+
+def _not_worse(a: dict, b: dict) -> bool:
+    """`a` is at least as good as `b` on the numbers the table shows besides PSNR."""
+    return a["share_over_2_levels"] <= b["share_over_2_levels"] and a["max_levels"] <= b["max_levels"]
+
+
+def bottom_line(ptq: dict, qat: dict) -> str:
+    """Which INT8 model is closer to full precision — only claimed when no number in the table
+    says otherwise (a model with more pixels off or a larger max error is never "better")."""
+    rp, rq = rating(ptq)[0], rating(qat)[0]
+    by_role = {"ptq": ptq, "qat": qat}
+    closer, gap = _closer(ptq["agreement_psnr_db"], qat["agreement_psnr_db"])
+    gap_s = "" if math.isinf(gap) else f" by {gap:.1f} dB"
+    if rp <= 1 and rq <= 1:
+        s = ("Both INT8 models look the same as full precision on this photo (indistinguishable at normal "
+             "viewing size)")
+        if closer is None:
+            return s + "; numerically they are equally close."
+        other = "ptq" if closer == "qat" else "qat"
+        s += f"; {ROLE_LABELS[closer]} is numerically closer{gap_s} (agreement PSNR)"
+        if not _not_worse(by_role[closer], by_role[other]):
+            s += f", while {ROLE_LABELS[other]} has fewer pixels off or a smaller maximum error"
+        return s + "."
+    if rp != rq:
+        best, worst = ("ptq", "qat") if rp < rq else ("qat", "ptq")
+        s = f"**{SHORT_NAMES[best]} is the better INT8 model here**: fewer pixels more than 2 levels off"
+        if closer == best:
+            s += f" and closer to full precision{gap_s}"
+        if best == "qat":
+            s += ": training with simulated INT8 taught the network to live with it"
+        return s + "."
+    # Same visibility class: crown one only if it wins on every count.
+    if closer is not None and (gap >= 1.0) and _not_worse(by_role[closer], by_role["ptq" if closer == "qat" else "qat"]):
+        return f"**{SHORT_NAMES[closer]} is the better INT8 model here**: closer to full precision{gap_s}."
+    s = "PTQ and QAT are about equally close to full precision on this photo"
+    if closer is not None:
+        other = "ptq" if closer == "qat" else "qat"
+        s += f": {ROLE_LABELS[closer]} is closer on average{gap_s}"
+        if by_role[other]["share_over_2_levels"] < by_role[closer]["share_over_2_levels"]:
+            s += f", but {ROLE_LABELS[other]} has fewer pixels more than 2 levels off"
+        elif by_role[other]["max_levels"] < by_role[closer]["max_levels"]:
+            s += f", but {ROLE_LABELS[other]} has the smaller maximum error"
+    return s + "."
+
+
 def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float], final: bool = True) -> str:
     models = result["models"]
     parts = [_model_sentence("ptq", models["ptq"]), _model_sentence("qat", models["qat"])]
 
-    # Bottom line on quantization.
-    rp, rq = rating(models["ptq"])[0], rating(models["qat"])[0]
-    ap, aq = models["ptq"]["agreement_psnr_db"], models["qat"]["agreement_psnr_db"]
-    if rp == 0 and rq == 0:
-        bottom = ("Both INT8 models are indistinguishable from full precision on this photo: quantization costs "
-                  "nothing visible here.")
-    elif math.isinf(aq) or (not math.isinf(ap) and aq - ap >= 1.0):
-        gap = "" if math.isinf(aq) else f" ({aq - ap:.1f} dB closer to full precision than PTQ)"
-        bottom = f"**QAT is the better INT8 model here**{gap}: training with simulated INT8 taught the network to live with it."
-    elif math.isinf(ap) or ap - aq >= 1.0:
-        gap = "" if math.isinf(ap) else f" ({ap - aq:.1f} dB)"
-        bottom = f"**PTQ is closer to full precision than QAT on this photo**{gap}."
-    else:
-        bottom = "PTQ and QAT are about equally close to full precision on this photo."
-    parts.append(bottom)
+    parts.append(bottom_line(models["ptq"], models["qat"]))
 
     # Ground truth.
     if result["reference"]:
@@ -145,3 +189,48 @@ def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str,
         parts.append(f"The zoom starts where {ROLE_LABELS[worst['role']]} differs most from full precision "
                      f"(around x = {worst['x']}, y = {worst['y']}); click any output to move it.")
     return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The one-line headline on top of the Compare tab
+# --------------------------------------------------------------------------------------------
+
+#: Colour per rating (0 invisible … 3 clearly visible): green, green, amber, red.
+COLOURS = {0: "#15803d", 1: "#15803d", 2: "#b45309", 3: "#b91c1c"}
+SHORT = {0: "looks the same as full precision",
+         1: "looks the same as full precision (tiny differences when zoomed in)",
+         2: "differences visible when zoomed in",
+         3: "visibly different from full precision"}
+SHORT_REGION = {"smooth": "in smooth areas", "textured": "along edges and texture",
+                "shadows": "in dark areas", "highlights": "in bright areas"}
+
+
+def _short(m: dict) -> str:
+    r = rating(m)[0]
+    s = SHORT[r]
+    if r >= 2:
+        region = concentration(m["where"])
+        name = next((k for k, v in REGION_PHRASES.items() if v == region), None)
+        if name:
+            s += ", mostly " + SHORT_REGION[name]
+    return s
+
+
+def headline(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float]) -> str:
+    """One line of HTML: each INT8 model's visibility class (colour-coded) and what INT8 buys.
+    Worded from the same ratings as the verdict below it, so the two never disagree."""
+    import html
+
+    models = result["models"]
+    bits = []
+    for role in ("ptq", "qat"):
+        m = models[role]
+        colour = COLOURS[rating(m)[0]]
+        bits.append(f'<span style="color:{colour}"><b>{ROLE_LABELS[role]}</b>: {html.escape(_short(m))}</span>')
+    med = {r: _median(latencies.get(r)) for r in ("fp32", "ptq", "qat")}
+    if all(med.values()):
+        speed = med["fp32"] / min(med["ptq"], med["qat"])
+        small = sizes_mb["fp32"] / max(1e-9, (sizes_mb["ptq"] + sizes_mb["qat"]) / 2)
+        fast = f"INT8 {speed:.1f}× faster" if speed >= 1.05 else "INT8 not faster here"
+        bits.append(f"<span>{fast}, {small:.1f}× smaller</span>")
+    return '<div class="headline">' + " · ".join(bits) + "</div>"
