@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import threading
 import time
@@ -333,9 +334,14 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
 def render_zoom(state: dict, x_pct: float, y_pct: float, window: int, out_dir: Path) -> str:
     imgs = state["images"]
     h, w = imgs["input"].shape[:2]
-    window = int(window or DEFAULT_WINDOW)
-    cx = float(x_pct) / 100.0 * w
-    cy = float(y_pct) / 100.0 * h
+    try:  # API callers can send anything: the zoom stays a small crop at a finite point
+        window = min(max(int(window or DEFAULT_WINDOW), min(ZOOM_WINDOWS)), max(ZOOM_WINDOWS))
+        cx = min(max(float(x_pct), 0.0), 100.0) / 100.0 * w
+        cy = min(max(float(y_pct), 0.0), 100.0) / 100.0 * h
+    except (TypeError, ValueError, OverflowError):
+        raise core.AppInputError("the zoom needs x and y between 0 and 100 and a window in pixels") from None
+    if not (math.isfinite(cx) and math.isfinite(cy)):
+        raise core.AppInputError("the zoom needs x and y between 0 and 100")
     x0, y0, x1, y1 = render.crop_box(w, h, cx, cy, window)
     tiles = [("Input", imgs["input"][y0:y1, x0:x1])]
     if imgs.get("reference") is not None:

@@ -49,6 +49,9 @@ MAX_INPUT_MP = _env_float("QATIE_MAX_MP", 2.0)
 FULL_SIZE_MAX_MP = _env_float("QATIE_FULL_SIZE_MAX_MP", 12.0)
 #: Shown images are capped at this size (full-size results are offered as downloads instead).
 DISPLAY_MAX_MP = MAX_INPUT_MP
+#: Longest side / shortest side the app accepts (panoramas up to 10:1; a 16×100000 strip is
+#: refused with a message instead of costing gigabytes in padding and figures).
+MAX_ASPECT = max(1.0, _env_float("QATIE_MAX_ASPECT", 10.0))
 #: Smallest side the app accepts (the network downsamples 8× internally).
 MIN_SIDE = 16
 #: Tiles for full-size processing (pixels, overlap): big tiles keep InstanceNorm statistics close

@@ -21,7 +21,7 @@ from qatie import runtime as rt
 from qatie.data import EVAL_DEGRADATION
 from qatie.degrade import degrade
 from qatie.errors import ImageReadError, QatieError
-from qatie.imageio import decode_image, to_uint8
+from qatie.imageio import MAX_PIXELS, decode_image_u8, to_uint8
 from qatie.metrics import error_levels, psnr, ssim
 
 from . import config
@@ -83,7 +83,7 @@ def _header_notes(data: bytes) -> tuple[list[str], tuple[int, int] | None]:
 
 @dataclass
 class Upload:
-    image: np.ndarray  # H×W×3 float32 in [0,1]
+    image: np.ndarray  # H×W×3 uint8 RGB (never a full-size float copy: see decode_image_u8)
     name: str
     notes: list[str]
     sha256: str
@@ -112,15 +112,24 @@ def read_upload(payload, what: str, max_pixels: float | None = None) -> Upload |
             raise AppInputError(
                 f"{label} is {w}×{h} pixels — too small: the app needs at least "
                 f"{config.MIN_SIDE}×{config.MIN_SIDE} pixels")
-        from qatie.imageio import MAX_PIXELS
-
         if w * h > MAX_PIXELS:
             raise AppInputError(f"{label} is {_mp(w, h)}: too large to open safely here "
                                 f"(limit {MAX_PIXELS / 1e6:.0f} MP)")
-    image = decode_image(data, label, max_pixels=max_pixels)
+        check_aspect(label, w, h)
+    image = decode_image_u8(data, label, max_pixels=max_pixels)
+    check_aspect(label, image.shape[1], image.shape[0])
     reduced = size is not None and max_pixels and size[0] * size[1] > 4 * max_pixels
     original = size if reduced else (image.shape[1], image.shape[0])
     return Upload(image, name, notes, hashlib.sha256(data).hexdigest(), original)
+
+
+def check_aspect(label: str, w: int, h: int) -> None:
+    """Refuse strips longer than `config.MAX_ASPECT`:1 — the network pads each side to a multiple
+    of 8 and the figures follow the shape, so a 16×100000 'photo' costs far more than its pixels."""
+    if min(w, h) and max(w, h) / min(w, h) > config.MAX_ASPECT:
+        raise AppInputError(
+            f"{label} is {w}×{h} pixels — an aspect ratio of {max(w, h) / min(w, h):.0f}:1; this app takes "
+            f"pictures up to {config.MAX_ASPECT:g}:1. Crop it to a less extreme shape and upload it again.")
 
 
 def peek_size(payload) -> tuple[int, int] | None:

@@ -102,10 +102,12 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
     cols = cols or (n if n <= 3 else math.ceil(n / 2))
     rows = math.ceil(n / cols)
     h, w = real[0][1].shape
-    aspect = h / w
     dpi = 100
-    panel_w = panel_px / dpi
-    fig = Figure(figsize=(cols * panel_w + 1.2, rows * (panel_w * aspect + 0.45) + 0.2), dpi=dpi)
+    # Each panel fits a panel_px × panel_px box whatever the map's shape, so the figure is at
+    # most about (cols·panel_px) × (rows·panel_px) pixels (a tall strip must not make it huge).
+    box = panel_px / dpi
+    panel_w, panel_h = (box, box * h / w) if w >= h else (max(box * w / h, 1.6), box)
+    fig = Figure(figsize=(cols * panel_w + 1.2, rows * (panel_h + 0.45) + 0.2), dpi=dpi)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.045], wspace=0.06, hspace=0.18,
                             left=0.01, right=0.93, top=0.93, bottom=0.03)

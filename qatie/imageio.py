@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,42 +21,135 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 120_000_000  # above this a file is refused rather than risking memory exhaustion
 
 
-def _pil_to_float(img: Image.Image, label: str) -> np.ndarray:
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF must not cost the picture
-        pass
-    if img.width * img.height > MAX_PIXELS:
-        raise ImageReadError(f"{label}: {img.width}×{img.height} is too large (limit {MAX_PIXELS:,} pixels)")
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / top, 0, 1)
-        return np.repeat(a[..., None], 3, axis=2).astype(np.float32)
+#: Rows are converted to 8-bit RGB in strips of about this many pixels, so no mode (1-bit,
+#: palette, 16-bit, float…) ever has a full-size copy in a wider type: the worst decode holds the
+#: decoder's own image (at most 4 bytes a pixel: 480 MB at `MAX_PIXELS`) plus the 8-bit result.
+STRIP_PIXELS = 4_000_000
+
+
+def _gray_top(img: Image.Image) -> float:
+    """The white level of a 16/32-bit grayscale image (16-bit modes: 65535; 'I': 255 unless larger)."""
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    lo, hi = img.getextrema()
+    return 65535.0 if hi > 255 else 255.0
+
+
+def _strip_rgb_u8(strip: Image.Image, mode: str, transparent: bool, top: float) -> np.ndarray:
+    """One strip of rows → h×w×3 uint8 RGB (transparency composited on white)."""
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(strip).astype(np.float32)
+        g = (np.clip(a / np.float32(top), 0, 1) * 255 + 0.5).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
     if mode == "F":
-        a = np.clip(np.asarray(img, dtype=np.float32), 0, 1)
-        return np.repeat(a[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        g = (np.clip(np.asarray(strip, dtype=np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if transparent:
         # Composite on white: what a viewer shows for transparent areas.
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, rgba)
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return np.ascontiguousarray(arr)
+        rgba = np.asarray(strip.convert("RGBA")).astype(np.uint16)
+        a = rgba[..., 3:]
+        return ((rgba[..., :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    return np.asarray(strip.convert("RGB"))
+
+
+def _to_rgb_u8(img: Image.Image, factor: int = 1) -> np.ndarray:
+    """A loaded PIL image of any mode → H×W×3 uint8 RGB, box-reduced by `factor`, strip by strip."""
+    mode = img.mode
+    transparent = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    top = _gray_top(img) if mode.startswith("I") else 255.0
+    w, h = img.size
+    rows = max(factor, STRIP_PIXELS // max(1, w) // factor * factor)
+    out = np.empty((math.ceil(h / factor), math.ceil(w / factor), 3), np.uint8)
+    for y in range(0, h, rows):
+        rgb = _strip_rgb_u8(img.crop((0, y, w, min(h, y + rows))), mode, transparent, top)
+        if factor > 1:
+            rgb = np.asarray(Image.fromarray(rgb).reduce(factor))
+        out[y // factor:y // factor + rgb.shape[0]] = rgb
+    return out
+
+
+def _open_checked(data: bytes, label: str):
+    """Image.open with every failure as an ImageReadError naming `label`; refuses > MAX_PIXELS."""
+    try:
+        with warnings.catch_warnings():  # the pixel limit below is ours; Pillow's warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: not an image file (or a format qatie cannot read)") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{label}: too large to open safely (limit {MAX_PIXELS:,} pixels)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{label}: the image is corrupt or truncated ({e})") from None
+    if img.width < 1 or img.height < 1:
+        img.close()
+        raise ImageReadError(f"{label}: the image has no pixels")
+    if img.width * img.height > MAX_PIXELS:
+        w, h = img.size
+        img.close()
+        raise ImageReadError(f"{label}: {w}×{h} is too large (limit {MAX_PIXELS:,} pixels)")
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # broken EXIF must not cost the picture
+        return 1
+
+
+def decode_image_u8(data: bytes, label: str = "image", max_pixels: float | None = None) -> np.ndarray:
+    """Decode image bytes to H×W×3 uint8 RGB, upright, first page/frame only — the app's path.
+
+    With `max_pixels`, a photo more than 4× larger is box-reduced by an integer factor while it
+    is converted (JPEG: decoded at 1/2–1/8 scale by the DCT), leaving at least `max_pixels`; the
+    caller resizes to its exact target. Memory stays within the decoder's own image plus strips."""
+    if len(data) == 0:
+        raise ImageReadError(f"{label}: the file is empty")
+    img = _open_checked(data, label)
+    try:
+        w, h = img.size
+        factor = max(1, int(math.sqrt(w * h / max_pixels))) if max_pixels else 1
+        factor = factor if factor >= 2 else 1
+        if factor > 1 and img.format == "JPEG":
+            img.draft(img.mode, (w // factor, h // factor))  # decode at 1/2, 1/4 or 1/8 scale
+        img.load()  # the first frame of a multi-page TIFF / animated file only
+        if factor > 1:
+            factor = max(1, int(math.sqrt(img.width * img.height / max_pixels)))
+        arr = _to_rgb_u8(img, factor if factor >= 2 else 1)
+        return _apply_orientation(arr, _orientation(img))
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"{label}: not enough memory to decode this image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageReadError(f"{label}: the image is corrupt or truncated ({e})") from None
+    finally:
+        img.close()
 
 
 def _decode_wide_tiff(data: bytes) -> np.ndarray | None:
-    """Pillow reduces 16-bit RGB TIFF to 8 bits; tifffile (a scikit-image dependency) keeps them."""
+    """Pillow reduces 16-bit RGB TIFF to 8 bits; tifffile (a scikit-image dependency) keeps them.
+    First page only (a multi-page TIFF is one photo here, not a stack)."""
     try:
         import tifffile
 
-        a = tifffile.imread(io.BytesIO(data))
+        a = tifffile.imread(io.BytesIO(data), key=0)
     except Exception:
         return None
     if a.dtype == np.uint16 and a.ndim == 3 and a.shape[2] in (3, 4):
-        return np.ascontiguousarray(a[..., :3].astype(np.float32) / 65535.0)
+        out = np.empty(a.shape[:2] + (3,), np.float32)
+        np.multiply(a[..., :3], np.float32(1 / 65535.0), out=out, casting="unsafe")
+        return out
     return None
+
+
+def _gray_float(img: Image.Image) -> np.ndarray:
+    """16/32-bit or float grayscale → H×W×3 float32 in [0,1] keeping its precision (float32 only)."""
+    top = 1.0 if img.mode == "F" else _gray_top(img)
+    g = np.asarray(img).astype(np.float32)
+    g *= np.float32(1.0 / top)
+    np.clip(g, 0, 1, out=g)
+    return np.repeat(g[..., None], 3, axis=2)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -71,62 +165,31 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def decode_image(data: bytes, label: str = "image", max_pixels: float | None = None) -> np.ndarray:
-    """Decode image bytes (see `read_image`); `label` names the source in error messages.
-
-    With `max_pixels`, a photo more than 4× larger is decoded at a reduced size (at least
-    `max_pixels`; see `_decode_reduced`): the caller still resizes to its exact target."""
+    """Decode image bytes to H×W×3 float32 RGB in [0,1] (see `read_image`); `label` names the
+    source in error messages. 16-bit files keep their precision; everything else goes through
+    `decode_image_u8` (same reduction with `max_pixels`)."""
     if len(data) == 0:
         raise ImageReadError(f"{label}: the file is empty")
-    if max_pixels:
-        reduced = _decode_reduced(data, label, max_pixels)
-        if reduced is not None:
-            return reduced
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.width < 1 or img.height < 1:
-                raise ImageReadError(f"{label}: the image has no pixels")
-            if img.format == "TIFF" and img.mode in ("RGB", "RGBA"):
-                wide = _decode_wide_tiff(data)
-                if wide is not None:
-                    return _apply_orientation(wide, img.getexif().get(0x0112, 1))
-            return _pil_to_float(img, label)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{label}: not an image file (or a format qatie cannot read)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{label}: too large to open safely ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"{label}: the image is corrupt or truncated ({e})") from None
-
-
-#: PIL modes that `Image.reduce` handles (others, e.g. 16-bit, always take the full decoder).
-_REDUCIBLE = ("RGB", "RGBA", "L", "LA", "CMYK", "I", "F")
-
-
-def _decode_reduced(data: bytes, label: str, max_pixels: float) -> np.ndarray | None:
-    """Decode a photo more than 4× larger than `max_pixels` at a reduced size: JPEG DCT scaling
-    and an integer box reduction in PIL *before* converting to float, so a 50-MP upload costs
-    about a second instead of ten and a fraction of the memory. None when the fast path does not
-    apply (not that large, an exotic mode, multi-frame, unreadable): the full decoder then runs
-    and reports any error."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            factor = int(math.sqrt(w * h / max_pixels))
-            if factor < 2 or im.mode not in _REDUCIBLE or getattr(im, "n_frames", 1) > 1:
-                return None
-            if im.format == "JPEG":
-                im.draft(im.mode, (w // factor, h // factor))  # decode at 1/2, 1/4 or 1/8 scale
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rest = max(1, int(math.sqrt(im.width * im.height / max_pixels)))
-            if rest >= 2:
-                im = im.reduce(rest)
-            return _pil_to_float(im, label)
-    except Exception:
-        return None
+    with _open_checked(data, label) as img:
+        mode, fmt = img.mode, img.format
+        wide = not max_pixels and (mode.startswith("I") or mode == "F" or (fmt == "TIFF" and mode in ("RGB", "RGBA")))
+        if wide:
+            try:
+                img.load()
+                if fmt == "TIFF" and mode in ("RGB", "RGBA"):
+                    a = _decode_wide_tiff(data)
+                else:
+                    a = _gray_float(img)
+                if a is not None:
+                    return _apply_orientation(a, _orientation(img))
+            except MemoryError:
+                raise ImageReadError(f"{label}: not enough memory to decode this image") from None
+            except (OSError, ValueError, SyntaxError, EOFError) as e:
+                raise ImageReadError(f"{label}: the image is corrupt or truncated ({e})") from None
+    u8 = decode_image_u8(data, label, max_pixels)
+    out = np.empty(u8.shape, np.float32)
+    np.multiply(u8, np.float32(1 / 255.0), out=out)
+    return out
 
 
 def _apply_orientation(a: np.ndarray, orient: int) -> np.ndarray:
@@ -137,7 +200,10 @@ def _apply_orientation(a: np.ndarray, orient: int) -> np.ndarray:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Float [0,1] → uint8 with rounding (the one quantisation to 8-bit levels for display/writing)."""
+    """Float [0,1] → uint8 with rounding (the one quantisation to 8-bit levels for display/writing);
+    uint8 passes through unchanged."""
+    if image.dtype == np.uint8:
+        return image
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
