@@ -32,6 +32,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from qatie.cpu import int8_path
 from qatie.errors import QatieError
 
 from . import config, core, models, render
@@ -145,7 +146,7 @@ def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, ex
         names += " — replaced by uploads: " + ", ".join(
             f"{models.ROLE_LABELS[r]} = {n}" for r, (_, n) in overrides.items())
     lines.append(f"`{prep.name}` processed at {w}×{h} ({mode}) with **{names}**, {config.THREADS} ONNX Runtime "
-                 "thread(s)."
+                 f"thread(s), INT8 kernels: {int8_path()}."
                  + (f" {extra}" if extra else ""))
     return "\n\n".join(lines)
 
@@ -160,6 +161,7 @@ def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model
     out["file_mb"] = {r: round(sizes[r], 3) for r in models.ROLES}
     out["model_set"] = model_set.label
     out["threads"] = config.THREADS
+    out["int8_path"] = int8_path()  # which integer kernels produced the INT8 outputs and latencies (qatie.cpu)
     out["original_size"] = list(prep.original_size)
     out["seed"] = prep.seed
     return out

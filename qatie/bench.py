@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import runtime as rt
+from .cpu import machine_summary
 from .errors import ModelFileError, QatieError
 
 REFERENCE_NAME = "reference_tflite"
@@ -78,23 +79,15 @@ def _mb(n_bytes: int) -> float:
     return n_bytes / (1024.0 * 1024.0)
 
 
-def _cpu_model() -> Optional[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def machine_info() -> dict:
+def machine_info(threads: Optional[int] = None) -> dict:
+    """The machine a benchmark ran on; `cpu`, `threads` and `int8_path` (which MLAS integer
+    kernels produced the INT8 numbers, `qatie.cpu`) first."""
     import onnxruntime as ort
 
-    info = {
+    info = machine_summary(threads)
+    info |= {
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": info["cpu"],
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
@@ -262,7 +255,7 @@ def run_benchmark(
     baseline = next((l for l, p in labelled if l == "fp32" or p.stem == "fp32"), labels[0])
 
     ref = _TFLiteReference(reference_tflite, threads) if reference_tflite else None
-    machine = machine_info()
+    machine = machine_info(threads)
     if ref is not None:
         try:
             from importlib.metadata import version
@@ -392,7 +385,8 @@ def format_table(result: dict) -> str:
     m = result.get("machine", {})
     foot = (
         f"threads={result.get('threads')} runs={result.get('runs')} warmup={result.get('warmup')} "
-        f"onnxruntime={m.get('onnxruntime')} cpus={m.get('cpu_count')} {m.get('cpu_model') or ''}".rstrip()
+        f"onnxruntime={m.get('onnxruntime')} cpus={m.get('cpu_count')} int8_path={m.get('int8_path')} "
+        f"{m.get('cpu_model') or ''}".rstrip()
     )
     ref = result.get("reference")
     if ref and ref.get("note"):

@@ -254,6 +254,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_deviation(args) -> int:
+    from .bench import parse_size
+    from .imageio import read_image
+    from .int8_reference import default_images, format_deviation, measure
+
+    try:
+        images = ({Path(p).name: read_image(p) for p in args.images} if args.images
+                  else default_images(parse_size(args.size)))
+    except ValueError as e:
+        raise QatieError(str(e)) from None
+    result = measure(args.models.split(","), images, threads=args.threads)
+    print(format_deviation(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        print(f"→ {args.json}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import build_report
 
@@ -406,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reference-tflite", metavar="PATH", help="also time the authors' INT8 TFLite model")
     b.add_argument("--json", metavar="FILE")
     b.set_defaults(func=cmd_bench)
+
+    dv = sub.add_parser("deviation", help="INT8 output vs the exact integer result on this CPU's kernels",
+                        description="Run INT8 models in ONNX Runtime and compare with the exact integer result "
+                        "(ONNX Runtime's AVX2 kernels saturate int16 pair sums; qatie.int8_reference): output "
+                        "levels, agreement dB, and per conv the numpy reference and the model of this CPU's kernels.")
+    dv.add_argument("--models", default="ptq,qat", help="comma-separated INT8 .onnx files or ptq/qat")
+    dv.add_argument("--size", default="128x192", help="HxW centre crop of the three sample photos")
+    dv.add_argument("--images", nargs="+", metavar="IMAGE", help="your images instead of the sample crops")
+    dv.add_argument("--threads", type=int, default=1)
+    dv.add_argument("--json", metavar="FILE")
+    dv.set_defaults(func=cmd_deviation)
 
     r = sub.add_parser("report", help="measure the shipped models and write the model card",
                        description="Evaluate input / FP32 / PTQ-INT8 / QAT-INT8 (and percentile/entropy PTQ) on the "

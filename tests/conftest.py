@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,21 @@ def run_cli(*args: str, cwd=None, timeout: float = 240, check: bool = True) -> s
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@contextmanager
+def non_saturating_weights():
+    """Quantize weights to −64…64 instead of −127…127 while exporting and simulating (patches the
+    QuantSpec where it is read). With |w| ≤ 64 ONNX Runtime's AVX2 pair sums cannot saturate, so a
+    random model computes the exact integer result on every CPU (derivation: tests/tolerances.py)."""
+    import dataclasses
+
+    import qatie.export
+    import qatie.quant
+    from tests.tolerances import NON_SATURATING_WEIGHT_MAX as wmax
+
+    spec = dataclasses.replace(qatie.quant.SPEC, weight_qmin=-wmax, weight_qmax=wmax)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qatie.quant, "SPEC", spec)
+        mp.setattr(qatie.export, "SPEC", spec)
+        yield spec

@@ -16,7 +16,7 @@ from qatie.model import build_model
 from qatie.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ranges, free_points,
                          prepare_qat, quant_params)
 from qatie.runtime import OnnxEnhancer, session_options
-from tests.conftest import REPO_ROOT, make_image
+from tests.conftest import REPO_ROOT, make_image, non_saturating_weights
 from tests.tolerances import TOLERANCES
 
 CKPT = REPO_ROOT / "checkpoints"
@@ -45,10 +45,14 @@ def optimized_ops(path, tmp_path) -> Counter:
 
 @pytest.fixture(scope="module")
 def small_int8(tmp_path_factory):
+    """A random width-8 model, its minmax ranges, INT8 export (weights in −64…64: exact on every
+    CPU, see `non_saturating_weights`) and FP32 export."""
     d = tmp_path_factory.mktemp("int8")
     m = random_model()
     ranges = calibrate(m, calib_images(), "minmax")
-    return m, ranges, export_int8(m, ranges, d / "m.onnx", source="ptq-minmax"), export_fp32(m, d / "f.onnx")
+    with non_saturating_weights():
+        int8 = export_int8(m, ranges, d / "m.onnx", source="ptq-minmax")
+    return m, ranges, int8, export_fp32(m, d / "f.onnx")
 
 
 def test_minmax_ranges_are_the_observed_extremes():
@@ -133,7 +137,9 @@ def test_every_conv_runs_as_an_integer_kernel(small_int8, tmp_path):
 
 
 def assert_random_sim_matches_ort(sim, onnx_path):
-    """Torch fake-quant `sim` vs ORT running its INT8 export, on one odd-sized image."""
+    """Torch fake-quant `sim` vs ORT running its INT8 export, on one odd-sized image. Call it
+    inside `non_saturating_weights` (the export too): a random model's full-range weights
+    saturate ONNX Runtime's AVX2 pair sums (tens of levels, tests/test_int8_path.py)."""
     img = make_image(40, 56, seed=9)
     with torch.no_grad():
         ys = sim(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
@@ -145,8 +151,9 @@ def assert_random_sim_matches_ort(sim, onnx_path):
 
 def test_int8_onnx_equals_the_torch_simulation_on_a_random_model(small_int8):
     m, ranges, path, _ = small_int8
-    sim = prepare_qat(random_model(), ranges).eval()
-    assert_random_sim_matches_ort(sim, path)
+    with non_saturating_weights():  # the export's weight levels
+        sim = prepare_qat(random_model(), ranges).eval()
+        assert_random_sim_matches_ort(sim, path)
 
 
 def test_qat_ranges_move_during_training_and_export_uses_them(tmp_path):
@@ -193,33 +200,35 @@ def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_
 
 def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
     """The shipped recipe's path: ranges start from entropy calibration, are learned (LSQ), and
-    the INT8 export runs what the fake-quant simulation ran."""
+    the INT8 export runs what the fake-quant simulation ran (weights in −64…64 so that ONNX
+    Runtime computes the exact integer result on every CPU)."""
     from qatie.checkpoint import read_checkpoint, save_checkpoint
     from qatie.ptq import calibration_images
     from qatie.qat import export_checkpoint, run_qat
     from qatie.quant import model_from_qat_checkpoint
 
-    fp32 = tmp_path / "fp32.pt"
-    save_checkpoint(fp32, random_model(), kind="fp32", config={"loss": "l1"})
-    start = calibrate(random_model(), calibration_images("samples", 2, 0), "entropy")
-    frozen = model_from_qat_checkpoint(read_checkpoint(run_qat(  # lr 0: the ranges it starts from
-        fp32, tmp_path / "qat0.pt", data=["samples"], steps=2, lr=0.0, learnable=True, calib_method="entropy",
-        batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)), "qat0")
-    for name, fq in frozen.fake_quants.items():
-        if fq.learnable:
-            lo, hi = start[name.replace("__", ".")]
-            scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi), fq.tanh_lut)
-            assert fq.qparams()[0].item() == pytest.approx(scale.item(), rel=1e-6) and fq.qparams()[1].item() == zp.item()
-    path = run_qat(fp32, tmp_path / "qat.pt", data=["samples"], steps=6, lr=1e-3, learnable=True, distill=1.0,
-                   calib_method="entropy", batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)
-    ckpt = read_checkpoint(path)
-    assert ckpt["learnable"] is True and ckpt["calib"]["method"] == "entropy"
-    sim = model_from_qat_checkpoint(ckpt, "qat").eval()
-    learned = current_ranges(sim)
-    assert set(learned) == set(start)
-    assert sum(learned[k] != pytest.approx(start[k], rel=1e-4) for k in start) > len(start) // 2
-    onnx_path = export_checkpoint(path, tmp_path / "qat.onnx")
-    assert_random_sim_matches_ort(sim, onnx_path)
+    with non_saturating_weights():  # trained, simulated and exported with weights in −64…64
+        fp32 = tmp_path / "fp32.pt"
+        save_checkpoint(fp32, random_model(), kind="fp32", config={"loss": "l1"})
+        start = calibrate(random_model(), calibration_images("samples", 2, 0), "entropy")
+        frozen = model_from_qat_checkpoint(read_checkpoint(run_qat(  # lr 0: the ranges it starts from
+            fp32, tmp_path / "qat0.pt", data=["samples"], steps=2, lr=0.0, learnable=True, calib_method="entropy",
+            batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)), "qat0")
+        for name, fq in frozen.fake_quants.items():
+            if fq.learnable:
+                lo, hi = start[name.replace("__", ".")]
+                scale, zp = act_qparams(torch.tensor(lo), torch.tensor(hi), fq.tanh_lut)
+                assert fq.qparams()[0].item() == pytest.approx(scale.item(), rel=1e-6) and fq.qparams()[1].item() == zp.item()
+        path = run_qat(fp32, tmp_path / "qat.pt", data=["samples"], steps=6, lr=1e-3, learnable=True, distill=1.0,
+                       calib_method="entropy", batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)
+        ckpt = read_checkpoint(path)
+        assert ckpt["learnable"] is True and ckpt["calib"]["method"] == "entropy"
+        sim = model_from_qat_checkpoint(ckpt, "qat").eval()
+        learned = current_ranges(sim)
+        assert set(learned) == set(start)
+        assert sum(learned[k] != pytest.approx(start[k], rel=1e-4) for k in start) > len(start) // 2
+        onnx_path = export_checkpoint(path, tmp_path / "qat.onnx")
+        assert_random_sim_matches_ort(sim, onnx_path)
 
 
 def test_learnable_ranges_get_gradients():

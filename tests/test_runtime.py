@@ -365,6 +365,8 @@ def test_run_benchmark_rows_and_interleaving(models, monkeypatch, tmp_path):
 
     assert res["threads"] == 2 and res["baseline"] == "fp32"
     assert {"cpu_count", "onnxruntime", "platform"} <= set(res["machine"])
+    from qatie.cpu import int8_path
+    assert res["machine"]["int8_path"] == int8_path() and res["machine"]["threads"] == 2 and res["machine"]["cpu"]
     rows = res["results"]
     assert len(rows) == 4
     keys = {"model", "path", "size", "median_ms", "min_ms", "max_ms", "ratio_to_fp32", "file_mb", "peak_rss_mb"}
