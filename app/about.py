@@ -6,16 +6,33 @@ from . import config
 PAPER_TITLE = ("Bridging the Training-Deployment Gap: Gated Encoding and Multi-Scale Refinement for "
                "Efficient Quantization-Aware Image Enhancement")
 PAPER = (f"*{PAPER_TITLE}* — Dat To-Thanh, Nghia Nguyen-Trong, Hoang Vo, Hieu Bui-Minh, Tinh-Anh Nguyen-Nhu "
-         "(CVPR Workshops 2026, arXiv:2604.21743; authors' code: github.com/GenAI4E/QATIE).")
+         "(CVPR Workshops 2026, [arXiv:2604.21743](https://arxiv.org/abs/2604.21743); authors' code: "
+         "[github.com/GenAI4E/QATIE](https://github.com/GenAI4E/QATIE)).")
 
-INTRO = """\
-# QATIE — what INT8 does to a photo enhancer
+PAPER_URL = "https://arxiv.org/abs/2604.21743"
+CODE_URL = "https://github.com/GenAI4E/QATIE"
 
-Upload a photo taken with a cheap phone camera (or click an example). The same enhancement network
-runs three times: in **full precision (FP32)**, and as two **8-bit integer (INT8)** models — one made
-by **post-training quantization (PTQ)**, one by **quantization-aware training (QAT)**. INT8 models
-are about 4× smaller and faster on CPUs and phones; the question is what they cost in picture
-quality. Compare the outputs, slide between them, zoom into single pixels and read the numbers.
+#: The page header: two lines, then "What am I looking at?" (INTRO) collapsed under it.
+HEADER = """\
+## QATIE — what 8-bit (INT8) quantization does to a photo enhancer
+One network, three ways: **full precision (FP32)** and two **INT8** models, **PTQ** and **QAT**. \
+The view below shows where they differ most on a photo; pick an example or upload your own.
+"""
+
+INTRO = f"""\
+The same photo-enhancement network (from the paper [*{PAPER_TITLE}*]({PAPER_URL})) runs three times:
+in **full precision (FP32)**, and as two **8-bit integer (INT8)** models — one made by
+**post-training quantization (PTQ)**, one by **quantization-aware training (QAT)**. INT8 models are
+about 4× smaller and faster on CPUs and phones; the question is what they cost in picture quality.
+
+- **The line on top** says, for each INT8 model, whether its picture looks different from full
+  precision (green: no; amber: only when zoomed in; red: yes), and what INT8 buys in speed and size.
+- **The enlarged crops** show the spot where an INT8 model differs most *visibly* from FP32 (mid-tones
+  and texture, where the eye notices), every square one real pixel, with its error underneath.
+  The slider next to them wipes between FP32 and that INT8 model.
+- **The heatmaps** show the difference for every pixel, in 8-bit levels on a fixed scale:
+  1–2 levels are invisible, tens of levels are obvious.
+- **Details** has the table of measurements and the full explanation.
 """
 
 ABOUT = f"""\
@@ -54,13 +71,14 @@ this project retrains it, quantizes it both ways and measures the difference on 
 - **|PTQ-INT8 − FP32|** and **|QAT-INT8 − FP32|** isolate the quantization error: full precision
   is the model's intended output. Dark = identical; bright = different.
 - With a reference (an uploaded ground truth, or the clean photo when you simulate a phone
-  photo) the second row shows each model's error **against the reference** — that is the
-  enhancement's quality, of which quantization is one part.
-- All maps share **one colour scale** (the colour bar, in levels); the scale is square-root, so
-  small errors stay visible next to big ones, and it tops out at the 99.9th percentile of all
-  maps (an arrow on the colour bar means a few pixels are brighter still — the panel titles give
-  each map's true maximum). Large photos are shrunk for display by taking the
-  *maximum* of each block, so one bad pixel never disappears; the zoom shows exact pixels.
+  photo), *Error against the reference* shows each model's error **against the reference** — that
+  is the enhancement's quality, of which quantization is one part.
+- The colour scales are **fixed**, so a colour means the same on every photo: 0–16 levels for the
+  quantization error, 0–64 levels against the reference (an arrow on the colour bar means some
+  pixels are brighter still — the panel titles give each map's true maximum). The scale is
+  square-root, so small errors stay visible next to big ones. Large photos are shrunk for
+  display by taking the *maximum* of each block, so one bad pixel never disappears; the zoom
+  shows exact pixels.
 
 ## How the numbers are measured
 
@@ -76,7 +94,7 @@ this project retrains it, quantizes it both ways and measures the difference on 
   (tiled)*.
 """
 
-HEATMAP_HELP = ("Per-pixel difference in 8-bit levels (max over R, G, B), one shared colour scale. "
-                "Top: quantization error (INT8 vs FP32). Bottom (with a reference): each model vs the ground truth.")
-ZOOM_HELP = ("Click any output image (or use the sliders) to choose where to zoom. Pixels are enlarged with "
-             "nearest-neighbour, so every square is one real pixel.")
+HEATMAP_HELP = ("Per-pixel difference between each INT8 model and FP32 in 8-bit levels (max over R, G, B), "
+                "on a fixed colour scale of 0–16 levels: 1–2 levels are invisible, 16 or more are obvious.")
+ZOOM_HELP = ("The crops start where an INT8 model differs most *visibly* from FP32. Click any of the full "
+             "pictures below (or use these sliders) to look elsewhere; every square is one real pixel.")

@@ -186,8 +186,8 @@ def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str,
 
     worst = result.get("worst")
     if worst and rating(models[worst["role"]])[0] > 0:
-        parts.append(f"The zoom starts where {ROLE_LABELS[worst['role']]} differs most from full precision "
-                     f"(around x = {worst['x']}, y = {worst['y']}); click any output to move it.")
+        parts.append(f"The enlarged crops show where {ROLE_LABELS[worst['role']]} differs most visibly from full "
+                     f"precision (around x = {worst['x']}, y = {worst['y']}); click any full picture to move them.")
     return "\n\n".join(parts)
 
 

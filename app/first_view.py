@@ -1,0 +1,162 @@
+"""The page opens with an answer, and the example photos behave like examples.
+
+* An example's comparison is computed once, in the background, when the app starts (after the
+  model warm-up) and cached like every example result; each page load then shows it at once —
+  a visitor's first sight is a comparison, not a form. The example is the first of
+  `assets/examples` (or `QATIE_FIRST_EXAMPLE=<name>`), on whatever model set the Compare tab
+  uses by default.
+* The example gallery's click loads the photo and its clean reference.
+* A reference that came with an example never scores a photo the user uploads afterwards: a new
+  photo (or clearing it) removes it. A reference the user uploaded stays, and a note under the
+  Compare button says which reference the scores are against.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from . import compare, core, models
+
+log = logging.getLogger("qatie.app")
+
+_READY = threading.Event()
+_LOCK = threading.Lock()
+_STATE: dict = {"started": False, "error": None, "seconds": None, "model_set": None}
+#: How long a page load waits for the start-up comparison before showing the empty form.
+LOAD_WAIT_S = 90.0
+
+
+def examples() -> list[tuple[str, str | None, str]]:
+    """(photo, reference or None, label) of each bundled example."""
+    out = []
+    for photo, ref in compare.example_rows():
+        out.append((photo, ref, Path(photo).name.replace("_input.png", "").replace("_", " ")))
+    return out
+
+
+def first_example() -> tuple[str, str | None] | None:
+    rows = examples()
+    if not rows:
+        return None
+    wanted = os.environ.get("QATIE_FIRST_EXAMPLE", "").strip().lower()
+    for photo, ref, label in rows:
+        if label == wanted:
+            return photo, ref
+    return rows[0][0], rows[0][1]
+
+
+def _run(model_key: str) -> None:
+    t0 = time.perf_counter()
+    try:
+        ex = first_example()
+        if ex is None:
+            _STATE["error"] = "no example photos in assets/examples"
+            return
+        if model_key == models.SHIPPED_KEY:
+            models.wait_warm()
+        for _ in compare.compare(ex[0], ex[1], model_set=model_key):
+            pass  # the last update is cached by compare (examples are cached per model set)
+    except Exception as exc:  # the page then opens with the empty form; compare reports the real error
+        _STATE["error"] = str(getattr(exc, "message", exc))
+        log.warning("start-up example failed: %s", _STATE["error"])
+    finally:
+        _STATE["seconds"] = round(time.perf_counter() - t0, 2)
+        _READY.set()
+
+
+def start(model_key: str = models.SHIPPED_KEY) -> None:
+    """Compute the first example's comparison in a daemon thread (idempotent)."""
+    with _LOCK:
+        if _STATE["started"]:
+            return
+        _STATE.update(started=True, model_set=model_key)
+    threading.Thread(target=_run, args=(model_key,), name="qatie-first-view", daemon=True).start()
+
+
+def state() -> dict:
+    return dict(_STATE, ready=_READY.is_set())
+
+
+def on_load(model_key: str = models.SHIPPED_KEY):
+    """Page load: the example photo and reference, then its (cached) comparison.
+    Yields [photo, reference, *compare outputs]."""
+    ex = first_example()
+    if ex is None:
+        return
+    start(model_key)  # normally started with the app; this covers a demo launched another way
+    shown = False  # the photo and reference are sent once
+
+    def inputs() -> list:
+        return [gr.skip(), gr.skip()] if shown else [ex[0], ex[1]]
+
+    if not _READY.is_set():
+        yield inputs() + compare._empty_outputs("Preparing the example comparison (the models are warming up)…")
+        shown = True
+        _READY.wait(LOAD_WAIT_S)
+    if not _READY.is_set() or _STATE["error"]:
+        yield inputs() + compare._empty_outputs("Upload a photo or click an example, then **Compare**.")
+        return
+    try:
+        for vals in compare.compare(ex[0], ex[1], model_set=model_key):  # a cache hit: one update
+            yield inputs() + list(vals)
+            shown = True
+    except gr.Error:
+        pass  # compare already put its message in the notice line
+
+
+def pick(evt: gr.SelectData):
+    """Gallery click → (photo, reference) of that example."""
+    rows = examples()
+    try:
+        photo, ref, _ = rows[int(evt.index)]
+    except (TypeError, ValueError, IndexError):
+        raise gr.Error("Unknown example: reload the page.") from None
+    return photo, ref
+
+
+# --------------------------------------------------------------------------------------------
+# References that came with an example
+# --------------------------------------------------------------------------------------------
+
+_REF_SHAS: set[str] | None = None
+
+
+def _sha(path: str | Path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def is_example_reference(payload) -> bool:
+    global _REF_SHAS
+    found = core.payload_path(payload)
+    if found is None:
+        return False
+    if _REF_SHAS is None:
+        _REF_SHAS = {s for _, ref, _ in examples() if ref and (s := _sha(ref))}
+    return _sha(found[0]) in _REF_SHAS
+
+
+def drop_example_reference(reference):
+    """The user put in a photo of their own (or cleared it): an example's reference goes."""
+    return None if is_example_reference(reference) else gr.skip()
+
+
+def reference_note(reference, simulate=False) -> str:
+    """The line under the Compare button saying what the scores are measured against."""
+    if simulate:
+        return "Scores are against your clean upload (*simulate a phone photo* is on, under **Advanced**)."
+    found = core.payload_path(reference)
+    if found is None:
+        return ""
+    if is_example_reference(reference):
+        return "Scored against the example's clean photo (**Advanced › Ground truth**); a photo of your own removes it."
+    return f"Scored against your reference `{found[1]}` (**Advanced › Ground truth**)."
+
