@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -273,8 +274,6 @@ def deviation(model: "str | os.PathLike", image: np.ndarray, threads: int = 1, p
     from .runtime import OnnxEnhancer
 
     deployed = OnnxEnhancer(model, threads=threads).enhance(image)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as d:
         ref_path = Path(d) / "exact.onnx"
         onnx.save(exact_model(model), str(ref_path))

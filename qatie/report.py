@@ -424,12 +424,21 @@ def render_markdown(card: dict, figure: Path | None) -> str:
                      "memory). InstanceNorm normalises each tile with its own statistics, so tiled output differs from "
                      "whole-image output; measured here on the photos larger than one tile:\n\n"
                      f"{tiling_table(card['tiling'])}\n")
-    parts.append(f"## Latency (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, {b.get('threads')} threads, "
-                 f"median of {b.get('runs', '')} interleaved runs after warm-up)\n\n{bench_table(b)}\n")
+    parts.append(f"## Latency (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, {b.get('threads')} threads"
+                 f"{machine_line(b)}, median of {b.get('runs', '')} interleaved runs after warm-up)\n\n{bench_table(b)}\n")
     if figure:
         parts.append(f"## Where the INT8 error is\n\n![crops](../assets/{Path(figure).name})\n\nCrops where minmax PTQ "
                      "differs most from FP32; the two error maps share one colour scale (8-bit levels).\n")
     return "\n".join(parts)
+
+
+def machine_line(bench: dict) -> str:
+    """', <CPU>, INT8 kernels: <path>' of a benchmark result (qatie.cpu): which integer kernels
+    produced the INT8 numbers — AVX2 sums differ from the exact ones (qatie.int8_reference)."""
+    m = bench.get("machine", {})
+    if not m.get("int8_path"):
+        return ""
+    return f", {m.get('cpu') or m.get('cpu_model') or 'CPU'}, INT8 kernels: {m['int8_path']}"
 
 
 README_BEGIN, README_END = "<!-- model-card:begin (written by qatie report --readme; do not edit) -->", "<!-- model-card:end -->"
@@ -472,7 +481,7 @@ def readme_results(card: dict) -> str:
     big = {**b, "results": [r for r in b["results"] if r["size"] == "1920x1080"]}
     if big["results"]:
         parts.append(f"**Latency at 1920×1080** (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, "
-                     f"{b.get('threads')} threads, median of {b.get('runs', '')} interleaved runs after warm-up; "
+                     f"{b.get('threads')} threads{machine_line(b)}, median of {b.get('runs', '')} interleaved runs after warm-up; "
                      f"other sizes in the model card)\n\n{bench_table(big)}\n")
     if card.get("tiling"):
         parts.append("**Tiling** (photos larger than one tile run in overlapping tiles; InstanceNorm sees each tile's "

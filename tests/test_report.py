@@ -42,6 +42,8 @@ def test_report_scores_and_times_every_variant(card):
         assert t["images"] == 2 and 20 < t["psnr_tiled_vs_whole"] < 80
     md = (tmp / "MODEL_CARD.md").read_text()
     assert "## Goals" in md and "PTQ-INT8 (entropy)" in md and "## Tiling" in md
+    from qatie.cpu import int8_path  # the card names the integer kernels that produced its INT8 numbers
+    assert out["benchmark"]["machine"]["int8_path"] == int8_path() and f"INT8 kernels: {int8_path()}" in md
     assert 0 <= out["target_tones"]["synthetic"]["luma_p1"] < out["target_tones"]["synthetic"]["luma_p99"] <= 1
     assert json.loads((tmp / "MODEL_CARD.json").read_text())["goals"] == json.loads(json.dumps(out["goals"]))
 
