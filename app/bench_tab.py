@@ -139,4 +139,4 @@ def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):
     m = res.get("machine", {}) if rows else {}
     yield plot, _table(rows), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
                                  f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
-                                 f"({config.effective_cpus()} usable cores).")
+                                 f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}.")
