@@ -46,7 +46,8 @@ class ModelCard:
             chosen = self.tables
         out = []
         for heading, tab in chosen:
-            out.append(f"**{heading}**\n\n{tab}" if heading else tab)
+            title = public_text(heading)
+            out.append(f"#### {title[:1].upper() + title[1:]}\n\n{public_text(tab)}" if heading else public_text(tab))
         return "\n\n".join(out) + "\n\n*From `checkpoints/MODEL_CARD.md` (made by `qatie report`).*"
 
     def files_md(self) -> str:
@@ -74,20 +75,43 @@ def _manifest_files(manifest) -> list[tuple[str, dict]]:
     return []
 
 
+def public_text(text: str) -> str:
+    """Card text for the app's visitors: no repository-internal paths (`../shared/...`, the split
+    file) and no `key:` prefixes on headings."""
+    text = re.sub(r"`?\.\./shared/data/clean\S*?`?(?=[\s),]|$)", "the project's clean photo collection", text)
+    text = re.sub(r"`?\.\./shared/\S*?`?(?=[\s),]|$)", "the project's data", text)
+    text = re.sub(r"\s*\(qatie/clean_split\.json\)", "", text)
+    return re.sub(r"^[a-z0-9_]+: (?=\S)", "", text)
+
+
+def _first_sentence(paragraph: str) -> str:
+    s = re.sub(r"[*_`]", "", paragraph.strip())
+    s = re.split(r"(?<=[.:])\s", s, maxsplit=1)[0].rstrip(".:")
+    return s if len(s) <= 90 else s[:87].rsplit(" ", 1)[0] + "…"
+
+
 def extract_tables(markdown: str) -> list[tuple[str, str]]:
-    """Every pipe table in a Markdown text with the nearest heading above it."""
-    tables, heading, block = [], "", []
+    """Every pipe table in a Markdown text with the nearest heading above it; a second table under
+    the same heading is titled by the first sentence of the paragraph before it (each table has
+    a heading of its own)."""
+    tables, heading, block, paragraph, used = [], "", [], "", set()
     for line in markdown.splitlines() + [""]:
         if line.lstrip().startswith("|"):
             block.append(line.rstrip())
             continue
         if block:
             if len(block) >= 2 and re.match(r"^\s*\|?\s*:?-{2,}", block[1]):
-                tables.append((heading, "\n".join(block)))
+                title = heading
+                if heading in used and paragraph:
+                    title = _first_sentence(paragraph)
+                used.add(heading)
+                tables.append((title, "\n".join(block)))
             block = []
         m = re.match(r"^\s*#{1,6}\s+(.*)", line)
         if m:
-            heading = m.group(1).strip()
+            heading, paragraph = m.group(1).strip(), ""
+        elif line.strip():
+            paragraph = line.strip()
     return tables
 
 

@@ -89,7 +89,7 @@ def colorize(levels: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vmax: float | None = None,
-                panel_px: int = 520, cols: int | None = None) -> str:
+                panel_px: int = 520, cols: int | None = None, title: str | None = None) -> str:
     """One figure: each (title, H×W levels) map in a grid (None leaves a slot empty) on one shared
     colour scale, with one colour bar in 8-bit levels. Maps larger than `panel_px` are block-max
     reduced for display, so a single bad pixel still shows."""
@@ -97,6 +97,7 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
     from matplotlib.figure import Figure
 
     real = [m for m in maps if m is not None]
+    capped = vmax is None  # a scale from the maps' percentile (else a fixed scale given by the caller)
     vmax = shared_vmax([m for _, m in real]) if vmax is None else vmax
     n = len(maps)
     cols = cols or (n if n <= 3 else math.ceil(n / 2))
@@ -107,27 +108,32 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
     # most about (cols·panel_px) × (rows·panel_px) pixels (a tall strip must not make it huge).
     box = panel_px / dpi
     panel_w, panel_h = (box, box * h / w) if w >= h else (max(box * w / h, 1.6), box)
-    fig = Figure(figsize=(cols * panel_w + 1.2, rows * (panel_h + 0.45) + 0.2), dpi=dpi)
+    extra = 0.35 if title else 0.0  # inches for the figure title
+    fig_h = rows * (panel_h + 0.45) + 0.2 + extra
+    fig = Figure(figsize=(cols * panel_w + 1.2, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.045], wspace=0.06, hspace=0.18,
-                            left=0.01, right=0.93, top=0.93, bottom=0.03)
+                            left=0.01, right=0.93, top=1 - (0.3 + extra) / fig_h, bottom=0.03)
     norm = _norm(vmax)
     image = None
     for i, entry in enumerate(maps):
         if entry is None:
             continue
-        title, levels = entry
+        levels = entry[1]
         ax = fig.add_subplot(grid[i // cols, i % cols])
         shown = block_max(levels, panel_px)
         image = ax.imshow(shown, cmap=CMAP, norm=norm, interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(entry[0], fontsize=12)
         ax.set_xticks([])
         ax.set_yticks([])
     cax = fig.add_subplot(grid[:, cols])
     over = any(float(m.max()) > vmax for _, m in real)
     bar = fig.colorbar(image, cax=cax, extend="max" if over else "neither")
     bar.set_label("absolute difference, 8-bit levels (max over R,G,B)"
-                  + (f"; scale capped at the {SCALE_PERCENTILE:g}th percentile" if over else ""), fontsize=9)
+                  + (f"; scale capped at the {SCALE_PERCENTILE:g}th percentile" if over and capped else "")
+                  + (f"; brighter than {vmax:g} shows as {vmax:g}" if over and not capped else ""), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=13)
     ticks = [t for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 255) if t <= vmax]
     if vmax - ticks[-1] > 0.15 * vmax:
         ticks.append(round(vmax))
