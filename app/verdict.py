@@ -232,5 +232,8 @@ def headline(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str
         speed = med["fp32"] / min(med["ptq"], med["qat"])
         small = sizes_mb["fp32"] / max(1e-9, (sizes_mb["ptq"] + sizes_mb["qat"]) / 2)
         fast = f"INT8 {speed:.1f}× faster" if speed >= 1.05 else "INT8 not faster here"
-        bits.append(f"<span>{fast}, {small:.1f}× smaller</span>")
+        busy = any(len(v) >= 3 and (max(v) - min(v)) > 0.5 * statistics.median(v)
+                   for v in (latencies.get(r) or [] for r in ("fp32", "ptq", "qat")))
+        note = " (timings vary a lot: the server is busy, so the speed-up is rough)" if busy else ""
+        bits.append(f"<span>{fast}, {small:.1f}× smaller{note}</span>")
     return '<div class="headline">' + " · ".join(bits) + "</div>"
