@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -37,6 +38,7 @@ from qatie.errors import QatieError
 
 from . import config, core, models, render
 from .verdict import verdict
+from . import guard
 
 log = logging.getLogger("qatie.app")
 
@@ -83,8 +85,20 @@ def example_rows() -> list[list[str]]:
 
 
 _EXAMPLE_SHAS: set[str] | None = None
-_EXAMPLE_CACHE: dict[str, list] = {}
+_EXAMPLE_CACHE: "OrderedDict[str, list]" = OrderedDict()
 _EXAMPLE_LOCK = threading.Lock()
+
+
+def _remember_example(key: str, final: list) -> None:
+    """Keep an example's result (its files stay in its request folder); a small LRU — 'simulate'
+    with a new seed each time is a new key — whose evicted entries take their folders along."""
+    with _EXAMPLE_LOCK:
+        _EXAMPLE_CACHE[key] = list(final)
+        _EXAMPLE_CACHE.move_to_end(key)
+        while len(_EXAMPLE_CACHE) > config.EXAMPLE_CACHE_MAX:
+            _, old = _EXAMPLE_CACHE.popitem(last=False)
+            if isinstance(old[1], str):
+                shutil.rmtree(Path(old[1]).parent, ignore_errors=True)
 
 
 def _is_example(sha: str) -> bool:
@@ -181,6 +195,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     request_dir = None
     keep_dir = False
     t_start = time.perf_counter()
+    deadline = guard.Deadline(config.COMPARE_DEADLINE_S, "The comparison")
 
     def mark(what: str) -> None:
         log.debug("compare: %s at %.3f s", what, time.perf_counter() - t_start)
@@ -201,6 +216,8 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         if key is not None:
             with _EXAMPLE_LOCK:
                 cached = _EXAMPLE_CACHE.get(key)
+                if cached is not None:
+                    _EXAMPLE_CACHE.move_to_end(key)
             if cached is not None:
                 vals = list(cached)
                 vals[0] = cached[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
@@ -222,7 +239,8 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         try:
             outputs, latencies = {}, {}
             for role in models.ROLES:
-                outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
+                with deadline.onnx():
+                    outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
                 latencies[role] = [ms]
                 shown[role] = render.save_png(_display(outputs[role])[0], request_dir / f"{role}.png")
         except Exception as exc:
@@ -236,6 +254,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
 
         # 2. Analysis.
         try:
+            deadline.check()
             result = core.analyse(prep, outputs)
             maps = result["maps"]
             def panel(title: str, m: np.ndarray):
@@ -294,7 +313,8 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             order = list(models.ROLES[i % 3:] + models.ROLES[:i % 3])
             try:
                 for role in order:
-                    latencies[role].append(core.time_model(enh[role], prep.image, prep.tiled))
+                    with deadline.onnx():
+                        latencies[role].append(core.time_model(enh[role], prep.image, prep.tiled))
             except Exception as exc:
                 raise user_error(exc, "timing the models") from None
             if i == more - 1:
@@ -318,13 +338,13 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         if key is not None:
             # Keep the files and the full final result for the next click on this example.
             keep_dir = True
-            with _EXAMPLE_LOCK:
-                _EXAMPLE_CACHE[key] = list(final)
+            _remember_example(key, final)
         moved = state.get("zoom")  # the user may have moved the zoom while the timing runs ran
         if moved and Path(moved["path"]).is_file():
             final[10:13] = [moved["path"], moved["x"], moved["y"]]
         yield final
     finally:
+        deadline.cancel()
         if request_dir is not None and not keep_dir:
             shutil.rmtree(request_dir, ignore_errors=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,12 +62,100 @@ TILE_OVERLAP = min(64, TILE // 8)
 #: Latency shown = median of this many timed passes per model (the first is the pass that
 #: produced the outputs; the rest stream in afterwards).
 TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))
+#: Heavy requests (compare, benchmark, training, the Inspect panel) that run at once, all kinds
+#: together: one Gradio concurrency group (`app.guard.HEAVY`). A 2-vCPU Space gains nothing from
+#: more, and training holds one slot for its whole run.
+HEAVY_SLOTS = max(1, int(_env_float("QATIE_HEAVY_SLOTS", 2)))
+#: Deadlines (seconds) enforced by `app.guard`: a compare (12-MP tiled, three models, is ~30 s on
+#: 2 vCPU), a zoom, a benchmark, the Inspect panel's quick (analysis, histogram) and slow
+#: (calibration methods, mixed precision: they build PTQ models) handlers.
+COMPARE_DEADLINE_S = _env_float("QATIE_COMPARE_DEADLINE_S", 120.0)
+BENCH_DEADLINE_S = _env_float("QATIE_BENCH_DEADLINE_S", 300.0)
+INSPECT_DEADLINE_S = _env_float("QATIE_INSPECT_DEADLINE_S", 60.0)
+INSPECT_BUILD_DEADLINE_S = _env_float("QATIE_INSPECT_BUILD_DEADLINE_S", 300.0)
+#: Uploaded models: file size, and the memory budget of their cached sessions (estimated).
+MAX_MODEL_MB = _env_float("QATIE_MAX_MODEL_MB", 32.0)
+UPLOAD_CACHE_MB = _env_float("QATIE_UPLOAD_CACHE_MB", 256.0)
+#: Example results kept for replay (each holds its images in memory and on disk).
+EXAMPLE_CACHE_MAX = max(1, int(_env_float("QATIE_EXAMPLE_CACHE", 16)))
 #: Upload size limit handed to Gradio.
 MAX_FILE_SIZE = os.environ.get("QATIE_MAX_FILE_SIZE", "200mb")
 
 #: Per-process scratch space (request folders, trained models, cached examples), removed when the
-#: app exits: always a fresh folder of its own, inside QATIE_APP_WORK_DIR (default: the temp dir).
-WORK_DIR = Path(os.environ.get("QATIE_APP_WORK_DIR") or tempfile.gettempdir()) / f"qatie-app-{os.getpid()}"
+#: app exits: always a fresh folder of its own, inside QATIE_APP_WORK_DIR (default: the temp dir),
+#: named by a random token (no process id in any path a user might see).
+WORK_ROOT = Path(os.environ.get("QATIE_APP_WORK_DIR") or tempfile.gettempdir())
+WORK_DIR = WORK_ROOT / f"qatie-app-{uuid.uuid4().hex[:12]}"
+_WORK_LOCK = None
+
+
+def claim_work_dir() -> list[Path]:
+    """Lock this process's scratch folder (a lock released by the kernel when the process dies,
+    however it dies) and remove the folders of app processes that are gone — a crash or a kill
+    leaves its scratch behind. Returns the folders removed."""
+    import fcntl
+    import shutil
+
+    global _WORK_LOCK
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    if _WORK_LOCK is None:
+        _WORK_LOCK = open(WORK_DIR / ".lock", "w")
+        fcntl.flock(_WORK_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    removed = []
+    for d in WORK_ROOT.glob("qatie-app-*"):
+        if d == WORK_DIR or not d.is_dir():
+            continue
+        lock = d / ".lock"
+        if lock.is_file():
+            with open(lock, "a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its app is running
+        else:  # older layout: qatie-app-<pid>
+            pid = d.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+#: The Inspect panel's built models (PTQ variants, sensitivity rankings): their folder and cap.
+ANALYSIS_CACHE_MB = _env_float("QATIE_ANALYSIS_CACHE_MB", 200.0)
+
+
+def analysis_cache() -> Path:
+    """QATIE_CACHE_DIR if set, else a folder in this process's scratch space."""
+    path = Path(os.environ.get("QATIE_CACHE_DIR") or WORK_DIR / "analysis")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def prune(folder: Path, max_mb: float) -> None:
+    """Delete the least recently modified files (and emptied folders) under `folder` until it
+    holds at most `max_mb` megabytes."""
+    files = []
+    for p in Path(folder).rglob("*"):
+        try:
+            if p.is_file():
+                st = p.stat()
+                files.append((st.st_mtime, st.st_size, p))
+        except OSError:
+            pass
+    total = sum(f[1] for f in files)
+    for _, size, p in sorted(files, key=lambda f: f[0]):
+        if total <= max_mb * 1e6:
+            break
+        p.unlink(missing_ok=True)
+        total -= size
+        parent = p.parent
+        while parent != Path(folder) and Path(folder) in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def work_dir(*parts: str) -> Path:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,10 @@ def _header_notes(data: bytes) -> tuple[list[str], tuple[int, int] | None]:
     """What the decoder will normalise (shown to the user), and the size from the header."""
     notes: list[str] = []
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # the app's own pixel limit applies (below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             size = im.size
             orientation = im.getexif().get(0x0112, 1)
             if orientation not in (1, None):

@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from qatie import inspect as qi
 from qatie.errors import QatieError
 
-from . import config
+from . import config, core, guard
 
 WORST = 5
 DEFAULT_K = "0,1,2,4,8,16,35"
@@ -100,9 +101,34 @@ def build_inspect_panel(open: bool = False) -> Panel:
 # --------------------------------------------------------------------------------------------
 
 def _need_image(image):
-    if image is None:
+    """The photo as a small uint8 array (an upload payload or path is decoded here, reduced to
+    about the analysis size — never a full-size float copy); arrays pass through."""
+    if isinstance(image, np.ndarray):
+        return image
+    if image is None or image == "":
         raise gr.Error("Upload or pick a photo first.")
-    return image
+    try:
+        up = core.read_upload(image, "photo", max_pixels=qi.DEFAULT_MAX_SIDE ** 2)
+    except QatieError as e:
+        raise gr.Error(str(e)) from None
+    if up is None:
+        raise gr.Error("Upload or pick a photo first.")
+    return up.image
+
+
+def _name(image) -> str:
+    found = core.payload_path(image) if not isinstance(image, np.ndarray) else None
+    return found[1] if found else "photo"
+
+
+def _in_child(fn, *args, what: str, slow: bool = False, **kwargs):
+    """Run heavy Inspect work in a killable child process under its deadline; its model cache
+    stays under `config.ANALYSIS_CACHE_MB`."""
+    try:
+        return guard.run_in_child(fn, *args, what=what, **kwargs,
+                                  seconds=config.INSPECT_BUILD_DEADLINE_S if slow else config.INSPECT_DEADLINE_S)
+    finally:
+        config.prune(config.analysis_cache(), config.ANALYSIS_CACHE_MB)
 
 
 def _paths(paths: dict) -> dict[str, Path]:
@@ -136,21 +162,22 @@ def sqnr_frame(rows: list[dict], worst: int = WORST) -> pd.DataFrame:
 
 
 def _out_dir() -> Path:
+    config.prune(config.work_dir("inspect"), 20)  # downloads of past analyses: Gradio has its own copies
     return config.work_dir("inspect", uuid.uuid4().hex[:12])
 
 
 def analyse(image, paths: dict, threads: int | None = None):
     """Per-tensor SQNR on the photo → (Figure, DataFrame, [csv, json], Dropdown, markdown)."""
+    name = _name(image)
     image = _need_image(image)
     p = _paths(paths)
     try:
-        result = qi.inspect_image(p["fp32"], [p["ptq"], p["qat"]], image, labels=["ptq", "qat"],
-                                  threads=threads or config.THREADS)
+        result = _in_child(qi.inspect_image, p["fp32"], [p["ptq"], p["qat"]], image, labels=["ptq", "qat"],
+                           threads=threads or config.THREADS, what="The analysis")
     except QatieError as e:
         raise gr.Error(str(e)) from None
     rows = result["layers"]
     out = _out_dir()
-    name = Path(image).name if isinstance(image, (str, Path)) else "photo"
     csv_path = qi.write_csv(result, out / "inspect_sqnr.csv")
     json_path = qi.write_json(result, out / "inspect_sqnr.json", image_name=name)
     fig = qi.plot_sqnr(result, worst=WORST)
@@ -171,7 +198,8 @@ def histogram(image, paths: dict, tensor: str | None, threads: int | None = None
         raise gr.Error("Pick a tensor (run the analysis first).")
     p = _paths(paths)
     try:
-        h = qi.activation_histogram(p["fp32"], tensor, image, {"ptq": p["ptq"], "qat": p["qat"]},
+        h = _in_child(qi.activation_histogram, p["fp32"], tensor, image, {"ptq": p["ptq"], "qat": p["qat"]},
+                      what="The histogram",
                                     threads=threads or config.THREADS)
     except QatieError as e:
         raise gr.Error(str(e)) from None
@@ -221,8 +249,12 @@ def calib_settings(paths: dict) -> dict:
         meta = qi.read_sidecar(_paths(paths)["ptq"]).get("meta", {})
     except QatieError:
         meta = {}
-    return {"calib_spec": str(meta.get("calib", "samples")), "num_calib": int(meta.get("num_calib", 8)),
-            "seed": int(meta.get("seed", 0))}
+    spec = str(meta.get("calib", "samples"))
+    kind, _, where = spec.partition(":")
+    local = _paths(paths)["ptq"].parent / where if where and not Path(where).is_absolute() else None
+    if local is not None and local.exists():  # a trained set names its photos relative to its folder
+        spec = f"{kind}:{local}"
+    return {"calib_spec": spec, "num_calib": int(meta.get("num_calib", 8)), "seed": int(meta.get("seed", 0))}
 
 
 def calibration(image, paths: dict, num_calib: int | None = None, threads: int | None = None, progress=gr.Progress()):
@@ -233,9 +265,11 @@ def calibration(image, paths: dict, num_calib: int | None = None, threads: int |
     if num_calib:
         settings["num_calib"] = num_calib
     num_calib = settings["num_calib"]
-    progress(0.05, desc="building PTQ models (cached after the first time)")
+    progress(0.05, desc=f"building PTQ models (cached after the first time; at most "
+                        f"{config.INSPECT_BUILD_DEADLINE_S:.0f} s)")
     try:
-        rows = qi.compare_calibration(ckpt, [image], threads=threads or config.THREADS, **settings)
+        rows = _in_child(qi.compare_calibration, ckpt, [image], threads=threads or config.THREADS, **settings,
+                         what="Comparing calibration methods", slow=True)
     except QatieError as e:
         raise gr.Error(str(e)) from None
     note = ("PSNR of each PTQ model's output against the FP32 output on this photo; latency: median of 3 runs in "
@@ -281,8 +315,10 @@ def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: in
 
     try:
         st = calib_settings(paths)
-        rows = mixed.trade_off_curve(ckpt, ks, [image], calib=st["calib_spec"], num_calib=num_calib or st["num_calib"],
-                                     seed=st["seed"], threads=threads or config.THREADS, progress=tick)
+        tick(f"building and ranking PTQ models (at most {config.INSPECT_BUILD_DEADLINE_S:.0f} s)")
+        rows = _in_child(mixed.trade_off_curve, ckpt, ks, [image], what="The mixed-precision measurement", slow=True,
+                         calib=st["calib_spec"], num_calib=num_calib or st["num_calib"],
+                         seed=st["seed"], threads=threads or config.THREADS, progress=None)
     except QatieError as e:
         raise gr.Error(str(e)) from None
     note = ("Each point is a PTQ (minmax) model with the K convs whose float island helped most in the per-conv "
@@ -309,11 +345,13 @@ def wire(panel: Panel, image_component, paths_component, to_paths: Callable[[Any
 
     panel.run.click(run, [image_component, paths_component],
                     [panel.bars, panel.table, panel.files, panel.tensor, panel.status], api_name=False,
-                    concurrency_limit=1)
+                    concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, preprocess=False)
     panel.tensor.change(hist, [image_component, panel.tensor, paths_component], [panel.hist, panel.hist_note],
-                        api_name=False, concurrency_limit=1)
+                        api_name=False, concurrency_limit=config.HEAVY_SLOTS,
+                        concurrency_id=guard.HEAVY, preprocess=False)
     panel.calib_run.click(calib, [image_component, paths_component], [panel.calib_table, panel.calib_note],
-                          api_name=False, concurrency_limit=1)
+                          api_name=False, concurrency_limit=config.HEAVY_SLOTS,
+                          concurrency_id=guard.HEAVY, preprocess=False)
     panel.mixed_run.click(mixed_, [image_component, panel.k_values, paths_component],
                           [panel.mixed_plot, panel.mixed_table, panel.mixed_note], api_name=False,
-                          concurrency_limit=1)
+                          concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, preprocess=False)

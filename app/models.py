@@ -94,7 +94,7 @@ def resolve_set(key: str | None, session_sets: dict | None) -> ModelSet:
     paths = {role: Path(entry["paths"][role]) for role in ROLES}
     for role, p in paths.items():
         if not p.is_file():
-            raise ModelFileError(f"the {ROLE_LABELS[role]} model of {entry['label']!r} is gone ({p}); train it again")
+            raise ModelFileError(f"the {ROLE_LABELS[role]} model of {entry['label']!r} is gone; train it again")
     return ModelSet(key, entry["label"], paths, {r: "session" for r in ROLES})
 
 
@@ -104,7 +104,6 @@ def resolve_set(key: str | None, session_sets: dict | None) -> ModelSet:
 
 _UPLOADED: "OrderedDict[str, rt.OnnxEnhancer]" = OrderedDict()
 _UPLOADED_LOCK = threading.Lock()
-_UPLOADED_MAX = 9  # three sets
 
 
 _file_sha = sha256  # one file-hash helper (qatie.report, also used for the manifest)
@@ -115,11 +114,153 @@ def clean_model_error(msg: str, path: Path) -> str:
     msg = msg.replace(f"ONNX model {path} ", "").replace(str(path), "the file")
     msg = re.sub(r"\s*/onnxruntime_src/\S+", "", msg)
     msg = re.sub(r"\s*onnxruntime::\S.*?(?=\)$|$)", "", msg)
+    msg = re.sub(r"(?<![\w.])/(?:[\w.+-]+/)+[\w.+-]*", "<path>", msg)  # any other absolute path
     return msg
 
 
+# --------------------------------------------------------------------------------------------
+# Uploaded models are data: what they may contain, checked before ONNX Runtime sees them
+# --------------------------------------------------------------------------------------------
+
+#: Operators qatie's exporter emits (checkpoints/*.onnx and qatie/export.py, qatie/graph_opt.py),
+#: plus a few element-wise or layout ops a re-export might use. Nothing that loops (Loop, Scan,
+#: If) or allocates by a computed shape (ConstantOfShape, Expand, Tile, Range, Resize, …).
+ALLOWED_OPS = frozenset({
+    ("", op) for op in (
+        "Conv", "Tanh", "Mul", "Add", "Sub", "Div", "InstanceNormalization", "LeakyRelu", "Relu", "Sigmoid",
+        "Clip", "Concat", "Split", "Slice", "MaxPool", "Pad", "Transpose", "Reshape", "Unsqueeze", "Squeeze",
+        "Shape", "Gather", "Constant", "Identity", "DepthToSpace", "SpaceToDepth", "Cast",
+        "QuantizeLinear", "DequantizeLinear")
+} | {("com.microsoft", "QLinearSigmoid")})
+#: Element-wise custom ops: same output shape as their first input (for the shape check).
+_ELEMENTWISE_CUSTOM = {("com.microsoft", "QLinearSigmoid")}
+MAX_NODES = 4000
+#: At a probe size, no tensor may hold more than this many times the input's elements (the
+#: shipped width-32 network: 10.7×), and all of them together not more than this (shipped: 204×).
+MAX_TENSOR_RATIO = 24.0
+MAX_TOTAL_RATIO = 1024.0
+PROBE_SIZES = ((64, 64), (64, 128))
+PROBE_DEADLINE_S = 10.0
+
+
+def _shape_ratios(model, h: int, w: int) -> tuple[float, float]:
+    """(largest tensor, sum of all tensors) / input elements, by ONNX shape inference at 1×3×h×w.
+    ModelFileError if any tensor's size cannot be worked out statically."""
+    import copy
+
+    from onnx import helper, shape_inference
+
+    m = copy.deepcopy(model)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, 3, h, w)):
+        d.ClearField("dim_param")
+        d.dim_value = v
+    for n in m.graph.node:  # ONNX cannot infer contrib ops: element-wise ones keep their input's shape
+        if (n.domain, n.op_type) in _ELEMENTWISE_CUSTOM:
+            n.CopyFrom(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+    try:
+        m = shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ModelFileError(f"its tensor shapes cannot be worked out ({type(exc).__name__})") from None
+    known = {v.name: v for v in list(m.graph.value_info) + list(m.graph.output)}
+    n_in = 3 * h * w
+    biggest = total = 0
+    for node in m.graph.node:
+        for out in node.output:
+            v = known.get(out)
+            shape = v.type.tensor_type.shape if v is not None else None
+            if shape is None or not v.type.tensor_type.HasField("shape") or \
+                    any(not d.HasField("dim_value") for d in shape.dim):
+                raise ModelFileError(f"the size of tensor {out[:80]!r} ({node.op_type}) depends on computed values; "
+                                     "qatie models have sizes that follow the input's")
+            n = 1
+            for d in shape.dim:
+                n *= max(0, d.dim_value)
+            biggest, total = max(biggest, n), total + n
+    return biggest / n_in, total / n_in
+
+
+def check_onnx(path: Path) -> None:
+    """Refuse (ModelFileError, message without the label) a file that is not a qatie-like model:
+    too big, external data, subgraphs or functions, operators outside `ALLOWED_OPS`, too many
+    nodes, or tensors larger than a qatie network's at the probe sizes. Runs before ORT loads it."""
+    import onnx
+
+    size = path.stat().st_size
+    if size > config.MAX_MODEL_MB * 1e6:
+        raise ModelFileError(f"the file is {size / 1e6:.0f} MB; models here are limited to {config.MAX_MODEL_MB:g} MB "
+                             "(qatie's are about 1–4 MB)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise ModelFileError("not a readable ONNX model (the file is truncated, corrupt or another format)") from None
+    g = model.graph
+    if model.functions:
+        raise ModelFileError("it defines ONNX functions; qatie models do not")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in g.initializer):
+        raise ModelFileError("it keeps weights in external data files; upload a single self-contained .onnx")
+    if len(g.node) > MAX_NODES:
+        raise ModelFileError(f"it has {len(g.node)} operators; qatie models have under {MAX_NODES}")
+    bad = sorted({(n.domain or "") + ("." if n.domain else "") + n.op_type for n in g.node
+                  if ((n.domain if n.domain != "ai.onnx" else ""), n.op_type) not in ALLOWED_OPS})
+    if bad:
+        raise ModelFileError("it uses operators this app does not run for uploaded models: " + ", ".join(bad[:8])
+                             + ". Only what qatie's exporter emits is accepted (no loops, no shape-computed allocations)")
+    for n in g.node:
+        for a in n.attribute:
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or a.ref_attr_name:
+                raise ModelFileError(f"operator {n.op_type} carries a subgraph; qatie models have none")
+    if len(g.input) < 1 or len(g.input[0].type.tensor_type.shape.dim) != 4:
+        raise ModelFileError("its input is not an N×3×H×W image tensor")
+    ratios = [_shape_ratios(model, h, w) for h, w in PROBE_SIZES]
+    (big0, tot0), (big1, tot1) = ratios
+    worst = max(big0, big1)
+    if worst > MAX_TENSOR_RATIO or max(tot0, tot1) > MAX_TOTAL_RATIO or big1 > 1.05 * big0 + 0.5:
+        raise ModelFileError(f"its intermediate tensors are too large (up to {worst:.0f}× the input image; "
+                             f"this app runs models up to {MAX_TENSOR_RATIO:g}×)")
+
+
+def probe(enh: rt.OnnxEnhancer) -> None:
+    """One small run with a deadline: the output must be the input's shape, 3 channels, finite."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).random((1, 3, *PROBE_SIZES[1]), dtype=np.float32)
+    options = ort.RunOptions()
+    timer = threading.Timer(PROBE_DEADLINE_S, lambda: setattr(options, "terminate", True))
+    timer.daemon = True
+    timer.start()
+    try:
+        y = enh.session.run(None, {rt.INPUT_NAME: x}, options)[0]
+    except Exception as exc:
+        if options.terminate:
+            raise ModelFileError(f"a {x.shape[3]}×{x.shape[2]} test image took over {PROBE_DEADLINE_S:g} s") from None
+        raise ModelFileError("a small test image could not be run: "
+                             + clean_model_error(str(exc).strip().splitlines()[0][:300] if str(exc).strip() else
+                                                 type(exc).__name__, enh.path)) from None
+    finally:
+        timer.cancel()
+    y = np.asarray(y)
+    if y.ndim != 4 or y.shape[1] != 3:
+        raise ModelFileError(f"for a 1×3×{x.shape[2]}×{x.shape[3]} image it returns shape {tuple(y.shape)}; "
+                             "an enhancer must return 3 channels (RGB)")
+    if y.shape != x.shape:
+        raise ModelFileError(f"for a {x.shape[3]}×{x.shape[2]} image it returns {y.shape[3]}×{y.shape[2]}; "
+                             "an enhancer must return the input's size")
+    if y.dtype.kind != "f":
+        raise ModelFileError(f"its output is {y.dtype}, not float")
+    if not np.isfinite(y).all():
+        raise ModelFileError("its output contains NaN or infinite values")
+
+
+def _cost_mb(enh: rt.OnnxEnhancer) -> float:
+    """Estimated resident memory of a cached session: weights (also prepacked) + runtime."""
+    return 3 * enh.size_bytes / 1e6 + 8
+
+
 def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
-    """Load a user-uploaded .onnx file (ModelFileError with a clear message if it is not one)."""
+    """Load a user-uploaded (or session-trained) .onnx file: checked (`check_onnx`), loaded
+    without a memory arena, probed (`probe`), kept in an LRU cache under `config.UPLOAD_CACHE_MB`.
+    ModelFileError with a clear message if it is not a usable model."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{label}: the uploaded file is missing")
@@ -132,12 +273,14 @@ def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
             _UPLOADED.move_to_end(key)
             return enh
     try:
-        enh = rt.OnnxEnhancer(path, threads=config.THREADS)
+        check_onnx(path)
+        enh = rt.OnnxEnhancer(path, threads=config.THREADS, arena=False)
+        probe(enh)
     except ModelFileError as exc:
         raise ModelFileError(f"{label}: {clean_model_error(str(exc), path)}") from None
     with _UPLOADED_LOCK:
         _UPLOADED[key] = enh
-        while len(_UPLOADED) > _UPLOADED_MAX:
+        while len(_UPLOADED) > 1 and sum(_cost_mb(e) for e in _UPLOADED.values()) > config.UPLOAD_CACHE_MB:
             _UPLOADED.popitem(last=False)
     return enh
 
@@ -185,14 +328,17 @@ def _warm_up(size: tuple[int, int]) -> None:
     try:
         if shipped_missing():
             return
+        from .guard import shrinking_options
+
         x = np.random.default_rng(0).random((*size, 3), dtype=np.float32)
         for role in ROLES:
             enh = rt.get_enhancer(shipped_paths()[role], threads=config.THREADS)
             enh.enhance(x[:64, :64])
-        # One pass at about a megapixel grows ORT's arena to working size, so the first user's
-        # photo is timed on a warm session, not on memory allocation.
-        for role in ROLES:
-            rt.get_enhancer(shipped_paths()[role], threads=config.THREADS).enhance(x)
+        # One pass at about a megapixel (kernels prepacked, pages touched once), the arena handed
+        # back afterwards as every app run does (app.guard.SHRINK).
+        with rt.run_options_scope(shrinking_options()):
+            for role in ROLES:
+                rt.get_enhancer(shipped_paths()[role], threads=config.THREADS).enhance(x)
     except Exception as exc:  # never kill the app: compare will report the real error
         _warm_state["error"] = f"{type(exc).__name__}: {exc}"
         log.warning("warm-up failed: %s", _warm_state["error"])

@@ -41,6 +41,50 @@ INIT_SHIPPED = "The shipped FP32 model (fine-tune it)"
 MAX_TRAIN_PHOTOS = 24
 TRAIN_PHOTO_MP = 1.0
 
+# ---------------------------------------------------------------------------------------------
+# The compute budget of one training on a public CPU Space (2 vCPU shared by every visitor;
+# training gets one torch thread and one of the `config.HEAVY_SLOTS`, one training at a time).
+# Work is counted in units of one FP32 step on one megapixel of crops at width 16 (cost grows
+# with batch × crop² × (width/16)²; a QAT step, with fake quantization and a teacher pass, cost
+# 5.5× an FP32 step: 0.94 vs 0.165 s at the defaults). One unit took about 5 s on one torch
+# thread of this project's 2-core AMD EPYC test machine while it was shared (load ~7), so the
+# default budget of 100 units is at most ~8 minutes of steps plus ~1.5 minutes of validation,
+# calibration and export: under `TRAIN_DEADLINE_S`, which stops any run that still overruns.
+# The Train tab's defaults use about half of it.
+# ---------------------------------------------------------------------------------------------
+MAX_FP32_STEPS = 2000
+MAX_QAT_STEPS = 500
+MAX_BATCH = 16
+MAX_PATCH = 128
+QAT_STEP_COST = 5.5
+TRAIN_BUDGET_UNITS = config._env_float("QATIE_TRAIN_BUDGET_UNITS", 100.0)
+TRAIN_DEADLINE_S = config._env_float("QATIE_TRAIN_DEADLINE_S", 900.0)
+UNIT_S = 5.0  # seconds per unit (see above), for the estimate shown before starting
+OVERHEAD_S = 90.0  # torch import, validation, PTQ calibration, three exports
+_TRAIN_SLOT = threading.BoundedSemaphore(1)
+
+
+def cost_units(s: "TrainSettings") -> float:
+    """The compute a run asks for, in budget units (see above)."""
+    width = 32 if s.init == INIT_SHIPPED else s.width  # the shipped network is width 32
+    per_step = s.batch_size * s.patch ** 2 / 1e6 * (width / 16) ** 2
+    return per_step * (s.fp32_steps + QAT_STEP_COST * s.qat_steps)
+
+
+def estimate_s(s: "TrainSettings") -> float:
+    return OVERHEAD_S + UNIT_S * cost_units(s)
+
+
+def budget_md() -> str:
+    """What the user sees before starting: the limits and why."""
+    return (f"**Compute budget** (a public demo on 2 shared CPU cores): at most {MAX_FP32_STEPS} FP32 and "
+            f"{MAX_QAT_STEPS} QAT steps, batch {MAX_BATCH}, crops of {MAX_PATCH} px, and {TRAIN_BUDGET_UNITS:g} "
+            f"units of work in all (one unit: one FP32 step on 1 MP of crops at width 16; a QAT step costs "
+            f"{QAT_STEP_COST:g}, width 32 costs 4×) — about {(OVERHEAD_S + UNIT_S * TRAIN_BUDGET_UNITS) / 60:.0f} "
+            f"minutes. A run is stopped after {TRAIN_DEADLINE_S / 60:.0f} minutes whatever happens, and one "
+            "training runs at a time on this server.")
+
+
 # Stop flags of running trainings, by browser session (the Cancel button's handler sets it).
 _STOPS: dict[str, threading.Event] = {}
 _STOPS_LOCK = threading.Lock()
@@ -78,10 +122,10 @@ def _validate(s: TrainSettings) -> None:
             raise core.AppInputError(f"{name} must be between {lo} and {hi}, got {v}")
     if s.width not in (16, 24, 32):
         raise core.AppInputError(f"width must be 16, 24 or 32, got {s.width}")
-    check("FP32 steps", s.fp32_steps, 0 if s.init == INIT_SHIPPED else 1, 5000)
-    check("QAT steps", s.qat_steps, 1, 2000)
-    check("batch size", s.batch_size, 1, 32)
-    check("patch size", s.patch, 32, 256)
+    check("FP32 steps", s.fp32_steps, 0 if s.init == INIT_SHIPPED else 1, MAX_FP32_STEPS)
+    check("QAT steps", s.qat_steps, 1, MAX_QAT_STEPS)
+    check("batch size", s.batch_size, 1, MAX_BATCH)
+    check("patch size", s.patch, 32, MAX_PATCH)
     check("learning rate", s.lr, 1e-6, 1e-1)
     check("QAT learning rate", s.qat_lr, 1e-7, 1e-1)
     check("calibration images", s.num_calib, 1, 64)
@@ -91,6 +135,12 @@ def _validate(s: TrainSettings) -> None:
         raise core.AppInputError(f"unknown starting point {s.init!r}")
     if s.data not in (DATA_SAMPLES, DATA_UPLOADS):
         raise core.AppInputError(f"unknown training data {s.data!r}")
+    units = cost_units(s)
+    if units > TRAIN_BUDGET_UNITS:
+        raise core.AppInputError(
+            f"these settings need {units:.0f} units of compute (about {estimate_s(s) / 60:.0f} minutes here); this "
+            f"public demo's budget per training is {TRAIN_BUDGET_UNITS:g}. Use fewer steps, a smaller batch or "
+            "crops, or a narrower network.")
 
 
 def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
@@ -213,6 +263,7 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             return
         events.put(("stage", "Exporting QAT to INT8 ONNX"))
         export_checkpoint(out / "qat.pt", out / "int8_qat.onnx")
+        _relative_names(out)
         events.put(("done", round(time.time() - t0, 1)))
     except BaseException as exc:  # posted to the handler, which shows it as a gr.Error
         events.put(("error", exc))
@@ -285,6 +336,13 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
         raise user_error(exc, "reading the training settings") from None
 
     session = getattr(request, "session_hash", None) or uuid.uuid4().hex
+    with _STOPS_LOCK:
+        old = _STOPS.get(session)
+    if old is not None:
+        old.set()  # one training per session: a new one replaces the previous
+    if not _TRAIN_SLOT.acquire(timeout=20):
+        raise gr.Error("Another training is running on this server (one at a time keeps Compare fast for "
+                       "everyone). Try again in a few minutes.")
     run_id = uuid.uuid4().hex[:8]
     out = config.work_dir("train", session[:16], run_id)
     try:
@@ -295,14 +353,15 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
             spec, data_desc = "samples", "the built-in samples"
     except Exception as exc:
         shutil.rmtree(out, ignore_errors=True)
+        _TRAIN_SLOT.release()
         raise user_error(exc, "reading the training photos") from None
 
     stop = threading.Event()
     with _STOPS_LOCK:
-        old = _STOPS.get(session)
-        if old is not None:
-            old.set()  # one training per session: a new one replaces the previous
         _STOPS[session] = stop
+    timed_out = threading.Event()
+    watchdog = threading.Timer(TRAIN_DEADLINE_S, lambda: (timed_out.set(), stop.set()))
+    watchdog.daemon = True
     events: queue.Queue = queue.Queue()
     worker = threading.Thread(target=_pipeline, args=(s, spec, out, events, stop), name=f"qatie-train-{run_id}",
                               daemon=True)
@@ -323,7 +382,9 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
 
     try:
         worker.start()
-        yield f"**{stage}**", curves(), None, gr.skip(), gr.skip(), gr.skip()
+        watchdog.start()
+        yield (f"**{stage}** (estimated {estimate_s(s) / 60:.0f} min; stopped after {TRAIN_DEADLINE_S / 60:.0f} min "
+               "at most)", curves(), None, gr.skip(), gr.skip(), gr.skip())
         while True:
             try:
                 kind, payload = events.get(timeout=0.5)
@@ -357,9 +418,14 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
                        gr.skip())
     finally:
         stop.set()
+        watchdog.cancel()
         with _STOPS_LOCK:
             if _STOPS.get(session) is stop:
                 del _STOPS[session]
+        # The worker stops within a step; then its folder goes unless the run finished (also when
+        # the client left and this generator was closed), and the server's training slot frees up.
+        threading.Thread(target=_after_worker, args=(worker, None if finished is not None else out),
+                         name=f"qatie-train-cleanup-{run_id}", daemon=True).start()
 
     if error is not None:
         shutil.rmtree(out, ignore_errors=True)
@@ -369,6 +435,9 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
         raise gr.Error(f"Training failed ({type(error).__name__}: {str(error)[:300]}). The server log has the details.")
     if finished is None:
         shutil.rmtree(out, ignore_errors=True)
+        if timed_out.is_set():
+            raise gr.Error(f"Training was stopped at this demo's time limit ({TRAIN_DEADLINE_S / 60:.0f} minutes). "
+                           "Nothing was added to your models; try fewer steps or smaller settings.")
         yield "**Cancelled.** Nothing was added to your models.", curves(), None, gr.skip(), gr.skip(), gr.skip()
         return
 
@@ -396,6 +465,40 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     status = (f"**Done in {finished:.0f} s.** “{label}” is now selected in the Compare tab (for this browser "
               f"session only — shipped models stay available). Download the models below.")
     yield status, curves(), files, sets, choice, gr.update(choices=models.choices(sets))
+
+
+def _after_worker(worker: threading.Thread, remove: Path | None) -> None:
+    try:
+        worker.join()
+        if remove is not None:
+            shutil.rmtree(remove, ignore_errors=True)
+    finally:
+        _TRAIN_SLOT.release()
+
+
+def _relative_names(out: Path) -> None:
+    """Downloads name their files relative to the run (no server paths): rewrite the run
+    folder's prefix out of the sidecars and the checkpoints' recorded configs."""
+    import json
+
+    import torch
+
+    prefix = str(out) + "/"
+
+    def fix(v):
+        if isinstance(v, str):
+            return v.replace(prefix, "").replace(str(out), ".")
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(fix(x) for x in v)
+        return v
+
+    for side in out.glob("*.json"):
+        side.write_text(json.dumps(fix(json.loads(side.read_text())), indent=1))
+    for ckpt in out.glob("*.pt"):
+        data = torch.load(ckpt, map_location="cpu", weights_only=True)
+        torch.save(fix(data) if isinstance(data, dict) else data, ckpt)
 
 
 def forget(session_sets) -> None:

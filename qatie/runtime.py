@@ -24,6 +24,8 @@ import statistics
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Callable
 
@@ -109,8 +111,11 @@ def _graph_has_quant_ops(path: Path) -> bool:
 # Sessions
 # --------------------------------------------------------------------------------------------
 
-def session_options(threads: int = 2, optimized_model_path: str | None = None) -> ort.SessionOptions:
-    """ORT session options used everywhere: `threads` intra-op threads, no spinning, full opt."""
+def session_options(threads: int = 2, optimized_model_path: str | None = None,
+                    arena: bool = True) -> ort.SessionOptions:
+    """ORT session options used everywhere: `threads` intra-op threads, no spinning, full opt.
+    `arena=False` (untrusted or rarely used models): no memory arena and no memory pattern, so
+    the memory a run took goes back when it ends instead of staying reserved by the session."""
     if not isinstance(threads, int) or threads < 1:
         raise QatieError(f"threads must be an integer ≥ 1, got {threads!r}")
     so = ort.SessionOptions()
@@ -125,7 +130,25 @@ def session_options(threads: int = 2, optimized_model_path: str | None = None) -
     so.log_severity_level = 3  # errors only: no "removing unused initializer" chatter in the app
     if optimized_model_path:
         so.optimized_model_filepath = os.fspath(optimized_model_path)
+    if not arena:
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
     return so
+
+
+#: The RunOptions every `OnnxEnhancer` run in this context uses (see `run_options_scope`).
+_RUN_OPTIONS: ContextVar[ort.RunOptions | None] = ContextVar("qatie_run_options", default=None)
+
+
+@contextmanager
+def run_options_scope(options: ort.RunOptions):
+    """Runs started inside this block use `options`: a watchdog that sets `options.terminate`
+    stops them (ORT then raises), which is how a caller puts a real deadline on inference."""
+    token = _RUN_OPTIONS.set(options)
+    try:
+        yield options
+    finally:
+        _RUN_OPTIONS.reset(token)
 
 
 def _as_image_float(image: np.ndarray, what: str = "image") -> np.ndarray:
@@ -149,7 +172,8 @@ class OnnxEnhancer:
     `threads`, `session`.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int = 2, optimized_model_path: str | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int = 2, optimized_model_path: str | None = None,
+                 arena: bool = True):
         self.path = Path(path)
         self.name = self.path.stem
         self.threads = threads
@@ -161,7 +185,7 @@ class OnnxEnhancer:
         self.size_bytes = p.stat().st_size
         if self.size_bytes == 0:
             raise ModelFileError(f"ONNX model {p} is empty (0 bytes); re-export or re-download it")
-        options = session_options(threads, optimized_model_path)
+        options = session_options(threads, optimized_model_path, arena=arena)
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own pybind exception types (Fail, InvalidProtobuf, …)
@@ -216,7 +240,8 @@ class OnnxEnhancer:
             raise QatieError(f"input must be N×3×H×W, got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         padded, plan = pad_nchw(x)
-        y = self.session.run([self._output_name], {INPUT_NAME: np.ascontiguousarray(padded)})[0]
+        y = self.session.run([self._output_name], {INPUT_NAME: np.ascontiguousarray(padded)},
+                             _RUN_OPTIONS.get())[0]
         y = np.ascontiguousarray(crop(y, plan), dtype=np.float32)  # no copy when nothing was padded
         return np.clip(y, 0.0, 1.0, out=y)  # in place: one full-size allocation and pass fewer
 
