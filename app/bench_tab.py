@@ -14,7 +14,7 @@ import pandas as pd
 
 from qatie import bench
 
-from . import config, models, render
+from . import config, guard, models, render
 from .compare import user_error
 
 SIZES = {
@@ -114,29 +114,35 @@ def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):
         runs = int(runs)
         if threads < 1 or threads > config.effective_cpus():
             raise gr.Error(f"Threads must be between 1 and {config.effective_cpus()} on this machine.")
-        if not 1 <= runs <= 20:
-            raise gr.Error("Runs must be between 1 and 20.")
+        if not 1 <= runs <= 10:
+            raise gr.Error("Runs must be between 1 and 10.")
     except Exception as exc:
         raise user_error(exc, "setting up the benchmark") from None
     out_dir = config.work_dir("bench")
     rows: list[dict] = []
     paths = {role: str(model_set.paths[role]) for role in models.ROLES}
     role_of = {str(model_set.paths[r].resolve()): r for r in models.ROLES}
-    for i, (h, w) in enumerate(sorted(sizes, key=lambda s: s[0] * s[1])):
-        yield gr.skip(), gr.skip(), f"Timing {w}×{h} ({i + 1}/{len(sizes)}): 1 warm-up + {runs} interleaved runs per model…"
-        try:
-            res = bench.run_benchmark([paths[r] for r in models.ROLES], [(h, w)], threads=threads, runs=runs,
-                                      warmup=1, measure_memory=False)
-        except Exception as exc:
-            raise user_error(exc, "benchmarking") from None
-        for r in res["results"]:
-            r = dict(r)
-            r["role"] = role_of.get(str(Path(r["path"]).resolve()), r["model"])
-            r["mp"] = h * w / 1e6
-            rows.append(r)
-        plot = _plot(rows, threads, out_dir / f"bench_{uuid.uuid4().hex[:8]}.png")
-        yield plot, _table(rows), f"Timed {i + 1}/{len(sizes)} sizes."
-    m = res.get("machine", {}) if rows else {}
-    yield plot, _table(rows), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
-                                 f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
-                                 f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}.")
+    config.prune(out_dir, 20)  # earlier plots: Gradio keeps its own copies
+    deadline = guard.Deadline(config.BENCH_DEADLINE_S, "The benchmark", shrink=False)  # timed as `qatie bench`
+    try:
+        for i, (h, w) in enumerate(sorted(sizes, key=lambda s: s[0] * s[1])):
+            yield gr.skip(), gr.skip(), f"Timing {w}×{h} ({i + 1}/{len(sizes)}): 1 warm-up + {runs} interleaved runs per model…"
+            try:
+                with deadline.onnx():
+                    res = bench.run_benchmark([paths[r] for r in models.ROLES], [(h, w)], threads=threads, runs=runs,
+                                              warmup=1, measure_memory=False)
+            except Exception as exc:
+                raise user_error(exc, "benchmarking") from None
+            for r in res["results"]:
+                r = dict(r)
+                r["role"] = role_of.get(str(Path(r["path"]).resolve()), r["model"])
+                r["mp"] = h * w / 1e6
+                rows.append(r)
+            plot = _plot(rows, threads, out_dir / f"bench_{uuid.uuid4().hex[:8]}.png")
+            yield plot, _table(rows), f"Timed {i + 1}/{len(sizes)} sizes."
+        m = res.get("machine", {}) if rows else {}
+        yield plot, _table(rows), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
+                                     f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
+                                     f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}.")
+    finally:
+        deadline.cancel()

@@ -16,6 +16,7 @@ import time
 
 import gradio as gr
 
+from . import guard
 from . import about, bench_tab, compare, config, inspect_panel, modelcard, models, train_tab
 
 log = logging.getLogger("qatie.app")
@@ -147,6 +148,7 @@ def build_demo() -> gr.Blocks:
                     "minutes on a 2-vCPU machine. The new set joins the Compare and Benchmark tabs' model lists "
                     "for *this browser session* only; the shipped models stay. Short trainings make weak "
                     "enhancers — the point is to watch what quantization does to them.")
+                gr.Markdown(train_tab.budget_md(), elem_id="train-budget")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         t_data = gr.Radio([train_tab.DATA_SAMPLES, train_tab.DATA_UPLOADS],
@@ -158,11 +160,11 @@ def build_demo() -> gr.Blocks:
                                           value=train_tab.INIT_SCRATCH, label="Start from")
                         d = train_tab.DEFAULTS
                         t_width = gr.Radio([16, 24, 32], value=d.width, label="Network width c (from scratch)")
-                        t_fp32 = gr.Slider(0, 3000, value=d.fp32_steps, step=1, label="FP32 training steps (0: only with the shipped model)")
-                        t_qat = gr.Slider(1, 1000, value=d.qat_steps, step=1, label="QAT fine-tuning steps")
+                        t_fp32 = gr.Slider(0, train_tab.MAX_FP32_STEPS, value=d.fp32_steps, step=1, label="FP32 training steps (0: only with the shipped model)")
+                        t_qat = gr.Slider(1, train_tab.MAX_QAT_STEPS, value=d.qat_steps, step=1, label="QAT fine-tuning steps")
                         with gr.Accordion("More settings", open=False):
-                            t_batch = gr.Slider(1, 32, value=d.batch_size, step=1, label="Batch size")
-                            t_patch = gr.Slider(32, 256, value=d.patch, step=16, label="Crop size (pixels)")
+                            t_batch = gr.Slider(1, train_tab.MAX_BATCH, value=d.batch_size, step=1, label="Batch size")
+                            t_patch = gr.Slider(32, train_tab.MAX_PATCH, value=d.patch, step=16, label="Crop size (pixels)")
                             t_lr = gr.Number(value=d.lr, label="FP32 learning rate")
                             t_qat_lr = gr.Number(value=d.qat_lr, label="QAT learning rate")
                             t_method = gr.Radio(["minmax", "percentile", "entropy"], value=d.ptq_method,
@@ -221,13 +223,13 @@ def build_demo() -> gr.Blocks:
                            metrics_df, heatmap, zoom_img, zoom_x, zoom_y, metrics_json, downloads, result_state]
         assert len(compare_outputs) == compare.N_OUT
         run_btn.click(compare.compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
-                      concurrency_limit=COMPARE_CONCURRENCY, concurrency_id="compare", time_limit=600,
+                      concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=600,
                       show_progress="minimal")
         if examples is not None:
             # always_last: clicking another example while one runs queues the new one instead of
             # silently dropping it.
             examples.load_input_event.then(compare.compare, compare_inputs, compare_outputs, preprocess=False,
-                                           concurrency_limit=COMPARE_CONCURRENCY, concurrency_id="compare",
+                                           concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY,
                                            time_limit=600, api_visibility="private", show_progress="minimal",
                                            trigger_mode="always_last")
         dice.click(lambda: random.randrange(2 ** 31), None, seed, queue=False, api_visibility="private")
@@ -247,12 +249,12 @@ def build_demo() -> gr.Blocks:
             train_tab.train,
             [t_data, t_init, t_width, t_fp32, t_qat, t_batch, t_patch, t_lr, t_qat_lr, t_method, t_photos, session_sets],
             [t_status, t_curves, t_files, session_sets, model_set, b_model_set],
-            api_name="train", concurrency_limit=1, concurrency_id="train", time_limit=3600,
+            api_name="train", concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=3600,
         )
         t_cancel.click(train_tab.cancel, None, t_status, cancels=[t_evt], queue=False, api_visibility="private")
 
         b_run.click(bench_tab.run, [b_model_set, session_sets, b_sizes, b_threads, b_runs], [b_plot, b_table, b_status],
-                    api_name="benchmark", concurrency_limit=1, concurrency_id="bench", time_limit=900)
+                    api_name="benchmark", concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=900)
         b_model_set.change(bench_tab.files_for, [b_model_set, session_sets], b_files, api_visibility="private",
                            queue=False)
 
@@ -299,6 +301,9 @@ def launch(demo: gr.Blocks, **kwargs):
     GRADIO_SERVER_PORT (Gradio reads them); `kwargs` override anything."""
     t0 = time.perf_counter()
     _cleanup_on_exit(demo)
+    gone = config.claim_work_dir()
+    if gone:
+        log.info("removed %d scratch folder(s) left by app processes that ended", len(gone))
     models.start_warm_up()
     demo.queue(default_concurrency_limit=1, max_size=64)
     options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True)
