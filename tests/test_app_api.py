@@ -451,7 +451,7 @@ def test_train_adds_a_model_set_to_this_session_only(server, tmp_path):
 def test_train_cancel_stops_the_worker(server):
     me = Client(server.url, verbose=False)
     job = me.submit(api_name="/train", data="Built-in sample photos (scikit-image)", init="Scratch (a new network)",
-                    width=16, fp32_steps=3000, qat_steps=10, batch_size=2, patch=32, lr=1e-3, qat_lr=1e-4,
+                    width=16, fp32_steps=2000, qat_steps=10, batch_size=2, patch=32, lr=1e-3, qat_lr=1e-4,
                     ptq_method="minmax")
     deadline = time.time() + 60
     while time.time() < deadline and not any("elapsed" in str(o[0]) for o in job.outputs()):
