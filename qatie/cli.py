@@ -180,7 +180,8 @@ def cmd_ptq(args) -> int:
     ranked = bool(args.keep_float) and args.keep_float.strip().lower().startswith("auto")
     progress = sensitivity_progress if ranked else None
     out = run_ptq(args.checkpoint, args.out, method=args.method, calib=args.calib, num_calib=args.num_calib,
-                  percentile=args.percentile, seed=args.seed, keep_float=args.keep_float, progress=progress)
+                  percentile=args.percentile, seed=args.seed, keep_float=args.keep_float, progress=progress,
+                  calib_crop=args.calib_crop)
     print(f"INT8 ({args.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
     if args.keep_float:
         side = json.loads(out.with_suffix(".json").read_text())
@@ -230,6 +231,14 @@ def cmd_qat(args) -> int:
                   resume=args.resume, run_dir=args.run_dir,
                   progress=_progress_bar(args.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
+    return 0
+
+
+def cmd_import_tflite(args) -> int:
+    from .tflite_import import save_import
+
+    out = save_import(args.model, args.out)
+    print(f"→ {out} (the paper's network, width 32, weights dequantized from {Path(args.model).name}; MIT licence)")
     return 0
 
 
@@ -356,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     q.add_argument("--calib", default="samples", metavar="SPEC", help="calibration data SPEC (default samples)")
     q.add_argument("--num-calib", type=int, default=32, help="calibration crops (default 32)")
+    q.add_argument("--calib-crop", type=int, default=256, metavar="N",
+                   help="calibration crop side (default 256); 0: whole photos, the resolution the app runs them at")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--keep-float", metavar="auto:K|CONVS",
                    help="mixed precision: auto:K keeps the K most sensitive convs float (ranked by a per-conv "
@@ -406,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--run-dir", help="run folder for last.pt/best.pt/log (default: <out stem>_run beside --out)")
     a.add_argument("--out", required=True, help="output QAT checkpoint .pt")
     a.set_defaults(func=cmd_qat)
+
+    it = sub.add_parser("import-tflite", help="the paper authors' INT8 TFLite model → FP32 checkpoint",
+                        description="Read the authors' released INT8 TFLite model (needs ai-edge-litert), map its "
+                        "35 convs and 5 InstanceNorms onto build_model(32) and write an FP32 checkpoint with the "
+                        "dequantized weights, the source file's SHA-256 and its licence. docs/paper_model.md "
+                        "shows the layer-by-layer proof of the mapping.")
+    it.add_argument("model", metavar="MODEL.tflite")
+    it.add_argument("--out", required=True, help="output FP32 .pt checkpoint")
+    it.set_defaults(func=cmd_import_tflite)
 
     x = sub.add_parser("export", help="checkpoint → ONNX (FP32, or INT8 for a QAT checkpoint)",
                        description="An FP32 checkpoint becomes the FP32 ONNX model; a QAT checkpoint the "

@@ -168,6 +168,12 @@ def interleave_phases(ys: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows, 2).reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
+#: How a size that is not exactly 2× is reached (e.g. 12 → 25 at a 100×100 input): the authors'
+#: TFLite model resizes with half-pixel centres, which torch calls "nearest-exact" (checked layer by
+#: layer by `qatie.tflite_import.prove_mapping`). At exactly 2× it equals plain nearest.
+RESIZE_MODE = "nearest-exact"
+
+
 class Up(nn.Module):
     """Nearest-neighbour 2× resize (sizes are multiples of 8, so 2× is the target size), conv.
 
@@ -199,7 +205,11 @@ class Up(nn.Module):
             ys = [y[:, k * n:(k + 1) * n, a:a + h, b:b + w] for k, (a, b) in enumerate(PHASES)]
         return [qp(y) for qp, y in zip(self.q_phase, ys)]
 
-    def forward(self, x):
+    def forward(self, x, size: Optional[tuple[int, int]] = None):
+        """`size`: the target H×W when it is not exactly 2× (only without padding to a multiple
+        of 8, `QATIENet.pad_input = False`), resized as the authors' TFLite does (`RESIZE_MODE`)."""
+        if size is not None and tuple(size) != (2 * x.shape[-2], 2 * x.shape[-1]):
+            return self.q_conv(self.conv(F.interpolate(x, size=tuple(size), mode=RESIZE_MODE)))
         if not self.subpixel:
             return self.q_conv(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
         return self.q_conv(interleave_phases(self.phase_outputs(x)))
@@ -273,6 +283,10 @@ class QATIENet(nn.Module):
         self.q_delta_phases = QPoint()  # the export computes delta on up1's phases (`delta_phase_weights`)
         self.q_delta_phases.share = self.q_delta
         self.q_output = QPoint(fixed=(1 / 255, 0))
+        # Pad the input to a multiple of 8 (so every up-conv is exactly 2×, as the INT8 export needs).
+        # False runs any size as the paper's network does, resizing to the skip's size: what the
+        # authors' fixed-size TFLite model computes at 100×100 (`qatie.tflite_import`).
+        self.pad_input = True
         for name, m in self.named_modules():
             if isinstance(m, QPoint):
                 m.qname = name
@@ -288,24 +302,26 @@ class QATIENet(nn.Module):
             fuse.q_cat.tanh_lut = True  # it quantizes tanh outputs too (enc.q_ca / q_cb)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, plan = pad_torch(x)
+        if self.pad_input:
+            x, plan = pad_torch(x)
         x = self.q_input(x)
         xa1, g1, xb1 = self.enc1(x)
         s2 = self.ref_s2(g1)
         xa2, g2, xb2 = self.enc2(s2)
         s4 = self.ref_s4(g2)
         b = self.bottleneck(self.q_pool(F.max_pool2d(s4, 2)))
-        f4 = self.ref_f4(self.fuse4(self.up4(b), s4, xa2, xb2))
-        f2 = self.ref_f2(self.fuse2(self.up2(f4), s2, xa1, xb1))
+        sizes = (None, None, None) if self.pad_input else (s4.shape[-2:], s2.shape[-2:], x.shape[-2:])
+        f4 = self.ref_f4(self.fuse4(self.up4(b, sizes[0]), s4, xa2, xb2))
+        f2 = self.ref_f2(self.fuse2(self.up2(f4, sizes[1]), s2, xa1, xb1))
         phases = getattr(self.delta, "phases", None)  # set by the export (sub-pixel form)
         if phases is not None:
             stack = self.up1.q_conv(torch.cat(self.up1.phase_outputs(f2), 1))
             delta = self.q_delta(unstack_delta(self.q_delta_phases(phases(stack)), self.delta.out_channels))
         else:
-            delta = self.q_delta(self.delta(self.up1(f2)))
+            delta = self.q_delta(self.delta(self.up1(f2, sizes[2])))
         y = delta if self.variant == "no_global_residual" else x + delta
         y = torch.clamp(self.q_output(y), 0.0, 1.0)
-        return y if plan.is_noop else crop(y, plan)  # no-op skipped so ONNX export keeps H, W dynamic
+        return y if not self.pad_input or plan.is_noop else crop(y, plan)  # no-op skipped so ONNX export keeps H, W dynamic
 
     def qpoints(self) -> list[QPoint]:
         return [m for m in self.modules() if isinstance(m, QPoint)]

@@ -22,14 +22,22 @@ CALIB_CROP = 256
 
 def calibration_images(spec: str, num: int = 32, seed: int = 0, crop: int = CALIB_CROP) -> list[np.ndarray]:
     """`num` deterministic input crops from a data SPEC's training part (clean photos are passed
-    through the degradation model, so calibration sees what the model sees in use)."""
-    sampler = PatchSampler([load_source(spec, part="train")], crop)
+    through the degradation model, so calibration sees what the model sees in use). `crop` 0:
+    `num` whole photos as they are, evenly spaced through the set — calibration at the resolution
+    the app runs photos at, where whole-photo statistics (InstanceNorm) set the ranges."""
+    source = load_source(spec, part="train")
+    if crop == 0:
+        photos = source.targets if source.synthetic else source.inputs
+        picks = np.linspace(0, len(photos) - 1, min(num, len(photos))).round().astype(int)
+        return [photos[i].astype(np.float32) / 255 for i in picks]
+    sampler = PatchSampler([source], crop)
     rng = np.random.default_rng([seed, 7919])
     return [sampler.crop_pair(rng)[0] for _ in range(num)]
 
 
 def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num_calib: int = 32,
-            percentile: float = 99.99, seed: int = 0, keep_float=None, progress=None) -> Path:
+            percentile: float = 99.99, seed: int = 0, keep_float=None, progress=None,
+            calib_crop: int = CALIB_CROP) -> Path:
     """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated by `method`.
 
     keep_float (mixed precision, see `qatie.mixed`): "auto:K" keeps the K convs float whose
@@ -41,10 +49,10 @@ def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num
         raise CheckpointError(f"{checkpoint}: PTQ starts from an FP32 checkpoint (this one is {ckpt.get('kind')!r}); "
                               "export a QAT checkpoint with `qatie export`")
     model = model_from_checkpoint(ckpt, str(checkpoint)).eval()
-    images = calibration_images(calib, num_calib, seed)
+    images = calibration_images(calib, num_calib, seed, calib_crop)
     ranges = calibrate(model, images, method, percentile)
     meta = {"checkpoint": str(checkpoint), "method": method, "calib": calib, "num_calib": num_calib,
-            "calib_crop": CALIB_CROP, "seed": seed, "wall_s": round(time.time() - t0, 2)}
+            "calib_crop": calib_crop, "seed": seed, "wall_s": round(time.time() - t0, 2)}
     if method == "percentile":
         meta["percentile"] = percentile
     keep = None

@@ -261,29 +261,41 @@ class OnnxEnhancer:
         Images no larger than one tile run whole (identical to `enhance`).
         """
         img = _as_image_float(image)
-        if not isinstance(tile, int) or tile < 16:
-            raise QatieError(f"tile must be an integer ≥ 16, got {tile!r}")
-        if not isinstance(overlap, int) or overlap < 0 or 2 * overlap > tile:
-            raise QatieError(f"overlap must be an integer in [0, tile/2] = [0, {tile // 2}], got {overlap!r}")
+        _check_tiling(tile, overlap)
         h, w, _ = img.shape
         if h <= tile and w <= tile:
             return self.enhance(img)
-        ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-        th, tw = min(tile, h), min(tile, w)
-        wy = _axis_weights(ys, th)
-        wx = _axis_weights(xs, tw)
-        out = np.zeros((h, w, 3), dtype=np.float32)
-        for y0, wyi in zip(ys, wy):
-            for x0, wxi in zip(xs, wx):
-                patch = img[y0:y0 + th, x0:x0 + tw].transpose(2, 0, 1)[None]
-                res = self.run_nchw(patch)[0]  # 3×th×tw
-                weight = wyi[:, None] * wxi[None, :]
-                out[y0:y0 + th, x0:x0 + tw] += (res * weight[None]).transpose(1, 2, 0)
-        # The weights are separable on a grid, so their sum is the outer product of the 1-D sums.
-        out /= _axis_weight_sum(ys, wy, h)[:, None, None]
-        out /= _axis_weight_sum(xs, wx, w)[None, :, None]
-        np.clip(out, 0.0, 1.0, out=out)
-        return out
+        return run_tiled(lambda t: self.run_nchw(t.transpose(2, 0, 1)[None])[0].transpose(1, 2, 0), img, tile, overlap)
+
+
+def _check_tiling(tile, overlap) -> None:
+    if not isinstance(tile, int) or tile < 16:
+        raise QatieError(f"tile must be an integer ≥ 16, got {tile!r}")
+    if not isinstance(overlap, int) or overlap < 0 or 2 * overlap > tile:
+        raise QatieError(f"overlap must be an integer in [0, tile/2] = [0, {tile // 2}], got {overlap!r}")
+
+
+def run_tiled(fn: Callable[[np.ndarray], np.ndarray], img: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+    """`fn` (an H×W×3 tile → its H×W×3 output) over a large H×W×3 float image in overlapping
+    `tile`×`tile` tiles (smaller when the image is), blended with linear ramps (`enhance_tiled`).
+    Also what runs a fixed-size model, such as the authors' 100×100 TFLite one, on any photo."""
+    _check_tiling(tile, overlap)
+    h, w, _ = img.shape
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    wy = _axis_weights(ys, th)
+    wx = _axis_weights(xs, tw)
+    out = np.zeros((h, w, 3), dtype=np.float32)
+    for y0, wyi in zip(ys, wy):
+        for x0, wxi in zip(xs, wx):
+            res = fn(np.ascontiguousarray(img[y0:y0 + th, x0:x0 + tw]))  # th×tw×3
+            weight = wyi[:, None] * wxi[None, :]
+            out[y0:y0 + th, x0:x0 + tw] += res * weight[..., None]
+    # The weights are separable on a grid, so their sum is the outer product of the 1-D sums.
+    out /= _axis_weight_sum(ys, wy, h)[:, None, None]
+    out /= _axis_weight_sum(xs, wx, w)[None, :, None]
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def tile_starts(n: int, tile: int, overlap: int) -> list[int]:

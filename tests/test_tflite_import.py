@@ -1,0 +1,129 @@
+"""The paper authors' released TFLite models imported into our network: the mapping is proved
+layer by layer against their own INT8 tensors (skips without ../shared or ai-edge-litert)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED
+
+REFERENCE = SHARED / "reference"
+SMALL = REFERENCE / "qatie_official_int8_100x100.tflite"
+FULL_HD = REFERENCE / "qatie_official_int8_1920x1080.tflite"
+
+pytestmark = [
+    pytest.mark.skipif(not SMALL.is_file(), reason=f"{SMALL} is absent (shared data not available)"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+litert = pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed")
+
+#: Any correctly mapped conv, fed the authors' own input tensor, differs from their INT8 output by
+#: that one layer's INT8 rounding: ≥ 21.6 dB measured (up4.conv, whose output grid is the
+#: coarsest; docs/paper_model.md). A swapped kernel gives ≈ 0 dB or less; a transposed one keeps
+#: its smooth part and loses ≥ 10 dB (`test_a_wrong_mapping_is_caught`).
+MIN_CONV_SQNR_DB = 20.0
+
+
+def _crops(n_per_image: int = 2) -> list[np.ndarray]:
+    from qatie.data import sample_images
+
+    crops = []
+    for img in sample_images(("astronaut", "coffee")).values():
+        for y, x in [(40, 60), (200, 150)][:n_per_image]:
+            crops.append(np.ascontiguousarray(img[y:y + 100, x:x + 100]))
+    return crops
+
+
+@pytest.fixture(scope="module")
+def imported():
+    from qatie.tflite_import import import_tflite
+
+    return import_tflite(SMALL)
+
+
+def test_import_is_the_papers_network_with_provenance(imported):
+    from qatie.model import count_parameters
+
+    model, info = imported
+    assert count_parameters(model) == 915_331
+    assert info["licence"] == "MIT" and len(info["source_sha256"]) == 64
+    assert info["instance_norm_eps_stored"] == [1e-05]
+    # no conv kept its fresh initialisation (the delta conv starts at zero in build_model)
+    assert all(m.weight.abs().sum() > 0 for m in model.convs())
+
+
+def test_every_conv_maps_with_an_sqnr_a_wrong_mapping_cannot_reach(imported):
+    from qatie.tflite_import import prove_mapping
+
+    model, _ = imported
+    rows = prove_mapping(SMALL, _crops(), model=model)
+    convs = [r for r in rows if r["layer"] != "output"]
+    assert len(convs) == 35
+    worst = min(convs, key=lambda r: r["conv_sqnr_db"])
+    print(f"worst conv: {worst['layer']} {worst['conv_sqnr_db']:.2f} dB")
+    assert worst["conv_sqnr_db"] >= MIN_CONV_SQNR_DB, worst
+    # the wiring (tanh gates, InstanceNorm, concat orders, resize, residual) reproduces their output
+    # from their own conv outputs: the final output agrees far above any wrong wiring (measured 49 dB)
+    out = next(r for r in rows if r["layer"] == "output")
+    assert out["wired_sqnr_db"] >= 40.0, out
+
+
+def test_a_wrong_mapping_is_caught(imported):
+    from qatie.tflite_import import prove_mapping
+
+    model, _ = imported
+    wrong = type(model)(32)
+    wrong.load_state_dict(model.state_dict())
+    with torch.no_grad():  # swap the two encoder branches and transpose one kernel
+        a, b = wrong.enc1.a.weight.clone(), wrong.enc1.b.weight.clone()
+        wrong.enc1.a.weight.copy_(b), wrong.enc1.b.weight.copy_(a)
+        wrong.ref_s2.t_conv.weight.copy_(wrong.ref_s2.t_conv.weight.transpose(2, 3).clone())
+    rows = {r["layer"]: r for r in prove_mapping(SMALL, _crops(1), model=wrong)}
+    right = {r["layer"]: r for r in prove_mapping(SMALL, _crops(1), model=model)}
+    for layer in ("enc1.a", "enc1.b"):  # swapped branches: nothing in common
+        assert rows[layer]["conv_sqnr_db"] < 10.0, rows[layer]
+    # a transposed kernel keeps its smooth part (measured 22.5 dB), far below the right one (40.6 dB)
+    assert rows["ref_s2.t_conv"]["conv_sqnr_db"] < right["ref_s2.t_conv"]["conv_sqnr_db"] - 10.0
+    assert rows["ref_s2.u"]["conv_sqnr_db"] >= MIN_CONV_SQNR_DB  # the untouched ones still map
+
+
+@pytest.mark.skipif(not FULL_HD.is_file(), reason="full-HD reference model absent")
+def test_both_released_files_carry_the_same_weights(imported):
+    """The int8 weights, their scales and the norm parameters are identical; biases differ only by
+    their int32 rounding at each file's own input scale (bias step = input scale × weight scale)."""
+    from qatie.tflite_import import import_tflite
+
+    small, _ = imported
+    full, _ = import_tflite(FULL_HD)
+    sd_small, sd_full = small.state_dict(), full.state_dict()
+    for key, value in sd_small.items():
+        if key.endswith(".bias") and "norm" not in key:
+            assert torch.allclose(value, sd_full[key], atol=2e-3), key
+        else:
+            assert torch.equal(value, sd_full[key]), key
+
+
+def test_cli_writes_a_checkpoint_that_loads_safely(tmp_path, cli):
+    from qatie.checkpoint import load_model, read_checkpoint
+
+    out = tmp_path / "paper.pt"
+    proc = cli("import-tflite", SMALL, "--out", out)
+    assert "MIT" in proc.stdout
+    ckpt = read_checkpoint(out)  # weights_only=True
+    assert ckpt["source"]["source_file"] == SMALL.name
+    model = load_model(out)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape and (y - x).abs().mean() > 0.01  # it changes photos (a DPED look)
+
+
+def test_not_a_tflite_file_is_a_clear_error(tmp_path):
+    from qatie.errors import ModelFileError
+    from qatie.tflite_import import import_tflite
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer" * 10)
+    with pytest.raises(ModelFileError, match="bad.tflite"):
+        import_tflite(bad)
