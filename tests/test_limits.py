@@ -85,3 +85,122 @@ def test_heatmap_figure_size_is_capped_in_pixels(tmp_path, shape):
     path = render.heatmap_png([("a", m), ("b", m), None, ("c", m), ("d", m), ("e", m)], tmp_path / "h.png", cols=3)
     w, h = Image.open(path).size
     assert w <= 3 * 520 + 130 and h <= 2 * 565 + 30, (w, h)
+
+
+# ---------------------------------------------------------------------------- uploaded models, deadlines, disk
+
+def _tiny_onnx(path, nodes, inits, out_ch=3):
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("image", T.FLOAT, ["N", 3, "H", "W"])],
+                     [h.make_tensor_value_info("out", T.FLOAT, ["N", out_ch, "H", "W"])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def test_shipped_models_pass_the_upload_checks():
+    from app import models
+
+    for path in models.shipped_paths().values():
+        if not path.is_file():
+            pytest.skip("shipped models absent")
+        models.check_onnx(path)
+        models.probe(models.rt.OnnxEnhancer(path, threads=1, arena=False))
+
+
+def test_upload_checks_refuse_loops_shape_allocations_and_blow_ups(tmp_path):
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from app import models
+    from qatie.errors import ModelFileError
+
+    w = nh.from_array(np.ones((96, 3, 1, 1), np.float32), "w")
+    w2 = nh.from_array(np.ones((3, 96, 1, 1), np.float32) / 96, "w2")
+    wide = _tiny_onnx(tmp_path / "wide.onnx", [h.make_node("Conv", ["image", "w"], ["t"]),
+                                                 h.make_node("Conv", ["t", "w2"], ["out"])], [w, w2])
+    with pytest.raises(ModelFileError, match="too large .*32×"):
+        models.check_onnx(wide)
+    cat = [h.make_node("Concat", ["image", "image"], ["c0"], axis=1)]
+    cat += [h.make_node("Concat", [f"c{k}", f"c{k}"], [f"c{k + 1}"], axis=1) for k in range(5)]
+    cat += [h.make_node("Slice", ["c5", "s", "e", "a"], ["out"])]
+    inits = [nh.from_array(np.array([v], np.int64), n) for n, v in (("s", 0), ("e", 3), ("a", 1))]
+    with pytest.raises(ModelFileError, match="too large"):
+        models.check_onnx(_tiny_onnx(tmp_path / "cat.onnx", cat, inits))
+    shape = nh.from_array(np.array([1, 3, 4096, 4096], np.int64), "shape")
+    expand = _tiny_onnx(tmp_path / "expand.onnx", [h.make_node("Expand", ["image", "shape"], ["out"])], [shape])
+    with pytest.raises(ModelFileError, match="operators .*Expand"):
+        models.check_onnx(expand)
+    pad = nh.from_array(np.array([0, 0, 0, 0, 0, 0, 5000, 5000], np.int64), "pads")
+    big_pad = _tiny_onnx(tmp_path / "pad.onnx", [h.make_node("Pad", ["image", "pads"], ["out"])], [pad])
+    with pytest.raises(ModelFileError, match="too large"):
+        models.check_onnx(big_pad)
+
+
+def test_deadline_terminates_a_running_model():
+    import time
+
+    from app import guard
+    from qatie import runtime as rt
+
+    path = rt.REPO_ROOT / rt.SHIPPED_MODELS["fp32"]
+    if not path.is_file():
+        pytest.skip("shipped models absent")
+    enh = rt.OnnxEnhancer(path, threads=1)
+    x = np.zeros((2048, 2048, 3), np.float32)  # several seconds on one thread
+    t0 = time.perf_counter()
+    with guard.Deadline(0.3, "The test") as d, pytest.raises(guard.DeadlineError, match="stopped after 0 s"):
+        with d.onnx():
+            enh.enhance(x)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_child_process_is_killed_at_its_deadline():
+    import time
+
+    import psutil
+
+    from app import guard
+    from qatie.errors import QatieError
+
+    import math
+
+    from qatie.imageio import decode_image
+
+    assert guard.run_in_child(math.sqrt, 16.0, seconds=60, what="x") == 4.0
+    with pytest.raises(QatieError, match="upload.png: the file is empty"):  # QatieErrors keep their message
+        guard.run_in_child(decode_image, b"", "upload.png", seconds=60, what="x")
+    t0 = time.perf_counter()
+    with pytest.raises(guard.DeadlineError, match="The nap was stopped after 2 s"):
+        guard.run_in_child(time.sleep, 600, seconds=2, what="The nap")
+    assert time.perf_counter() - t0 < 10
+    assert not psutil.Process().children(), "the child outlived its deadline"
+
+
+def test_prune_keeps_the_newest_files_under_the_cap(tmp_path):
+    import os
+
+    for i in range(10):
+        p = tmp_path / f"d{i}" / "f.bin"
+        p.parent.mkdir()
+        p.write_bytes(b"0" * 100_000)
+        os.utime(p, (i, i))
+    config.prune(tmp_path, 0.35)
+    assert sorted(p.parent.name for p in tmp_path.rglob("*.bin")) == ["d7", "d8", "d9"]
+    assert not (tmp_path / "d0").exists(), "emptied folders go too"
+
+
+def test_training_budget_refuses_the_old_maxima_and_fits_the_defaults():
+    from app import train_tab as tt
+
+    assert tt.cost_units(tt.DEFAULTS) < tt.TRAIN_BUDGET_UNITS / 1.5
+    with pytest.raises(core.AppInputError, match="units of compute"):
+        tt._validate(tt.TrainSettings(width=32, fp32_steps=tt.MAX_FP32_STEPS, qat_steps=tt.MAX_QAT_STEPS,
+                                      batch_size=tt.MAX_BATCH, patch=tt.MAX_PATCH))
+    with pytest.raises(core.AppInputError, match="between"):
+        tt._validate(tt.TrainSettings(fp32_steps=3000))
+    assert "minutes" in tt.budget_md() and str(tt.MAX_FP32_STEPS) in tt.budget_md()
