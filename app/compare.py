@@ -203,6 +203,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     try:
         try:
             prep = core.prepare(image, reference, bool(simulate), seed, bool(full_size))
+            deadline.extend(config.COMPARE_DEADLINE_PER_MP_S * prep.megapixels)
             overrides = _overrides(custom_fp32, custom_ptq, custom_qat)
             model_set = models.resolve_set(model_set, session_sets)
             if model_set.key == models.SHIPPED_KEY and not overrides:

@@ -66,10 +66,12 @@ TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))
 #: together: one Gradio concurrency group (`app.guard.HEAVY`). A 2-vCPU Space gains nothing from
 #: more, and training holds one slot for its whole run.
 HEAVY_SLOTS = max(1, int(_env_float("QATIE_HEAVY_SLOTS", 2)))
-#: Deadlines (seconds) enforced by `app.guard`: a compare (12-MP tiled, three models, is ~30 s on
-#: 2 vCPU), a zoom, a benchmark, the Inspect panel's quick (analysis, histogram) and slow
-#: (calibration methods, mixed precision: they build PTQ models) handlers.
+#: Deadlines (seconds) enforced by `app.guard`: a compare (a base plus a share per megapixel: a
+#: 12-MP tiled compare is ~30 s on an idle 2 vCPU and was measured several times slower on a busy
+#: one), a benchmark, the Inspect panel's quick (analysis, histogram) and slow (calibration
+#: methods, mixed precision: they build PTQ models) handlers.
 COMPARE_DEADLINE_S = _env_float("QATIE_COMPARE_DEADLINE_S", 120.0)
+COMPARE_DEADLINE_PER_MP_S = _env_float("QATIE_COMPARE_DEADLINE_PER_MP_S", 20.0)  # added per megapixel processed
 BENCH_DEADLINE_S = _env_float("QATIE_BENCH_DEADLINE_S", 300.0)
 INSPECT_DEADLINE_S = _env_float("QATIE_INSPECT_DEADLINE_S", 60.0)
 INSPECT_BUILD_DEADLINE_S = _env_float("QATIE_INSPECT_BUILD_DEADLINE_S", 300.0)

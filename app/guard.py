@@ -69,6 +69,17 @@ class Deadline:
         self._timer.daemon = True
         self._timer.start()
 
+    def extend(self, extra_s: float) -> None:
+        """Allow `extra_s` more seconds (once the size of the work is known)."""
+        if self.fired.is_set() or extra_s <= 0:
+            return
+        self._timer.cancel()
+        self.seconds += extra_s
+        self.end += extra_s
+        self._timer = threading.Timer(max(0.0, self.end - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
     def _fire(self) -> None:
         self.fired.set()
         self.options.terminate = True
