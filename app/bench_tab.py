@@ -39,6 +39,8 @@ def _plot(rows: list[dict], threads: int, path) -> str:
     fig = Figure(figsize=(7.5, 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    if len({r["mp"] for r in rows}) == 1:  # one size: a line through one point says nothing; bars do
+        return _bars(fig, ax, rows, threads, path)
     for role in models.ROLES:
         rr = sorted((r for r in rows if r["role"] == role), key=lambda r: r["mp"])
         if not rr:
@@ -58,6 +60,45 @@ def _plot(rows: list[dict], threads: int, path) -> str:
     fig.tight_layout()
     fig.canvas.draw()
     return render.save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
+
+
+def _bars(fig, ax, rows: list[dict], threads: int, path) -> str:
+    """One bar per model (median, with min–max), its milliseconds and ratio to FP32 written on it."""
+    rr = [r for role in models.ROLES for r in rows if r["role"] == role]
+    x = np.arange(len(rr))
+    med = [r["median_ms"] for r in rr]
+    err = [[r["median_ms"] - r["min_ms"] for r in rr], [r["max_ms"] - r["median_ms"] for r in rr]]
+    ax.bar(x, med, yerr=err, capsize=4, color=[COLORS.get(r["role"], "#7f7f7f") for r in rr], width=0.6)
+    for xi, r in zip(x, rr):
+        ax.text(xi, r["median_ms"] / 2, f"{r['median_ms']:.0f} ms\n{r['ratio_to_fp32']:.2f}× FP32", ha="center",
+                va="center", color="white", fontsize=10, fontweight="bold")
+    ax.set_xticks(x, [models.ROLE_LABELS.get(r["role"], r["role"]) for r in rr])
+    ax.set_ylabel("latency, ms (median; bars: min–max)")
+    ax.set_title(f"{rr[0]['size']} — ONNX Runtime on this CPU, {threads} thread(s)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.canvas.draw()
+    return render.save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
+
+
+#: A model's min–max spread above this share of its median means the runs did not see the same
+#: machine (other users, other jobs): its ratios to FP32 are then not to be trusted.
+BUSY_SPREAD = 0.25
+
+
+def busy_warning(rows: list[dict]) -> str:
+    """A warning when the timings' min–max spread shows a busy machine (empty when they are steady)."""
+    spreads = [((r["max_ms"] - r["min_ms"]) / r["median_ms"], r) for r in rows if r.get("median_ms")]
+    if not spreads:
+        return ""
+    worst, r = max(spreads, key=lambda t: t[0])
+    if worst <= BUSY_SPREAD:
+        return ""
+    return (f"⚠️ **This machine was busy while timing:** {models.ROLE_LABELS.get(r['role'], r['role'])} at "
+            f"{r['size']} ranged from {r['min_ms']:.0f} to {r['max_ms']:.0f} ms ({100 * worst:.0f}% of its median). "
+            "Other work shared the CPU, so the ratios between the models are unreliable; run again when it is "
+            "quieter, or with more runs.")
 
 
 COLUMNS = ["Model", "Size (H×W)", "Median ms", "Min ms", "Max ms", "× FP32", "File MB"]
@@ -143,6 +184,7 @@ def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):
         m = res.get("machine", {}) if rows else {}
         yield plot, _table(rows), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
                                      f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
-                                     f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}.")
+                                     f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}."
+                                     + ("\n\n" + busy_warning(rows) if busy_warning(rows) else ""))
     finally:
         deadline.cancel()

@@ -36,19 +36,29 @@ import pandas as pd
 from qatie.cpu import int8_path
 from qatie.errors import QatieError
 
-from . import config, core, models, render
-from .verdict import verdict
+from . import config, core, models, region, render
+from .verdict import headline, verdict
 from . import guard
 
 log = logging.getLogger("qatie.app")
 
 ZOOM_WINDOWS = (16, 24, 32, 48, 64, 96, 128)
 DEFAULT_WINDOW = 48
+ZOOM_TILE_PX = 288  # each crop of the zoom view, enlarged to about this many pixels
+SLIDER_PX = 480  # the worst-region before/after slider's images
 
 # Output order of the compare event (the API returns them in this order, minus the State).
+# The first view's outputs (headline, worst-region before/after slider, vs-reference heatmaps) come
+# after the original ones, so API callers reading the first 15 by position are unaffected.
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
-                "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "state")
+                "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
+                "heatmap_ref", "state")
 N_OUT = len(OUTPUT_NAMES)
+IDX = {name: i for i, name in enumerate(OUTPUT_NAMES)}
+#: Fixed colour scales (8-bit levels) of the error displays, so a colour means the same on every
+#: photo: quantization error (INT8 vs FP32) and each model against the reference.
+QUANT_SCALE = 16.0
+REF_SCALE = 64.0
 SKIP = gr.skip
 
 
@@ -142,13 +152,29 @@ def _overrides(custom_fp32, custom_ptq, custom_qat) -> dict[str, tuple[str, str]
     return out
 
 
+def empty_table() -> pd.DataFrame:
+    """The metrics table before a result (named columns, no rows — never Gradio's "1 2 3")."""
+    return pd.DataFrame(columns=["Model", "Agreement with FP32 (dB)", "Max error vs FP32 (levels)",
+                                 "Pixels > 2 levels off FP32", "Latency (ms)", "File (MB)"])
+
+
 def _empty_outputs(notice: str) -> list:
     vals = [None] * N_OUT
     vals[0] = notice
-    vals[OUTPUT_NAMES.index("zoom_x")] = SKIP()
-    vals[OUTPUT_NAMES.index("zoom_y")] = SKIP()
-    vals[OUTPUT_NAMES.index("state")] = None
+    vals[IDX["metrics"]] = empty_table()
+    vals[IDX["headline"]] = ""
+    vals[IDX["verdict"]] = ""
+    vals[IDX["zoom_x"]] = SKIP()
+    vals[IDX["zoom_y"]] = SKIP()
+    vals[IDX["state"]] = None
     return vals
+
+
+def error_outputs(err: gr.Error) -> list:
+    """Every output blanked, the message kept in the notice line (a toast alone vanishes, and the
+    previous photo's result must not stay on screen under an error)."""
+    title = getattr(err, "title", None) or "Error"
+    return _empty_outputs(f'<span class="error-notice">⚠️ <b>{title}:</b> {getattr(err, "message", str(err))}</span>')
 
 
 def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, extra: str = "") -> str:
@@ -190,8 +216,33 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     """Enhance a photo with the FP32, PTQ-INT8 and QAT-INT8 models and compare the outputs.
 
     Returns (streamed): notice, input, FP32, PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider,
-    verdict, metrics table, heatmaps, zoom, zoom x %, zoom y %, metrics (JSON), downloads.
+    verdict, metrics table, heatmaps (INT8 vs FP32), zoom (worst-region crops), zoom x %, zoom y %,
+    metrics (JSON), downloads, headline (one line of HTML), worst-region FP32↔INT8 slider,
+    heatmaps vs the reference.
     """
+    try:
+        yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
+                            custom_qat, session_sets)
+    except Exception as exc:
+        err = user_error(exc)
+        yield error_outputs(err)
+        raise err from None
+
+
+def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, model_set=models.SHIPPED_KEY,
+               custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None):
+    """The Compare button's handler: `compare`, except that an error ends in the notice line (and
+    a toast) instead of an exception — the blanked outputs then carry no "Error" badges over the
+    message. API callers use `compare`, which raises."""
+    try:
+        yield from compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
+                           custom_qat, session_sets)
+    except gr.Error as err:
+        gr.Warning(err.message, title=err.title)
+
+
+def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq, custom_qat,
+             session_sets):
     request_dir = None
     keep_dir = False
     t_start = time.perf_counter()
@@ -222,7 +273,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             if cached is not None:
                 vals = list(cached)
                 vals[0] = cached[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
-                vals[15] = dict(cached[15])  # this session's own copy (the zoom writes into it)
+                vals[IDX["state"]] = dict(cached[IDX["state"]])  # this session's own copy (the zoom writes into it)
                 yield vals
                 return
 
@@ -258,28 +309,36 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             deadline.check()
             result = core.analyse(prep, outputs)
             maps = result["maps"]
+            # The first view's crop: the worst *visible* region (mid-tones, texture), not the
+            # largest raw error, which often hides in near-black shadows.
+            worst = result["worst"]
+            worst["x"], worst["y"] = region.visible_worst_point(maps[f"{worst['role']}_vs_fp32"], outputs["fp32"])
             def panel(title: str, m: np.ndarray):
                 return f"{title}  (max {m.max():.0f}, {100 * (m > 2).mean():.1f}% > 2 levels)", m
 
             panels = [panel("|PTQ-INT8 − FP32|", maps["ptq_vs_fp32"]), panel("|QAT-INT8 − FP32|", maps["qat_vs_fp32"])]
-            cols = 2
-            if prep.reference is not None:  # second row: each model against the ground truth
+            vmax = QUANT_SCALE
+            heat = render.heatmap_png(panels, request_dir / "heatmap.png", vmax=vmax, cols=2, panel_px=420,
+                                      title=f"Quantization error, fixed colour scale 0–{QUANT_SCALE:g} levels")
+            heat_ref = None
+            if prep.reference is not None:  # each model against the ground truth
                 what = "clean" if prep.reference_kind == "simulated" else "ref"
-                panels += [None, panel(f"|FP32 − {what}|", maps["fp32_vs_ref"]),
-                           panel(f"|PTQ-INT8 − {what}|", maps["ptq_vs_ref"]),
-                           panel(f"|QAT-INT8 − {what}|", maps["qat_vs_ref"])]
-                cols = 3
-            vmax = render.shared_vmax([m for m in maps.values()])
-            heat = render.heatmap_png(panels, request_dir / "heatmap.png", vmax=vmax, cols=cols)
+                heat_ref = render.heatmap_png(
+                    [panel(f"|FP32 − {what}|", maps["fp32_vs_ref"]), panel(f"|PTQ-INT8 − {what}|", maps["ptq_vs_ref"]),
+                     panel(f"|QAT-INT8 − {what}|", maps["qat_vs_ref"])], request_dir / "heatmap_ref.png",
+                    vmax=REF_SCALE, cols=3, panel_px=420,
+                    title=f"Each model against the {'clean original' if what == 'clean' else 'reference'}, "
+                          f"fixed colour scale 0–{REF_SCALE:g} levels")
             state = {
                 "images": {"input": prep.image, "reference": prep.reference, **outputs},
                 "errors": {r: np.clip(maps[f"{r}_vs_fp32"], 0, 255).astype(np.uint8) for r in ("ptq", "qat")},
                 "vmax": vmax, "display_scale": scale, "reference_kind": prep.reference_kind,
             }
             w, h = prep.size
-            zx = 100.0 * result["worst"]["x"] / w
-            zy = 100.0 * result["worst"]["y"] / h
+            zx = round(100.0 * result["worst"]["x"] / w, 1)
+            zy = round(100.0 * result["worst"]["y"] / h, 1)
             zoom_path = render_zoom(state, zx, zy, DEFAULT_WINDOW, request_dir)
+            crop_pair = crop_slider(state, zx, zy, result["worst"]["role"], DEFAULT_WINDOW, request_dir)
         except Exception as exc:
             raise user_error(exc, "measuring the outputs") from None
 
@@ -287,6 +346,9 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             return (_frame(*core.table(result, latencies, sizes)),
                     verdict(result, latencies, sizes, final=final),
                     _json(result, latencies, sizes, prep, model_set))
+
+        def head() -> str:
+            return headline(result, latencies, sizes)
 
         total_first = sum(latencies[r][0] for r in models.ROLES) / 1000.0
         more = config.TIMING_RUNS - 1
@@ -299,7 +361,8 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         vals[5] = (shown["fp32"], shown["ptq"])
         vals[6] = (shown["fp32"], shown["qat"])
         vals[11], vals[12] = zx, zy
-        vals[15] = state
+        vals[IDX["headline"]], vals[IDX["slider_crop"]], vals[IDX["heatmap_ref"]] = head(), crop_pair, heat_ref
+        vals[IDX["state"]] = state
         downloads = None
         if prep.tiled:
             downloads = [render.save_png(arr, request_dir / f"full_{name}.png")
@@ -323,6 +386,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
             frame, text, js = measured(final=False)
             vals = [SKIP()] * N_OUT
             vals[7], vals[8], vals[13] = text, frame, js
+            vals[IDX["headline"]] = head()
             yield vals
 
         if skip_timing:
@@ -335,7 +399,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         frame, text, js = measured(final=True)
         final = [final_notice, shown["input"], shown["fp32"], shown["ptq"], shown["qat"],
                  (shown["fp32"], shown["ptq"]), (shown["fp32"], shown["qat"]), text, frame, heat, zoom_path,
-                 zx, zy, js, downloads, state]
+                 zx, zy, js, downloads, head(), crop_pair, heat_ref, state]
         if key is not None:
             # Keep the files and the full final result for the next click on this example.
             keep_dir = True
@@ -366,20 +430,48 @@ def render_zoom(state: dict, x_pct: float, y_pct: float, window: int, out_dir: P
     if not (math.isfinite(cx) and math.isfinite(cy)):
         raise core.AppInputError("the zoom needs x and y between 0 and 100")
     x0, y0, x1, y1 = render.crop_box(w, h, cx, cy, window)
-    tiles = [("Input", imgs["input"][y0:y1, x0:x1])]
-    if imgs.get("reference") is not None:
-        ref_label = "Clean original" if state.get("reference_kind") == "simulated" else "Reference"
-        tiles.append((ref_label, imgs["reference"][y0:y1, x0:x1]))
-    tiles += [(models.ROLE_LABELS[r], imgs[r][y0:y1, x0:x1]) for r in models.ROLES]
     vmax = state["vmax"]
-    tiles += [(f"|{models.ROLE_LABELS[r]} − FP32|", render.colorize(state["errors"][r][y0:y1, x0:x1].astype(np.float32), vmax))
-              for r in ("ptq", "qat")]
-    k = max(1, 256 // max(x1 - x0, y1 - y0))
-    caption = (f"{x1 - x0}×{y1 - y0} px from x = {x0}…{x1 - 1}, y = {y0}…{y1 - 1}, enlarged {k}× nearest-neighbour; "
-               f"error colours on the heatmap's scale (0–{vmax:.0f} levels)")
-    cols = 4
-    return render.zoom_png(tiles, out_dir / f"zoom_{uuid.uuid4().hex[:8]}.png", tile_px=256, columns=cols,
+    # Row 1: the three models; row 2: the input and where each INT8 model departs from FP32
+    # (under its own picture). The reference has its own heatmaps.
+    tiles = [(models.ROLE_LABELS[r], imgs[r][y0:y1, x0:x1]) for r in models.ROLES]
+    tiles.append(("Input", imgs["input"][y0:y1, x0:x1]))
+    tiles += [(f"|{models.ROLE_LABELS[r]} − FP32| (0–{vmax:g} levels)",
+               render.colorize(state["errors"][r][y0:y1, x0:x1].astype(np.float32), vmax)) for r in ("ptq", "qat")]
+    k = max(1, ZOOM_TILE_PX // max(x1 - x0, y1 - y0))
+    caption = (f"{x1 - x0}×{y1 - y0} px at x = {x0}…{x1 - 1}, y = {y0}…{y1 - 1}, enlarged {k}× "
+               "(every square is one pixel)")
+    return render.zoom_png(tiles, out_dir / f"zoom_{uuid.uuid4().hex[:8]}.png", tile_px=ZOOM_TILE_PX, columns=3,
                            caption=caption)
+
+
+def _labelled(tile: np.ndarray, label: str, right: bool) -> np.ndarray:
+    """`tile` with `label` on a dark band in its bottom-left (or bottom-right) corner (the top
+    corners are where Gradio puts the component's label and buttons)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(tile))
+    draw = ImageDraw.Draw(img)
+    font = render._font(16)
+    x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=font)
+    tw, th = x1 - x0 + 12, y1 - y0 + 10
+    left = img.width - tw if right else 0
+    top = img.height - th
+    draw.rectangle((left, top, left + tw, img.height), fill=(20, 20, 20))
+    draw.text((left + 6 - x0, top + 5 - y0), label, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
+
+
+def crop_slider(state: dict, x_pct: float, y_pct: float, role: str, window: int, out_dir: Path) -> tuple[str, str]:
+    """The before/after pair of the worst region: FP32 (left side, labelled) ↔ the INT8 model
+    `role` (right side, labelled), enlarged nearest-neighbour like the zoom."""
+    imgs = state["images"]
+    h, w = imgs["input"].shape[:2]
+    x0, y0, x1, y1 = render.crop_box(w, h, x_pct / 100.0 * w, y_pct / 100.0 * h, window)
+    k = max(1, SLIDER_PX // max(x1 - x0, y1 - y0))
+    big = {r: np.repeat(np.repeat(imgs[r][y0:y1, x0:x1], k, axis=0), k, axis=1) for r in ("fp32", role)}
+    uid = uuid.uuid4().hex[:8]
+    return (render.save_png(_labelled(big["fp32"], "FP32", right=False), out_dir / f"crop_fp32_{uid}.png"),
+            render.save_png(_labelled(big[role], models.ROLE_LABELS[role], right=True), out_dir / f"crop_{role}_{uid}.png"))
 
 
 def zoom(state, x_pct, y_pct, window):
@@ -408,8 +500,8 @@ def zoom_at_click(state, window, evt: gr.SelectData):
         raise gr.Error("Could not read where you clicked; use the x/y sliders instead.") from None
     scale = state.get("display_scale") or 1.0
     h, w = state["images"]["input"].shape[:2]
-    x_pct = min(100.0, max(0.0, 100.0 * (float(x) / scale) / w))
-    y_pct = min(100.0, max(0.0, 100.0 * (float(y) / scale) / h))
+    x_pct = round(min(100.0, max(0.0, 100.0 * (float(x) / scale) / w)), 1)
+    y_pct = round(min(100.0, max(0.0, 100.0 * (float(y) / scale) / h)), 1)
     return x_pct, y_pct, zoom(state, x_pct, y_pct, window)
 
 

@@ -83,31 +83,24 @@ def state() -> dict:
     return dict(_STATE, ready=_READY.is_set())
 
 
-def on_load(model_key: str = models.SHIPPED_KEY):
-    """Page load: the example photo and reference, then its (cached) comparison.
-    Yields [photo, reference, *compare outputs]."""
+def on_load(model_key: str = models.SHIPPED_KEY) -> list:
+    """Page load: [photo, reference, *compare outputs] of the first example, from the cache.
+    A plain function (no queue round trips: this is on every visitor's critical path); until the
+    start-up comparison is ready the notice's initial text says it is being prepared."""
     ex = first_example()
     if ex is None:
-        return
+        return [gr.skip()] * (2 + compare.N_OUT)
     start(model_key)  # normally started with the app; this covers a demo launched another way
-    shown = False  # the photo and reference are sent once
-
-    def inputs() -> list:
-        return [gr.skip(), gr.skip()] if shown else [ex[0], ex[1]]
-
-    if not _READY.is_set():
-        yield inputs() + compare._empty_outputs("Preparing the example comparison (the models are warming up)…")
-        shown = True
-        _READY.wait(LOAD_WAIT_S)
+    _READY.wait(LOAD_WAIT_S)
     if not _READY.is_set() or _STATE["error"]:
-        yield inputs() + compare._empty_outputs("Upload a photo or click an example, then **Compare**.")
-        return
+        return [gr.skip(), gr.skip(), *compare._empty_outputs("Upload a photo or click an example, then **Compare**.")]
+    vals = None
     try:
         for vals in compare.compare(ex[0], ex[1], model_set=model_key):  # a cache hit: one update
-            yield inputs() + list(vals)
-            shown = True
+            pass
     except gr.Error:
-        pass  # compare already put its message in the notice line
+        pass  # compare's last update put the message in the notice line
+    return [ex[0], ex[1], *vals] if vals is not None else [gr.skip()] * (2 + compare.N_OUT)
 
 
 def pick(evt: gr.SelectData):

@@ -319,7 +319,7 @@ def _plot_curves(points: list[dict], fp32_steps: int, total_steps: int, path: Pa
 
 
 def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos=None,
-          session_sets=None, request: gr.Request = None, progress=gr.Progress()):
+          session_sets=None, request: gr.Request = None):
     """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
 
     Streams: status, training curves (PNG), files; finally adds the set to this session's model
@@ -380,6 +380,8 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
             old.unlink(missing_ok=True)
         return _plot_curves(points, s.fp32_steps, total, plot_dir / f"{run_id}_{uuid.uuid4().hex[:6]}.png")
 
+    speed: dict[str, tuple[int, float]] = {}  # stage → (first step seen, when)
+    latest = None  # (stage, step, steps, (first step, when)) of the last step reported
     try:
         worker.start()
         watchdog.start()
@@ -398,8 +400,9 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
                 if "val" in payload:
                     point["val"] = payload["val"]
                 points.append(point)
-                done = payload["step"] + offset
-                progress(done / max(1, total), desc=f"{kind.upper()} step {payload['step']}/{payload['steps']}")
+                # Measured speed of this stage: from its first reported step to now.
+                first = speed.setdefault(kind, (payload["step"], time.time()))
+                latest = (kind, payload["step"], payload["steps"], first)
             elif kind == "done":
                 finished = payload
                 break
@@ -413,9 +416,8 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
             now = time.time()
             if now - last_yield >= 1.5:
                 last_yield = now
-                elapsed = now - t0
-                yield (f"**{stage}** — {elapsed:.0f} s elapsed", curves(), gr.skip(), gr.skip(), gr.skip(),
-                       gr.skip())
+                yield (progress_md(stage, latest, now, now - t0, s.qat_steps), curves(), gr.skip(), gr.skip(),
+                       gr.skip(), gr.skip())
     finally:
         stop.set()
         watchdog.cancel()
@@ -501,6 +503,28 @@ def _relative_names(out: Path) -> None:
         torch.save(fix(data) if isinstance(data, dict) else data, ckpt)
 
 
+def _mmss(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def progress_md(stage: str, latest, now: float, elapsed: float, qat_steps: int) -> str:
+    """The Train tab's one progress line: stage, step i of n, time elapsed and — once two steps
+    have been seen — the time left in this stage at the speed measured so far (and, during FP32,
+    the QAT stage's estimate from that speed: a QAT step costs `QAT_STEP_COST` FP32 steps)."""
+    line = f"**{stage}** · {_mmss(elapsed)} elapsed"
+    if latest is None:
+        return line
+    kind, step, steps, (first_step, t_first) = latest
+    line = f"**{stage}** · step {step} of {steps} ({100 * step / max(1, steps):.0f}%) · {_mmss(elapsed)} elapsed"
+    if step > first_step and now > t_first:
+        rate = (step - first_step) / (now - t_first)  # steps per second
+        line += f" · about {_mmss((steps - step) / rate)} left in this stage ({rate:.2f} steps/s)"
+        if kind == "fp32" and qat_steps:
+            line += f"; then {qat_steps} QAT steps, about {_mmss(qat_steps * QAT_STEP_COST / rate)}"
+    return line
+
+
 def forget(session_sets) -> None:
     """State delete callback: remove the files of a closed session's trained sets."""
     for entry in (session_sets or {}).values():
@@ -520,4 +544,6 @@ def cancel(request: gr.Request):
     if stop is None:
         return "Nothing to cancel."
     stop.set()
-    return "**Cancelling…**"
+    # The run's event is cancelled with this click (nothing it made is kept); the worker thread
+    # stops at its next step check and its files are removed then.
+    return "**Cancelled.** Nothing was added to your models."

@@ -17,13 +17,32 @@ import time
 import gradio as gr
 
 from . import guard
-from . import about, bench_tab, compare, config, inspect_panel, modelcard, models, train_tab
+from . import about, bench_tab, compare, config, first_view, inspect_panel, modelcard, models, train_tab
 
 log = logging.getLogger("qatie.app")
 
 CSS = """
-#zoom img, #out-input img, #out-fp32 img, #out-ptq img, #out-qat img { image-rendering: pixelated; }
+#zoom img, #slider-crop img, #out-input img, #out-fp32 img, #out-ptq img, #out-qat img { image-rendering: pixelated; }
 #notice p { margin: 0.2em 0; }
+#header h2 { margin: 0 0 0.2em 0; }
+#header p { margin: 0; }
+#headline .headline { font-size: 1.15em; line-height: 1.5; padding: 0.35em 0.6em; border-radius: 6px;
+  background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.error-notice { color: #b91c1c; }
+#ref-note p { margin: 0; font-size: 0.9em; }
+.card-tables table { display: block; overflow-x: auto; }
+.card-tables td, .card-tables th { white-space: nowrap; }
+#metrics th, #metrics td { min-width: 8em; word-break: normal; overflow-wrap: normal; }
+#examples .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; grid-auto-rows: auto !important; }
+#examples .thumbnail-item { width: 100%; height: auto; aspect-ratio: 1; }
+#examples { height: auto !important; }
+@media (max-width: 600px) {
+  #header h2 { font-size: 1.2em; }
+  #header p { font-size: 0.9em; line-height: 1.35; }
+  #tabs .tab-container button { padding: 0 8px; }
+  #examples .caption-label { font-size: 0.75em; padding: 1px 4px; }
+  #photo { max-height: 230px; }
+}
 """
 
 THEME = gr.themes.Soft(
@@ -33,12 +52,16 @@ THEME = gr.themes.Soft(
 )
 
 COMPARE_CONCURRENCY = 2
+#: The model set the Compare tab (and the first view's example) uses unless the user picks another.
+DEFAULT_SET = models.SHIPPED_KEY
 
-
-def _example_labels(rows: list[list[str]]) -> list[str]:
-    from pathlib import Path
-
-    return [Path(r[0]).name.replace("_input.png", "").replace("_", " ") for r in rows]
+#: After an example click: bring the result into view when it is not (phones: it is below the inputs).
+SCROLL_TO_RESULT_JS = """() => {
+  const el = document.getElementById('headline');
+  if (!el) return;
+  const r = el.getBoundingClientRect();
+  if (r.top < 0 || r.top > window.innerHeight * 0.6) el.scrollIntoView({behavior: 'smooth', block: 'start'});
+}"""
 
 
 def debug_modules() -> dict:
@@ -61,24 +84,43 @@ def build_demo() -> gr.Blocks:
     card = modelcard.load()
     rows = compare.example_rows()
     missing = models.shipped_missing()
+    default_set = DEFAULT_SET
     with gr.Blocks(title="QATIE — FP32 vs PTQ-INT8 vs QAT-INT8", delete_cache=(1800, 3600)) as demo:
         # Trained sets live as long as the session (and at most a day); their files go with them.
         session_sets = gr.State({}, time_to_live=24 * 3600, delete_callback=train_tab.forget)
         # The last result (8-bit images and error maps, for the zoom): per session, 30 minutes.
         result_state = gr.State(None, time_to_live=1800)
-        gr.Markdown(about.INTRO)
+        gr.Markdown(about.HEADER, elem_id="header")
+        with gr.Accordion("What am I looking at?", open=False, elem_id="what"):
+            gr.Markdown(about.INTRO)
         if missing:
             gr.Markdown("> **The shipped models are missing** (" + ", ".join(f"`{m}`" for m in missing) + "). "
                         "Train a set in the Train tab, or upload your own .onnx files in Compare.")
-        with gr.Tabs():
+        with gr.Tabs(elem_id="tabs"):
             # ---------------------------------------------------------------- Compare
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
+                        gr.Markdown("**Examples** (phone-camera photos with their clean originals): click one",
+                                    elem_id="examples-label")
+                        gallery = gr.Gallery([(p, label) for p, _, label in first_view.examples()],
+                                             label="Examples: click one", show_label=False, columns=4, rows=1,
+                                             height=100,
+                                             allow_preview=False, object_fit="cover", buttons=[],
+                                             interactive=False, elem_id="examples") if rows else None
                         image_in = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"],
-                                            format="png", height=280, elem_id="photo")
-                        with gr.Accordion("Ground truth (optional): simulate a phone photo, or add a reference",
-                                          open=False):
+                                            format="png", height=220, elem_id="photo")
+                        ref_note = gr.Markdown("", elem_id="ref-note")
+                        run_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                        api_btn = gr.Button("Compare (API)", visible=False)
+                        with gr.Accordion("Advanced: full size, models, ground truth", open=False, elem_id="advanced"):
+                            full_size = gr.Checkbox(
+                                label=f"Full size (tiled): don't downscale photos over {config.MAX_INPUT_MP:g} MP "
+                                      f"(up to {config.FULL_SIZE_MAX_MP:g} MP; slower)", value=False)
+                            model_set = gr.Dropdown(models.choices(None), value=default_set, label="Models",
+                                                    allow_custom_value=True,
+                                                    info="Sets you train in the Train tab appear here (this session only).")
+                            gr.Markdown("**Ground truth (optional):** simulate a phone photo, or add a reference.")
                             simulate = gr.Checkbox(label="Simulate a phone photo: degrade my clean upload first "
                                                          "(the upload becomes the ground truth)", value=False)
                             with gr.Row():
@@ -87,65 +129,72 @@ def build_demo() -> gr.Blocks:
                                 dice = gr.Button("New seed", size="sm", scale=1)
                             reference_in = gr.Image(label="Reference: the same picture, as it should look",
                                                     type="filepath", sources=["upload", "clipboard"], format="png",
-                                                    height=180, elem_id="reference")
-                        full_size = gr.Checkbox(
-                            label=f"Full size (tiled): don't downscale photos over {config.MAX_INPUT_MP:g} MP "
-                                  f"(up to {config.FULL_SIZE_MAX_MP:g} MP; slower)", value=False)
-                        model_set = gr.Dropdown(models.choices(None), value=models.SHIPPED_KEY, label="Models",
-                                                allow_custom_value=True,
-                                                info="Sets you train in the Train tab appear here (this session only).")
-                        with gr.Accordion("Use your own models (.onnx, replaces that slot)", open=False):
+                                                    height=160, elem_id="reference")
+                            gr.Markdown("**Your own models** (.onnx; each replaces that slot)")
                             custom_fp32 = gr.File(label="FP32 model", file_types=[".onnx"], type="filepath")
                             custom_ptq = gr.File(label="PTQ-INT8 model", file_types=[".onnx"], type="filepath")
                             custom_qat = gr.File(label="QAT-INT8 model", file_types=[".onnx"], type="filepath")
-                        run_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-                        examples = gr.Examples(
-                            rows, inputs=[image_in, reference_in], example_labels=_example_labels(rows),
-                            label="Examples — phone-camera degradations of scikit-image photos (with the clean "
-                                  "photo as reference); click one to run it", examples_per_page=8,
-                        ) if rows else None
                     with gr.Column(scale=3):
-                        notice = gr.Markdown("Upload a photo or click an example, then **Compare**.",
-                                             elem_id="notice")
+                        headline_html = gr.HTML("", elem_id="headline")
+                        notice = gr.Markdown("Loading an example comparison… (or upload a photo and press "
+                                             "**Compare**)", elem_id="notice")
+                        zoom_img = gr.Image(label="Where INT8 differs most from FP32 (enlarged crops)", format="png",
+                                            show_label=False, interactive=False, elem_id="zoom",
+                                            buttons=["fullscreen"])
+                        with gr.Row():
+                            slider_crop = gr.ImageSlider(label="Before/after at that spot (drag the handle)",
+                                                         show_label=False, format="png", interactive=False,
+                                                         elem_id="slider-crop", buttons=["fullscreen"], scale=3)
+                            with gr.Column(scale=2, min_width=240):
+                                gr.Markdown("**Before/after at that spot:** drag the handle between FP32 (left) "
+                                            "and the INT8 model that differs more (right). " + about.ZOOM_HELP)
+                                zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom x (% of width)")
+                                zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom y (% of height)")
+                                zoom_window = gr.Dropdown(list(compare.ZOOM_WINDOWS), value=compare.DEFAULT_WINDOW,
+                                                          label="Zoom window (pixels)")
+                        gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
+                        heatmap = gr.Image(label="Error heatmaps (INT8 vs FP32, 0–16 levels)", show_label=False,
+                                           format="png", interactive=False, elem_id="heatmap", buttons=["fullscreen"])
+                        with gr.Accordion("Error against the reference (with a ground truth)", open=False,
+                                          elem_id="vs-ref"):
+                            heatmap_ref = gr.Image(label="Each model vs the reference (0–64 levels)", show_label=False,
+                                                   format="png", interactive=False, elem_id="heatmap-ref",
+                                                   buttons=["fullscreen"])
+                        with gr.Accordion("Details: the measurements and what they mean", open=False,
+                                          elem_id="details"):
+                            verdict_md = gr.Markdown(elem_id="verdict")
+                            metrics_df = gr.Dataframe(compare.empty_table(),
+                                                      label="Metrics (latency: one pass of the model in ONNX Runtime "
+                                                            "on this server's CPU)", interactive=False, wrap=True,
+                                                      elem_id="metrics")
+                            with gr.Accordion("All numbers (JSON)", open=False):
+                                metrics_json = gr.JSON(label="Metrics")
+                            with gr.Accordion("Full-size outputs (PNG; filled in 'Full size (tiled)' mode)",
+                                              open=False):
+                                downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
+                        gr.Markdown("**The full pictures** — click one to zoom there.")
                         with gr.Row(equal_height=True):
-                            out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input")
-                            out_fp32 = gr.Image(label="FP32 (full precision)", format="png", interactive=False,
-                                                elem_id="out-fp32")
-                            out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq")
-                            out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat")
-                        verdict_md = gr.Markdown(elem_id="verdict")
-                        metrics_df = gr.Dataframe(label="Metrics (latency: one pass of the model in ONNX Runtime on "
-                                                        "this server's CPU)", interactive=False, wrap=True,
-                                                  elem_id="metrics",
-                                                  column_widths=["15%", "12%", "11%", "13%", "12%", "12%", "15%", "10%"])
+                            out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input",
+                                                 buttons=["fullscreen"], min_width=120)
+                            out_fp32 = gr.Image(label="FP32", format="png", interactive=False, elem_id="out-fp32",
+                                                buttons=["fullscreen"], min_width=120)
+                            out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq",
+                                               buttons=["fullscreen"], min_width=120)
+                            out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat",
+                                               buttons=["fullscreen"], min_width=120)
                         with gr.Row():
                             slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
-                                                        interactive=False, elem_id="slider-ptq")
+                                                        interactive=False, elem_id="slider-ptq", buttons=["fullscreen"])
                             slider_qat = gr.ImageSlider(label="Before/after: FP32 ↔ QAT-INT8", format="png",
-                                                        interactive=False, elem_id="slider-qat")
-                        gr.Markdown("**Zoom** — " + about.ZOOM_HELP)
-                        zoom_img = gr.Image(label="Zoom (nearest-neighbour)", show_label=False, format="png",
-                                            interactive=False, elem_id="zoom")
-                        with gr.Row():
-                            zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom centre x (% of width)")
-                            zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom centre y (% of height)")
-                            zoom_window = gr.Dropdown(list(compare.ZOOM_WINDOWS), value=compare.DEFAULT_WINDOW,
-                                                      label="Zoom window (pixels)")
-                        gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
-                        heatmap = gr.Image(label="Error heatmaps (8-bit levels)", show_label=False, format="png",
-                                           interactive=False, elem_id="heatmap")
-                        with gr.Accordion("All numbers (JSON)", open=False):
-                            metrics_json = gr.JSON(label="Metrics")
-                        with gr.Accordion("Full-size outputs (PNG; filled in 'Full size (tiled)' mode)", open=False):
-                            downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
+                                                        interactive=False, elem_id="slider-qat", buttons=["fullscreen"])
                         inspect = inspect_panel.build_inspect_panel(open=False)
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
                 gr.Markdown(
                     "Train a small FP32 model, quantize it with **PTQ** (calibration only) and **QAT** (a short "
-                    "fine-tune with simulated INT8), and export all three to ONNX. The defaults take about 1.5 "
-                    "minutes on a 2-vCPU machine. The new set joins the Compare and Benchmark tabs' model lists "
+                    "fine-tune with simulated INT8), and export all three to ONNX. The line above the curves shows "
+                    "the step, the time elapsed and the time left at the measured speed. The new set joins the Compare and Benchmark tabs' model lists "
                     "for *this browser session* only; the shipped models stay. Short trainings make weak "
                     "enhancers — the point is to watch what quantization does to them.")
                 gr.Markdown(train_tab.budget_md(), elem_id="train-budget")
@@ -170,10 +219,10 @@ def build_demo() -> gr.Blocks:
                             t_method = gr.Radio(["minmax", "percentile", "entropy"], value=d.ptq_method,
                                                 label="PTQ calibration method")
                         with gr.Row():
-                            t_run = gr.Button("Train and quantize", variant="primary")
-                            t_cancel = gr.Button("Cancel", variant="stop")
+                            t_run = gr.Button("Train and quantize", variant="primary", elem_id="train-btn")
+                            t_cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
                     with gr.Column(scale=2):
-                        t_status = gr.Markdown("Press **Train and quantize** to start.")
+                        t_status = gr.Markdown("Press **Train and quantize** to start.", elem_id="train-status")
                         t_curves = gr.Image(label="Training curves (live)", format="png", interactive=False,
                                             elem_id="train-curves")
                         t_files = gr.File(label="Download the models (.onnx, .pt, INT8 sidecars)",
@@ -200,12 +249,13 @@ def build_demo() -> gr.Blocks:
                         b_status = gr.Markdown()
                         b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False)
                         b_table = gr.Dataframe(bench_tab.empty_table(), label="Results", interactive=False)
-                gr.Markdown("### The model card's numbers\n\n" + card.tables_md(("latency", "median ms", "bench")))
+                gr.Markdown("### The model card's numbers\n\n" + card.tables_md(("latency", "median ms", "bench")),
+                            elem_classes=["card-tables"])
 
             # ---------------------------------------------------------------- About
             with gr.Tab("About", id="about"):
                 gr.Markdown(about.ABOUT)
-                gr.Markdown("## The model card\n\n" + card.tables_md())
+                gr.Markdown("## The model card\n\n" + card.tables_md(), elem_classes=["card-tables"])
                 figure = config.ASSETS / "model_card_crops.png"
                 if card.present and figure.is_file():
                     gr.Markdown("### Where the INT8 error is\n\nThe model card's figure: test-photo crops where "
@@ -220,18 +270,39 @@ def build_demo() -> gr.Blocks:
         compare_inputs = [image_in, reference_in, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
                           custom_qat, session_sets]
         compare_outputs = [notice, out_input, out_fp32, out_ptq, out_qat, slider_ptq, slider_qat, verdict_md,
-                           metrics_df, heatmap, zoom_img, zoom_x, zoom_y, metrics_json, downloads, result_state]
+                           metrics_df, heatmap, zoom_img, zoom_x, zoom_y, metrics_json, downloads, headline_html,
+                           slider_crop, heatmap_ref, result_state]
         assert len(compare_outputs) == compare.N_OUT
-        run_btn.click(compare.compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
-                      concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=600,
-                      show_progress="minimal")
-        if examples is not None:
+        run_btn.click(compare.compare_ui, compare_inputs, compare_outputs, api_visibility="private",
+                      preprocess=False, concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY,
+                      time_limit=600, show_progress="minimal")
+        # The public /compare endpoint (raises on bad input, so API callers get an exception) hangs
+        # off an invisible button: the visible one reports errors in the notice line instead.
+        api_btn.click(compare.compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
+                      concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=600)
+        # The page opens with the first example's (cached) comparison.
+        def first_load():
+            return first_view.on_load(default_set)
+
+        # queue=False: one HTTP round trip; the result is cached at start-up.
+        demo.load(first_load, None, [image_in, reference_in, *compare_outputs], api_visibility="private",
+                  queue=False, show_progress="minimal")
+        if gallery is not None:
             # always_last: clicking another example while one runs queues the new one instead of
             # silently dropping it.
-            examples.load_input_event.then(compare.compare, compare_inputs, compare_outputs, preprocess=False,
-                                           concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY,
-                                           time_limit=600, api_visibility="private", show_progress="minimal",
-                                           trigger_mode="always_last")
+            gallery.select(None, None, None, js=SCROLL_TO_RESULT_JS, queue=False, api_visibility="private")
+            gallery.select(first_view.pick, None, [image_in, reference_in], queue=False,
+                           api_visibility="private").then(
+                compare.compare_ui, compare_inputs, compare_outputs, preprocess=False,
+                concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=600,
+                api_visibility="private", show_progress="minimal", trigger_mode="always_last")
+        # A reference that came with an example never scores the user's own photo.
+        for event in (image_in.upload, image_in.clear):
+            event(first_view.drop_example_reference, reference_in, reference_in, queue=False,
+                  api_visibility="private")
+        for event in (reference_in.change, simulate.change):
+            event(first_view.reference_note, [reference_in, simulate], ref_note, queue=False,
+                  api_visibility="private")
         dice.click(lambda: random.randrange(2 ** 31), None, seed, queue=False, api_visibility="private")
 
         zoom_inputs = [result_state, zoom_x, zoom_y, zoom_window]
@@ -250,6 +321,7 @@ def build_demo() -> gr.Blocks:
             [t_data, t_init, t_width, t_fp32, t_qat, t_batch, t_patch, t_lr, t_qat_lr, t_method, t_photos, session_sets],
             [t_status, t_curves, t_files, session_sets, model_set, b_model_set],
             api_name="train", concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=3600,
+            show_progress="hidden",  # one progress display: the status line (no overlay on the curves)
         )
         t_cancel.click(train_tab.cancel, None, t_status, cancels=[t_evt], queue=False, api_visibility="private")
 
@@ -305,6 +377,7 @@ def launch(demo: gr.Blocks, **kwargs):
     if gone:
         log.info("removed %d scratch folder(s) left by app processes that ended", len(gone))
     models.start_warm_up()
+    first_view.start(DEFAULT_SET)  # the page opens with this example's comparison, computed now
     demo.queue(default_concurrency_limit=1, max_size=64)
     options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True)
     options.update(kwargs)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
 
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
-       "zoom_x", "zoom_y", "metrics_json", "downloads")
+       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,13 @@ def test_compare_example_with_reference(client):
     assert js["models"]["ptq"]["share_over_2_levels"] == pytest.approx(float((err > 2).mean()))
     assert "PTQ-INT8" in r["verdict"] and "QAT-INT8" in r["verdict"] and "ms" in r["verdict"]
     assert 0 <= r["zoom_x"] <= 100 and 0 <= r["zoom_y"] <= 100
+    # The zoom centre is rounded for display (one decimal), not 30.06535.
+    assert round(r["zoom_x"], 1) == r["zoom_x"] and round(r["zoom_y"], 1) == r["zoom_y"]
+    # The first view's outputs: one headline line, the worst-region before/after pair, vs-reference maps.
+    assert "PTQ-INT8" in r["headline"] and "QAT-INT8" in r["headline"] and "\n" not in r["headline"]
+    before, after = (load(p) for p in r["slider_crop"])
+    assert before.shape == after.shape and before.shape[0] >= 256
+    load(r["heatmap_ref"])
     print(f"compare (640×427 example, 3 timing runs): {elapsed:.2f} s")
 
 
@@ -155,6 +162,7 @@ def test_compare_without_reference_is_agreement_with_fp32(client, tmp_path):
     assert [row[0] for row in r["metrics"]["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
     assert r["metrics_json"]["reference"] is None
     assert load(r["fp32"]).shape == (120, 200, 3)
+    assert r["heatmap_ref"] is None, "no reference, no vs-reference heatmaps"
 
 
 def test_compare_simulated_phone_photo_is_seeded(client, tmp_path):

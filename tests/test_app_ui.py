@@ -63,3 +63,101 @@ def test_headline_is_one_coloured_line_from_the_numbers():
     assert V.COLOURS[3] in head and V.COLOURS[0] in head
     slow = {"fp32": [100.0], "ptq": [120.0], "qat": [130.0]}
     assert "INT8 not faster here" in V.headline(r, slow, SIZES)
+    assert "busy" not in head
+    noisy = {"fp32": [450.0, 1020.0, 1120.0], "ptq": [140.0, 190.0, 270.0], "qat": [149.0] * 3}
+    assert "the server is busy" in V.headline(r, noisy, SIZES)
+
+
+def test_worst_region_is_where_the_error_can_be_seen():
+    from app.region import visible_worst_point
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((128, 256, 3), np.uint8)          # left half black
+    img[:, 128:] = (110 + 60 * rng.random((128, 128, 1))).astype(np.uint8)  # right half: textured mid-tones
+    err = np.zeros((128, 256), np.float32)
+    err[:, :128] = 9.0                                # the largest error hides in the black half
+    err[:, 128:] = 3.0
+    x, _ = visible_worst_point(err, img)
+    assert x >= 128
+    # Mid-tones both sides; left flat (blurred), right textured, same error: the texture wins.
+    img[:, :128] = 128
+    err[:, :128] = 3.0
+    x, _ = visible_worst_point(err, img)
+    assert x >= 128
+    # Nothing visible anywhere (all black): falls back to the plain largest error.
+    err[:32, :32] = 20.0
+    assert visible_worst_point(err, np.zeros_like(img)) == (16, 16)
+
+
+def test_metrics_table_has_real_headers_before_any_result_and_after_an_error():
+    import gradio as gr
+
+    from app import compare
+    from app.ui import build_demo
+
+    demo = build_demo()
+    table = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "metrics")
+    assert isinstance(table, gr.Dataframe)
+    headers = table.value["headers"]
+    assert headers[0] == "Model" and not set(headers) & {"1", "2", "3"}, headers
+    blank = compare.error_outputs(gr.Error("bad photo", title="Cannot use this input"))
+    assert list(blank[compare.IDX["metrics"]].columns)[0] == "Model"
+    assert "bad photo" in blank[compare.IDX["notice"]] and "Cannot use this input" in blank[compare.IDX["notice"]]
+    assert all(blank[compare.IDX[k]] is None for k in ("zoom", "fp32", "ptq", "qat", "heatmap", "state"))
+
+
+def _bench_row(role, median, lo, hi, size="512x512", mp=0.26):
+    return {"role": role, "median_ms": median, "min_ms": lo, "max_ms": hi, "size": size, "mp": mp,
+            "ratio_to_fp32": median / 130.0}
+
+
+def test_benchmark_warns_when_the_spread_shows_a_busy_machine():
+    from app.bench_tab import busy_warning
+
+    steady = [_bench_row("fp32", 130, 128, 140), _bench_row("ptq", 58, 56, 60), _bench_row("qat", 58, 57, 61)]
+    assert busy_warning(steady) == ""
+    busy = steady[:2] + [_bench_row("qat", 58, 57, 128)]
+    text = busy_warning(busy)
+    assert "busy" in text and "QAT-INT8" in text and "57 to 128 ms" in text
+
+
+def test_benchmark_of_one_size_is_a_bar_chart(tmp_path):
+    from PIL import Image
+
+    from app.bench_tab import _plot
+
+    rows = [_bench_row("fp32", 130, 128, 140), _bench_row("ptq", 58, 56, 60), _bench_row("qat", 59, 57, 61)]
+    with Image.open(_plot(rows, 2, tmp_path / "one.png")) as im:
+        one = np.asarray(im.convert("RGB"))
+    # Bars: large areas of each model's colour (a line plot of one point per model has a few pixels).
+    for colour in ("#1f77b4", "#d62728", "#2ca02c"):
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        assert (np.abs(one.astype(int) - rgb).sum(axis=2) < 10).sum() > 5000, colour
+
+
+def test_model_card_tables_each_have_a_heading_and_no_internal_paths(tmp_path):
+    from app import modelcard
+
+    (tmp_path / "MODEL_CARD.md").write_text(
+        "# card\n\n## synthetic: test split: 42 photos of ../shared/data/clean (qatie/clean_split.json)\n\n"
+        "| model | PSNR dB |\n|---|---|\n| FP32 | 26.03 |\n\n"
+        "Tones of the *targets* of each set (mean over photos). More text.\n\n"
+        "| set | mean luma |\n|---|---|\n| synthetic | 0.415 |\n")
+    md = modelcard.load(tmp_path).tables_md()
+    assert "../shared" not in md and "clean_split" not in md
+    headings = [line for line in md.splitlines() if line.startswith("####")]
+    assert headings == ["#### Test split: 42 photos of the project's clean photo collection",
+                        "#### Tones of the targets of each set (mean over photos)"], headings
+
+
+def test_train_progress_line_has_an_eta_from_measured_speed():
+    from app.train_tab import QAT_STEP_COST, progress_md
+
+    assert progress_md("Loading torch…", None, 100.0, 3.0, 150) == "**Loading torch…** · 0:03 elapsed"
+    # 120 steps in 60 s since step 2 → 2 steps/s; 478 left → 3:59; then 150 QAT steps at the measured speed.
+    line = progress_md("FP32 training", ("fp32", 122, 600, (2, 40.0)), 100.0, 61.0, 150)
+    assert "step 122 of 600 (20%)" in line and "1:01 elapsed" in line
+    assert "about 3:59 left in this stage (2.00 steps/s)" in line
+    qat_s = round(150 * QAT_STEP_COST / 2.0)
+    assert f"then 150 QAT steps, about {qat_s // 60}:{qat_s % 60:02d}" in line
+    assert "\n" not in line
