@@ -7,7 +7,8 @@ the CPU's features (onnxruntime/core/mlas/lib/platform.cpp, same order as below)
 * ``avx2`` — VPMADDUBSW multiplies u8 × s8 and adds each *pair* of adjacent products into a
   **saturating int16** before the int32 sum: when both activations of a pair are large and both
   weights are large with the same sign (|a0·w0 + a1·w1| > 32767) the sum is clipped. Not exact.
-* ``avx-vnni`` — VPDPBUSDS sums four products straight into int32: exact.
+* ``avx-vnni`` — VPDPBUSDS sums four products straight into int32 (it saturates only at the
+  int32 limits, far beyond any conv here): exact.
 * ``avx512-core`` — AVX-512BW without VNNI: VPMADDUBSW again (512-bit). Not exact.
 * ``avx512-vnni`` — VPDPBUSD(S): exact. ``amx`` — AMX-INT8 tiles for GEMMs (convs with
   channels that fit MLAS's symmetric-conv kernel still run on AVX-512 VNNI): exact.
