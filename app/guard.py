@@ -62,7 +62,8 @@ class Deadline:
         self.what = what
         self.end = time.monotonic() + self.seconds
         self.options = ort.RunOptions()
-        if shrink:  # see `shrinking_options`
+        self.plain = ort.RunOptions()  # for sessions without an arena (uploaded models)
+        if shrink:  # see `SHRINK`
             self.options.add_run_config_entry(*SHRINK)
         self.fired = threading.Event()
         self._timer = threading.Timer(self.seconds, self._fire)
@@ -83,6 +84,7 @@ class Deadline:
     def _fire(self) -> None:
         self.fired.set()
         self.options.terminate = True
+        self.plain.terminate = True
 
     def error(self) -> DeadlineError:
         return DeadlineError(deadline_message(self.what, self.seconds))
@@ -102,7 +104,7 @@ class Deadline:
 
         self.check()
         try:
-            with run_options_scope(self.options):
+            with run_options_scope(self.options, self.plain):
                 yield self
         except DeadlineError:
             raise
@@ -116,6 +118,7 @@ class Deadline:
         """Stop the watchdog and any run still using these options (the request is over)."""
         self._timer.cancel()
         self.options.terminate = True
+        self.plain.terminate = True
 
     def __enter__(self) -> "Deadline":
         return self

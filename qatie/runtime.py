@@ -136,15 +136,16 @@ def session_options(threads: int = 2, optimized_model_path: str | None = None,
     return so
 
 
-#: The RunOptions every `OnnxEnhancer` run in this context uses (see `run_options_scope`).
-_RUN_OPTIONS: ContextVar[ort.RunOptions | None] = ContextVar("qatie_run_options", default=None)
+#: The RunOptions `OnnxEnhancer` runs in this context use: (sessions with an arena, without one).
+_RUN_OPTIONS: ContextVar[tuple | None] = ContextVar("qatie_run_options", default=None)
 
 
 @contextmanager
-def run_options_scope(options: ort.RunOptions):
-    """Runs started inside this block use `options`: a watchdog that sets `options.terminate`
-    stops them (ORT then raises), which is how a caller puts a real deadline on inference."""
-    token = _RUN_OPTIONS.set(options)
+def run_options_scope(options: ort.RunOptions, no_arena: ort.RunOptions | None = None):
+    """Runs started inside this block use `options` (`no_arena` for sessions made with
+    arena=False: arena settings such as shrinkage are an error there): a watchdog that sets
+    `terminate` on them stops the runs (ORT then raises) — a real deadline on inference."""
+    token = _RUN_OPTIONS.set((options, no_arena or options))
     try:
         yield options
     finally:
@@ -185,6 +186,7 @@ class OnnxEnhancer:
         self.size_bytes = p.stat().st_size
         if self.size_bytes == 0:
             raise ModelFileError(f"ONNX model {p} is empty (0 bytes); re-export or re-download it")
+        self.arena = arena
         options = session_options(threads, optimized_model_path, arena=arena)
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=["CPUExecutionProvider"])
@@ -240,8 +242,9 @@ class OnnxEnhancer:
             raise QatieError(f"input must be N×3×H×W, got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         padded, plan = pad_nchw(x)
+        scoped = _RUN_OPTIONS.get()
         y = self.session.run([self._output_name], {INPUT_NAME: np.ascontiguousarray(padded)},
-                             _RUN_OPTIONS.get())[0]
+                             scoped[0 if self.arena else 1] if scoped else None)[0]
         y = np.ascontiguousarray(crop(y, plan), dtype=np.float32)  # no copy when nothing was padded
         return np.clip(y, 0.0, 1.0, out=y)  # in place: one full-size allocation and pass fewer
 

@@ -204,3 +204,20 @@ def test_training_budget_refuses_the_old_maxima_and_fits_the_defaults():
     with pytest.raises(core.AppInputError, match="between"):
         tt._validate(tt.TrainSettings(fp32_steps=3000))
     assert "minutes" in tt.budget_md() and str(tt.MAX_FP32_STEPS) in tt.budget_md()
+
+
+def test_uploaded_sessions_run_under_a_deadline():
+    """Uploaded models have no arena: the arena-shrinking run options of shipped sessions would be
+    an error for them, so a deadline carries plain options for these."""
+    from app import guard, models
+    from qatie import runtime as rt
+
+    path = rt.REPO_ROOT / rt.SHIPPED_MODELS["ptq"]
+    if not path.is_file():
+        pytest.skip("shipped models absent")
+    uploaded = models.uploaded_enhancer(path, "uploaded PTQ-INT8 model")
+    shipped = rt.get_enhancer(path, threads=1)
+    x = np.random.default_rng(1).random((40, 56, 3), dtype=np.float32)
+    with guard.Deadline(60, "The test") as d, d.onnx():
+        a, b = uploaded.enhance(x), shipped.enhance(x)
+    assert not uploaded.arena and a.shape == x.shape and np.allclose(a, b, atol=1e-5)
