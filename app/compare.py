@@ -67,13 +67,14 @@ def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, QatieError):
-        msg = str(exc)
-        return gr.Error(msg[:1].upper() + msg[1:], title="Cannot use this input" if not isinstance(
-            exc, models.ModelFileError) else "Model problem")
+        msg = guard.public_text(str(exc))
+        title = ("Model problem" if isinstance(exc, models.ModelFileError) else
+                 "Time limit" if isinstance(exc, guard.DeadlineError) else "Cannot use this input")
+        return gr.Error(msg[:1].upper() + msg[1:], title=title)
     if isinstance(exc, MemoryError):
         return gr.Error("Out of memory while " + what + ": try a smaller photo, or untick 'Full size'.")
     log.error("unexpected error while %s:\n%s", what, "".join(traceback.format_exception(exc)))
-    return gr.Error(f"Unexpected error while {what} ({type(exc).__name__}: {str(exc)[:300]}). "
+    return gr.Error(f"Unexpected error while {what} ({type(exc).__name__}: {guard.public_text(str(exc))[:300]}). "
                     "The server log has the details.")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -30,6 +31,13 @@ HEAVY = "heavy"  # the concurrency_id every heavy event shares
 
 class DeadlineError(QatieError):
     """Heavy work ran past its deadline and was stopped (message shown to the user as is)."""
+
+
+def public_text(msg: str) -> str:
+    """A message without server internals: absolute paths (uploads, scratch, library sources)
+    become <path>, ONNX Runtime's C++ locations are dropped."""
+    msg = re.sub(r"\s*/onnxruntime_src/\S+", "", msg)
+    return re.sub(r"(?<![\w.])/(?:[\w.+-]+/)+[\w.+-]*", "<path>", msg)
 
 
 def deadline_message(what: str, seconds: float) -> str:

@@ -221,3 +221,12 @@ def test_uploaded_sessions_run_under_a_deadline():
     with guard.Deadline(60, "The test") as d, d.onnx():
         a, b = uploaded.enhance(x), shipped.enhance(x)
     assert not uploaded.arena and a.shape == x.shape and np.allclose(a, b, atol=1e-5)
+
+
+def test_user_messages_name_no_server_paths():
+    from app import compare, guard
+
+    err = compare.user_error(RuntimeError("ONNX model /tmp/gradio/3f2a/m.onnx: bad /onnxruntime_src/core/a.cc:12"))
+    assert "/tmp" not in err.message and "onnxruntime_src" not in err.message and "<path>" in err.message
+    assert guard.public_text("PSNR/SSIM at 1/2 scale") == "PSNR/SSIM at 1/2 scale"
+    assert compare.user_error(guard.DeadlineError("stopped")).title == "Time limit"
