@@ -127,6 +127,8 @@ def _in_child(fn, *args, what: str, slow: bool = False, **kwargs):
     try:
         return guard.run_in_child(fn, *args, what=what, **kwargs,
                                   seconds=config.INSPECT_BUILD_DEADLINE_S if slow else config.INSPECT_DEADLINE_S)
+    except QatieError as exc:
+        raise type(exc)(guard.public_text(str(exc))) from None
     finally:
         config.prune(config.analysis_cache(), config.ANALYSIS_CACHE_MB)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from qatie.errors import QatieError
 
-from . import config, core, models
+from . import config, core, guard, models
 from .compare import user_error
 
 log = logging.getLogger("qatie.app")
@@ -434,7 +434,8 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
         if isinstance(error, QatieError):
             raise user_error(error, "training")
         log.error("training failed:\n%s", "".join(traceback.format_exception(error)))
-        raise gr.Error(f"Training failed ({type(error).__name__}: {str(error)[:300]}). The server log has the details.")
+        raise gr.Error(f"Training failed ({type(error).__name__}: {guard.public_text(str(error))[:300]}). "
+                       "The server log has the details.")
     if finished is None:
         shutil.rmtree(out, ignore_errors=True)
         if timed_out.is_set():
