@@ -30,7 +30,7 @@ CSS = """
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .error-notice { color: #b91c1c; }
 #ref-note p { margin: 0; font-size: 0.9em; }
-.card-tables table { display: block; overflow-x: auto; }
+.card-tables table { display: block; overflow-x: auto; border: none; width: fit-content; max-width: 100%; }
 .card-tables td, .card-tables th { white-space: nowrap; }
 #metrics th, #metrics td { min-width: 8em; word-break: normal; overflow-wrap: normal; }
 #examples .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; grid-auto-rows: auto !important; }
