@@ -32,6 +32,15 @@ log = logging.getLogger("qatie.app")
 ROLES = ("fp32", "ptq", "qat")
 ROLE_LABELS = {"fp32": "FP32", "ptq": "PTQ-INT8", "qat": "QAT-INT8"}
 SHIPPED_KEY = "shipped"
+PAPER_KEY = "paper"
+#: The built-in sets: key → (label, shipped model name per role). The paper set is the authors'
+#: released network imported into QATIE (docs/paper_model.md): it visibly enhances photos, so the
+#: app opens with it; the restoration set (noise, blur, JPEG) is QATIE's own.
+BUILTIN_SETS = {
+    PAPER_KEY: ("The paper's network (authors' weights: DPED photo enhancement)",
+                {"fp32": "paper", "ptq": "paper-ptq", "qat": "paper-qat"}),
+    SHIPPED_KEY: ("QATIE restoration models (noise, blur, JPEG)", {"fp32": "fp32", "ptq": "ptq", "qat": "qat"}),
+}
 
 
 @dataclass
@@ -54,37 +63,42 @@ class ModelSet:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def shipped_paths() -> dict[str, Path]:
-    return {role: rt.REPO_ROOT / rel for role, rel in rt.SHIPPED_MODELS.items()}
+def shipped_paths(key: str = SHIPPED_KEY) -> dict[str, Path]:
+    return {role: rt.REPO_ROOT / rt.SHIPPED_MODELS[name] for role, name in BUILTIN_SETS[key][1].items()}
 
 
-def shipped_set() -> ModelSet:
-    return ModelSet(SHIPPED_KEY, "Shipped models (checkpoints/)", shipped_paths(), {r: "shipped" for r in ROLES})
+def shipped_set(key: str = SHIPPED_KEY) -> ModelSet:
+    return ModelSet(key, BUILTIN_SETS[key][0], shipped_paths(key), {r: "shipped" for r in ROLES})
 
 
-def shipped_missing() -> list[str]:
-    """Shipped model files that do not exist (empty when all three are there)."""
-    return [str(p.relative_to(rt.REPO_ROOT)) for p in shipped_paths().values() if not p.is_file()]
+def shipped_missing(key: str = SHIPPED_KEY) -> list[str]:
+    """A built-in set's model files that do not exist (empty when all three are there)."""
+    return [str(p.relative_to(rt.REPO_ROOT)) for p in shipped_paths(key).values() if not p.is_file()]
+
+
+def default_set() -> str:
+    """The set the app opens with: the paper's network when its files are there."""
+    return PAPER_KEY if not shipped_missing(PAPER_KEY) else SHIPPED_KEY
 
 
 def choices(session_sets: dict | None) -> list[tuple[str, str]]:
-    """Dropdown choices (label, key): the shipped set, then this session's trained sets."""
-    out = [(shipped_set().label, SHIPPED_KEY)]
+    """Dropdown choices (label, key): the built-in sets present, then this session's trained sets."""
+    out = [(label, key) for key, (label, _) in BUILTIN_SETS.items() if key == SHIPPED_KEY or not shipped_missing(key)]
     for key, entry in (session_sets or {}).items():
         out.append((entry["label"], key))
     return out
 
 
 def resolve_set(key: str | None, session_sets: dict | None) -> ModelSet:
-    key = key or SHIPPED_KEY
-    if key == SHIPPED_KEY:
-        missing = shipped_missing()
+    key = key or default_set()
+    if key in BUILTIN_SETS:
+        missing = shipped_missing(key)
         if missing:
             raise ModelFileError(
                 "the shipped models are not in this copy of the app (missing: " + ", ".join(missing)
                 + "). Train a set in the Train tab, or upload three .onnx files under 'Use your own models'."
             )
-        return shipped_set()
+        return shipped_set(key)
     entry = (session_sets or {}).get(key)
     if entry is None:
         raise ModelFileError(

@@ -39,5 +39,20 @@ qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --steps 2000 --lr 5e-
           --out checkpoints/qat.pt
 qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
 
-# 4. Model card, crop figure and manifest (evaluation + benchmark; stop other work first).
+# 4. The paper's network: the authors' released INT8 TFLite (MIT) imported as FP32 (needs ai-edge-litert;
+#    docs/paper_model.md proves the mapping), its FP32 ONNX, minmax PTQ calibrated on 32 whole photos
+#    (the resolution the app runs photos at), and QAT distilled from the import on our clean photos
+#    (the in-use data recipe stored in the import: half untouched, no tone errors, a quarter whole-photo
+#    crops; about 1 h on one core with the machine shared).
+qatie import-tflite ../shared/reference/qatie_official_int8_100x100.tflite --out checkpoints/paper_fp32.pt
+qatie export --checkpoint checkpoints/paper_fp32.pt --out checkpoints/paper_fp32.onnx
+qatie ptq --checkpoint checkpoints/paper_fp32.pt --method minmax --calib "$CLEAN" --num-calib 32 --calib-crop 0 \
+          --out checkpoints/paper_int8_ptq.onnx
+qatie qat --checkpoint checkpoints/paper_fp32.pt --data "$CLEAN" --steps 1200 --lr 5e-5 --distill 1.0 --learnable \
+          --calib-method entropy --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/paper_qat \
+          --out checkpoints/paper_qat.pt
+qatie export --checkpoint checkpoints/paper_qat.pt --out checkpoints/paper_int8_qat.onnx
+python docs/paper_model_numbers.py   # docs/paper_model.md's tables and figures
+
+# 5. Model card, crop figure and manifest (evaluation + benchmark; stop other work first).
 qatie report --out checkpoints/MODEL_CARD.md --readme README.md

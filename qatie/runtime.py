@@ -43,6 +43,10 @@ SHIPPED_MODELS: dict[str, str] = {
     "fp32": "checkpoints/fp32.onnx",
     "ptq": "checkpoints/int8_ptq.onnx",
     "qat": "checkpoints/int8_qat.onnx",
+    # the paper authors' network (imported from their TFLite release; docs/paper_model.md)
+    "paper": "checkpoints/paper_fp32.onnx",
+    "paper-ptq": "checkpoints/paper_int8_ptq.onnx",
+    "paper-qat": "checkpoints/paper_int8_qat.onnx",
 }
 
 _QUANT_OPS = frozenset(

@@ -35,7 +35,7 @@ _BLOCKS = [("enc1", ("a", "b")), ("ref_s2", _REFINE), ("enc2", ("a", "b")), ("re
            ("up2", ("conv",)), ("fuse2", ("conv",)), ("ref_f2", _REFINE), ("up1", ("conv",)), ("delta", ("",))]
 
 
-def _interpreter(path, preserve_all: bool = False):
+def _interpreter(path, preserve_all: bool = False, threads: int = 1):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -45,7 +45,7 @@ def _interpreter(path, preserve_all: bool = False):
     if not path.is_file():
         raise ModelFileError(f"{path}: no such TFLite file")
     try:
-        it = Interpreter(model_path=str(path), num_threads=1,
+        it = Interpreter(model_path=str(path), num_threads=threads,
                          experimental_preserve_all_tensors=preserve_all)
         it.allocate_tensors()
     except Exception as e:  # the interpreter raises ValueError/RuntimeError on a bad flatbuffer
@@ -302,3 +302,46 @@ def save_import(tflite_path, out):
 
     model, info = import_tflite(tflite_path)
     return save_checkpoint(out, model, kind="fp32", source=info, config=IN_USE_CONFIG)
+
+
+class AuthorsTFLite:
+    """The authors' INT8 TFLite model run "as released" on any photo. Its input size is fixed, so:
+    the 100×100 model runs in overlapping 100×100 tiles blended linearly (`runtime.run_tiled`);
+    the full-HD model gets the photo turned to portrait if it is landscape and resized to its
+    1920×1080 input, then resized back. `how` says which, for the user to see."""
+
+    def __init__(self, path, threads: int = 2, overlap: int = 16):
+        self.it = _interpreter(path, threads=threads)
+        h, w = (int(v) for v in self.it.get_input_details()[0]["shape"][1:3])
+        self.size, self.overlap, self.name = (h, w), overlap, Path(path).name
+        self.tiled = h * w <= 256 * 256
+
+    def how(self, shape) -> str:
+        h, w = self.size
+        if self.tiled:
+            return f"{self.name}: run in overlapping {h}×{w} tiles (its fixed input size), blended"
+        turned = " turned to portrait," if shape[1] > shape[0] else ""
+        return f"{self.name}:{turned} resized from {shape[1]}×{shape[0]} to its fixed {w}×{h} input and back"
+
+    def enhance(self, image: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        from .runtime import run_tiled
+
+        img = np.asarray(image, dtype=np.float32)
+        if self.tiled:
+            h, w = self.size
+            if img.shape[0] < h or img.shape[1] < w:
+                pad = ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0))
+                return self.enhance(np.pad(img, pad, mode="edge"))[:img.shape[0], :img.shape[1]]
+            return run_tiled(lambda t: run_tflite(self.it, t)[0], img, h, self.overlap)
+        turn = img.shape[1] > img.shape[0]
+        src = np.ascontiguousarray(np.rot90(img)) if turn else img
+
+        def resize(a, w, h):
+            u8 = Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8)).resize((w, h), Image.BICUBIC)
+            return np.asarray(u8).astype(np.float32) / 255
+
+        y = run_tflite(self.it, resize(src, self.size[1], self.size[0]))[0]
+        y = resize(y, src.shape[1], src.shape[0])
+        return np.ascontiguousarray(np.rot90(y, -1)) if turn else y

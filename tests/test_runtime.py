@@ -284,6 +284,8 @@ def test_resolve_onnx(models):
     assert "int4_magic" in msg and all(n in msg for n in ("fp32", "ptq", "qat"))
     assert rt.SHIPPED_MODELS == {
         "fp32": "checkpoints/fp32.onnx", "ptq": "checkpoints/int8_ptq.onnx", "qat": "checkpoints/int8_qat.onnx",
+        "paper": "checkpoints/paper_fp32.onnx", "paper-ptq": "checkpoints/paper_int8_ptq.onnx",
+        "paper-qat": "checkpoints/paper_int8_qat.onnx",
     }
     for name, rel in rt.SHIPPED_MODELS.items():
         path = rt.REPO_ROOT / rel

@@ -127,3 +127,33 @@ def test_not_a_tflite_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a flatbuffer" * 10)
     with pytest.raises(ModelFileError, match="bad.tflite"):
         import_tflite(bad)
+
+
+@pytest.mark.skipif(not FULL_HD.is_file(), reason="full-HD reference model absent")
+def test_the_full_hd_file_leaves_the_gates_three_levels_and_that_alone_breaks_colour(imported):
+    """docs/paper_model.md's diagnosis: the full-HD file requantizes each tanh to its concat's
+    scale before the gate multiplies them, leaving 3 levels of tanh's [−1, 1] (the 100×100 file: 5–17);
+    those grids alone, on our exact FP32 network, cost far more than the small file's."""
+    from qatie.data import sample_images
+    from qatie.paper_diagnosis import gate_grid_experiment, tanh_gate_grids
+
+    small, full = tanh_gate_grids(SMALL), tanh_gate_grids(FULL_HD)
+    assert [g["branch"] for g in full] == ["enc1.a", "enc1.b", "enc2.a", "enc2.b"]
+    assert max(g["levels_in_tanh_range"] for g in full) <= 3
+    assert min(g["levels_in_tanh_range"] for g in small) >= 5
+    model, _ = imported
+    img = np.ascontiguousarray(list(sample_images(("coffee",)).values())[0][:192, :256])
+    bad, fine = gate_grid_experiment(model, img, full), gate_grid_experiment(model, img, small)
+    assert bad["psnr_vs_fp32_db"] < fine["psnr_vs_fp32_db"] - 8, (bad["psnr_vs_fp32_db"], fine["psnr_vs_fp32_db"])
+    assert model.enc1.q_ta.hook is None  # the experiment leaves the model as it found it
+
+
+def test_the_authors_model_runs_as_released_on_any_photo_size():
+    from qatie.tflite_import import AuthorsTFLite
+
+    authors = AuthorsTFLite(SMALL, threads=1)
+    for shape in ((60, 90, 3), (130, 210, 3)):
+        img = np.random.default_rng(0).random(shape, dtype=np.float32)
+        y = authors.enhance(img)
+        assert y.shape == shape and np.isfinite(y).all() and 0 <= y.min() and y.max() <= 1
+    assert "tiles" in authors.how((130, 210, 3))
