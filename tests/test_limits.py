@@ -230,3 +230,27 @@ def test_user_messages_name_no_server_paths():
     assert "/tmp" not in err.message and "onnxruntime_src" not in err.message and "<path>" in err.message
     assert guard.public_text("PSNR/SSIM at 1/2 scale") == "PSNR/SSIM at 1/2 scale"
     assert compare.user_error(guard.DeadlineError("stopped")).title == "Time limit"
+
+
+@pytest.mark.slow
+def test_training_stops_at_its_deadline_and_leaves_nothing(monkeypatch, tmp_path):
+    import time
+
+    import gradio as gr
+
+    from app import train_tab as tt
+
+    monkeypatch.setattr(tt, "TRAIN_DEADLINE_S", 4.0)
+    monkeypatch.setattr(config, "WORK_DIR", tmp_path / "work")
+    run = tt.train(tt.DATA_SAMPLES, tt.INIT_SCRATCH, 16, 2000, 10, 2, 32, 1e-3, 1e-4, "minmax")
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error, match="time limit"):
+        for _ in run:
+            pass
+    assert time.perf_counter() - t0 < 60
+    end = time.perf_counter() + 30
+    while time.perf_counter() < end and any((tmp_path / "work" / "train").glob("*/*")):
+        time.sleep(0.2)
+    assert not any((tmp_path / "work" / "train").glob("*/*")), "the stopped run's folder is still there"
+    assert tt._TRAIN_SLOT.acquire(timeout=5), "the training slot was not given back"
+    tt._TRAIN_SLOT.release()
