@@ -78,8 +78,9 @@ INSPECT_BUILD_DEADLINE_S = _env_float("QATIE_INSPECT_BUILD_DEADLINE_S", 300.0)
 #: Uploaded models: file size, and the memory budget of their cached sessions (estimated).
 MAX_MODEL_MB = _env_float("QATIE_MAX_MODEL_MB", 32.0)
 UPLOAD_CACHE_MB = _env_float("QATIE_UPLOAD_CACHE_MB", 256.0)
-#: Example results kept for replay (each holds its images in memory and on disk).
-EXAMPLE_CACHE_MAX = max(1, int(_env_float("QATIE_EXAMPLE_CACHE", 16)))
+#: Example results kept for replay (each holds its images in memory — about 13 MB for the bundled
+#: examples — and on disk): the four examples plus a few 'simulate' seeds.
+EXAMPLE_CACHE_MAX = max(1, int(_env_float("QATIE_EXAMPLE_CACHE", 8)))
 #: Upload size limit handed to Gradio.
 MAX_FILE_SIZE = os.environ.get("QATIE_MAX_FILE_SIZE", "200mb")
 
