@@ -301,14 +301,14 @@ def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
 
 def enhancers(model_set: ModelSet, overrides: dict[str, tuple[str, str]] | None = None) -> dict[str, rt.OnnxEnhancer]:
     """One shared session per role; `overrides` maps role → (uploaded path, original name).
-    Shipped models use the runtime's process-wide cache; session-trained and uploaded files the
-    bounded LRU here (they come and go with sessions)."""
+    Built-in sets use the runtime's process-wide cache; session-trained and uploaded files are
+    checked and kept in the bounded LRU here (they come and go with sessions)."""
     out = {}
     for role in ROLES:
         if overrides and role in overrides:
             path, name = overrides[role]
             out[role] = uploaded_enhancer(path, f"uploaded {ROLE_LABELS[role]} model {name!r}")
-        elif model_set.key == SHIPPED_KEY:
+        elif model_set.key in BUILTIN_SETS:  # the repository's own files: trusted, shared, with an arena
             out[role] = rt.get_enhancer(model_set.paths[role], threads=config.THREADS)
         else:
             out[role] = uploaded_enhancer(model_set.paths[role], f"{ROLE_LABELS[role]} model of {model_set.label!r}")
