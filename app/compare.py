@@ -36,7 +36,7 @@ import pandas as pd
 from qatie.cpu import int8_path
 from qatie.errors import QatieError
 
-from . import config, core, models, region, render
+from . import authors, config, core, models, region, render
 from .verdict import headline, verdict
 from . import guard
 
@@ -49,10 +49,11 @@ SLIDER_PX = 480  # the worst-region before/after slider's images
 
 # Output order of the compare event (the API returns them in this order, minus the State).
 # The first view's outputs (headline, worst-region before/after slider, vs-reference heatmaps) come
-# after the original ones, so API callers reading the first 15 by position are unaffected.
+# after the original ones, so API callers reading the first 15 by position are unaffected; the
+# authors' TFLite picture (paper set only, `app.authors`) comes after those.
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
                 "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
-                "heatmap_ref", "state")
+                "heatmap_ref", "authors", "state")
 N_OUT = len(OUTPUT_NAMES)
 IDX = {name: i for i, name in enumerate(OUTPUT_NAMES)}
 #: Fixed colour scales (8-bit levels) of the error displays, so a colour means the same on every
@@ -178,10 +179,19 @@ def error_outputs(err: gr.Error) -> list:
     return _empty_outputs(f'<span class="error-notice">⚠️ <b>{title}:</b> {getattr(err, "message", str(err))}</span>')
 
 
-def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, extra: str = "") -> str:
+def set_line(model_set: models.ModelSet) -> str:
+    """One line: which models the result shows and what they do."""
+    blurb = models.BUILTIN_BLURBS.get(model_set.key)
+    if blurb is None:
+        return f"**Models:** {model_set.label}."
+    return f"**Models:** {blurb} — the other built-in set is under *Advanced › Models*."
+
+
+def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, extra: str = "",
+            tflite: str = "") -> str:
     w, h = prep.size
     mode = "tiled" if prep.tiled else "whole image"
-    lines = list(prep.notices)
+    lines = [set_line(model_set), *prep.notices]
     names = model_set.label
     if overrides:
         names += " — replaced by uploads: " + ", ".join(
@@ -189,6 +199,8 @@ def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, ex
     lines.append(f"`{prep.name}` processed at {w}×{h} ({mode}) with **{names}**, {config.THREADS} ONNX Runtime "
                  f"thread(s), INT8 kernels: {int8_path()}."
                  + (f" {extra}" if extra else ""))
+    if tflite:
+        lines.append(tflite)
     return "\n\n".join(lines)
 
 
@@ -201,6 +213,7 @@ def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model
     out["latency_ms"] = {r: core.latency_summary(latencies[r]) for r in models.ROLES if latencies.get(r)}
     out["file_mb"] = {r: round(sizes[r], 3) for r in models.ROLES}
     out["model_set"] = model_set.label
+    out["model_set_key"] = model_set.key
     out["threads"] = config.THREADS
     out["int8_path"] = int8_path()  # which integer kernels produced the INT8 outputs and latencies (qatie.cpu)
     out["original_size"] = list(prep.original_size)
@@ -212,14 +225,15 @@ def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model
 # The compare generator
 # --------------------------------------------------------------------------------------------
 
-def compare(image, reference=None, simulate=False, seed=0, full_size=False, model_set=models.SHIPPED_KEY,
+def compare(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
             custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None):
     """Enhance a photo with the FP32, PTQ-INT8 and QAT-INT8 models and compare the outputs.
 
     Returns (streamed): notice, input, FP32, PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider,
     verdict, metrics table, heatmaps (INT8 vs FP32), zoom (worst-region crops), zoom x %, zoom y %,
     metrics (JSON), downloads, headline (one line of HTML), worst-region FP32↔INT8 slider,
-    heatmaps vs the reference.
+    heatmaps vs the reference, the authors' INT8 TFLite output (paper set with ai-edge-litert;
+    else None). `model_set` None means the default set (`models.default_set()`).
     """
     try:
         yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
@@ -230,7 +244,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
         raise err from None
 
 
-def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, model_set=models.SHIPPED_KEY,
+def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
                custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None):
     """The Compare button's handler: `compare`, except that an error ends in the notice line (and
     a toast) instead of an exception — the blanked outputs then carry no "Error" badges over the
@@ -258,7 +272,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
             deadline.extend(config.COMPARE_DEADLINE_PER_MP_S * prep.megapixels)
             overrides = _overrides(custom_fp32, custom_ptq, custom_qat)
             model_set = models.resolve_set(model_set, session_sets)
-            if model_set.key == models.SHIPPED_KEY and not overrides:
+            if model_set.key in models.BUILTIN_SETS and not overrides:
                 models.wait_warm()
             enh = models.enhancers(model_set, overrides)
         except Exception as exc:
@@ -343,10 +357,21 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
         except Exception as exc:
             raise user_error(exc, "measuring the outputs") from None
 
+        tflite = {"note": "", "path": None, "metrics": None, "ms": None}  # the authors' model (paper set)
+        if authors.applies(model_set, overrides) and not authors.available():
+            tflite["note"] = authors.INSTALL_NOTICE if authors.PATH.is_file() else ""
+
         def measured(final: bool):
-            return (_frame(*core.table(result, latencies, sizes)),
-                    verdict(result, latencies, sizes, final=final),
-                    _json(result, latencies, sizes, prep, model_set))
+            headers, rows = core.table(result, latencies, sizes)
+            js = _json(result, latencies, sizes, prep, model_set)
+            if tflite["metrics"] is not None:
+                rows.append(authors.table_row(headers, tflite["metrics"], tflite["ms"]))
+                js["authors_tflite"] = {"label": authors.LABEL, "file": authors.PATH.name, "how": tflite["how"],
+                                        **tflite["metrics"], "latency_ms": round(tflite["ms"], 1)}
+            return _frame(headers, rows), verdict(result, latencies, sizes, final=final), js
+
+        def note(extra: str = "") -> str:
+            return _notice(prep, model_set, overrides, extra, tflite["note"])
 
         def head() -> str:
             return headline(result, latencies, sizes)
@@ -356,7 +381,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
         skip_timing = total_first > 8.0 and more > 0
         frame, text, js = measured(final=(more == 0 or skip_timing))
         vals = [SKIP()] * N_OUT
-        vals[0] = _notice(prep, model_set, overrides, "Timing more runs…" if more and not skip_timing else "")
+        vals[0] = note("Timing more runs…" if more and not skip_timing else "")
         vals[7], vals[8], vals[13] = text, frame, js
         vals[9], vals[10] = heat, zoom_path
         vals[5] = (shown["fp32"], shown["ptq"])
@@ -370,6 +395,26 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                          for name, arr in (("input", prep.image), *outputs.items())]
             vals[14] = downloads
         yield vals
+
+        # 2b. The authors' own INT8 TFLite, as released (paper set): one pass, scored like the INT8 models.
+        if authors.applies(model_set, overrides) and authors.available():
+            try:
+                out, tflite["ms"], tflite["how"] = authors.run(prep.image, deadline)
+                tflite["metrics"] = authors.measure(out, outputs["fp32"], prep.reference)
+                tflite["path"] = render.save_png(_display(out)[0], request_dir / "authors.png")
+                tflite["note"] = (f"**{authors.LABEL}** (GenAI4E/QATIE, MIT licence): {tflite['how']}; "
+                                  f"agreement with the paper FP32: {core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB.")
+            except guard.DeadlineError as exc:
+                raise user_error(exc, "running the authors' TFLite model") from None
+            except Exception as exc:  # an optional extra: the comparison stands without it
+                log.warning("authors' TFLite model failed: %s: %s", type(exc).__name__, exc)
+                tflite["note"] = f"The authors' TFLite model could not run ({type(exc).__name__}: {guard.public_text(str(exc))[:200]})."
+            frame, text, js = measured(final=(more == 0 or skip_timing))
+            vals = [SKIP()] * N_OUT
+            vals[0] = note("Timing more runs…" if more and not skip_timing else "")
+            vals[7], vals[8], vals[13] = text, frame, js
+            vals[IDX["authors"]] = tflite["path"]
+            yield vals
 
         # 3. More timing runs, interleaved (rotating order), streamed.
         if skip_timing:
@@ -391,16 +436,15 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
             yield vals
 
         if skip_timing:
-            final_notice = _notice(prep, model_set, overrides,
-                                   "Latency is from a single pass: extra timing runs are skipped for a photo this large.")
+            final_notice = note("Latency is from a single pass: extra timing runs are skipped for a photo this large.")
         else:
-            final_notice = _notice(prep, model_set, overrides)
+            final_notice = note()
         # The last update carries every output (already-sent files are not copied again), so an
         # API caller's result is complete, not a list of "unchanged" markers.
         frame, text, js = measured(final=True)
         final = [final_notice, shown["input"], shown["fp32"], shown["ptq"], shown["qat"],
                  (shown["fp32"], shown["ptq"]), (shown["fp32"], shown["qat"]), text, frame, heat, zoom_path,
-                 zx, zy, js, downloads, head(), crop_pair, heat_ref, state]
+                 zx, zy, js, downloads, head(), crop_pair, heat_ref, tflite["path"], state]
         if key is not None:
             # Keep the files and the full final result for the next click on this example.
             keep_dir = True

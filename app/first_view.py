@@ -58,7 +58,7 @@ def _run(model_key: str) -> None:
         if ex is None:
             _STATE["error"] = "no example photos in assets/examples"
             return
-        if model_key == models.SHIPPED_KEY:
+        if model_key in models.BUILTIN_SETS:  # the warm-up loads the default built-in set's sessions
             models.wait_warm()
         for _ in compare.compare(ex[0], ex[1], model_set=model_key):
             pass  # the last update is cached by compare (examples are cached per model set)
@@ -70,8 +70,10 @@ def _run(model_key: str) -> None:
         _READY.set()
 
 
-def start(model_key: str = models.SHIPPED_KEY) -> None:
-    """Compute the first example's comparison in a daemon thread (idempotent)."""
+def start(model_key: str | None = None) -> None:
+    """Compute the first example's comparison in a daemon thread (idempotent); `model_key` None
+    is the default set (`models.default_set()`)."""
+    model_key = model_key or models.default_set()
     with _LOCK:
         if _STATE["started"]:
             return
@@ -83,13 +85,14 @@ def state() -> dict:
     return dict(_STATE, ready=_READY.is_set())
 
 
-def on_load(model_key: str = models.SHIPPED_KEY) -> list:
+def on_load(model_key: str | None = None) -> list:
     """Page load: [photo, reference, *compare outputs] of the first example, from the cache.
     A plain function (no queue round trips: this is on every visitor's critical path); until the
     start-up comparison is ready the notice's initial text says it is being prepared."""
     ex = first_example()
     if ex is None:
         return [gr.skip()] * (2 + compare.N_OUT)
+    model_key = model_key or models.default_set()
     start(model_key)  # normally started with the app; this covers a demo launched another way
     _READY.wait(LOAD_WAIT_S)
     if not _READY.is_set() or _STATE["error"]:

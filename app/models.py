@@ -41,6 +41,11 @@ BUILTIN_SETS = {
                 {"fp32": "paper", "ptq": "paper-ptq", "qat": "paper-qat"}),
     SHIPPED_KEY: ("QATIE restoration models (noise, blur, JPEG)", {"fp32": "fp32", "ptq": "ptq", "qat": "qat"}),
 }
+#: What each built-in set does, in one line (the notice says which set a result shows).
+BUILTIN_BLURBS = {
+    PAPER_KEY: "the paper authors' network (DPED: iPhone photo → DSLR look)",
+    SHIPPED_KEY: "QATIE's restoration models (noise, blur, JPEG)",
+}
 
 
 @dataclass
@@ -334,25 +339,27 @@ def sidecar(path: Path) -> dict | None:
 
 WARM = threading.Event()
 _warm_started = threading.Lock()
-_warm_state = {"started": False, "seconds": None, "error": None}
+_warm_state = {"started": False, "seconds": None, "error": None, "set": None}
 
 
 def _warm_up(size: tuple[int, int]) -> None:
     t0 = time.perf_counter()
     try:
-        if shipped_missing():
+        key = default_set()  # the set the page opens with
+        _warm_state["set"] = key
+        if shipped_missing(key):
             return
         from .guard import shrinking_options
 
         x = np.random.default_rng(0).random((*size, 3), dtype=np.float32)
         for role in ROLES:
-            enh = rt.get_enhancer(shipped_paths()[role], threads=config.THREADS)
+            enh = rt.get_enhancer(shipped_paths(key)[role], threads=config.THREADS)
             enh.enhance(x[:64, :64])
         # One pass at about a megapixel (kernels prepacked, pages touched once), the arena handed
         # back afterwards as every app run does (app.guard.SHRINK).
         with rt.run_options_scope(shrinking_options()):
             for role in ROLES:
-                rt.get_enhancer(shipped_paths()[role], threads=config.THREADS).enhance(x)
+                rt.get_enhancer(shipped_paths(key)[role], threads=config.THREADS).enhance(x)
     except Exception as exc:  # never kill the app: compare will report the real error
         _warm_state["error"] = f"{type(exc).__name__}: {exc}"
         log.warning("warm-up failed: %s", _warm_state["error"])
@@ -362,7 +369,7 @@ def _warm_up(size: tuple[int, int]) -> None:
 
 
 def start_warm_up(size: tuple[int, int] = (768, 1024)) -> None:
-    """Load the shipped sessions and run them once, in a daemon thread (idempotent)."""
+    """Load the default set's sessions and run them once, in a daemon thread (idempotent)."""
     with _warm_started:
         if _warm_state["started"]:
             return

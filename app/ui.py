@@ -17,7 +17,7 @@ import time
 import gradio as gr
 
 from . import guard
-from . import about, bench_tab, compare, config, first_view, inspect_panel, modelcard, models, train_tab
+from . import about, authors, bench_tab, compare, config, first_view, inspect_panel, modelcard, models, train_tab
 
 log = logging.getLogger("qatie.app")
 
@@ -52,8 +52,9 @@ THEME = gr.themes.Soft(
 )
 
 COMPARE_CONCURRENCY = 2
-#: The model set the Compare tab (and the first view's example) uses unless the user picks another.
-DEFAULT_SET = models.SHIPPED_KEY
+#: The model set the Compare and Benchmark tabs (and the first view's example) use unless the user
+#: picks another: the paper's network when its three files are in checkpoints/, else the restoration set.
+DEFAULT_SET = models.default_set()
 
 #: After an example click: bring the result into view when it is not (phones: it is below the inputs).
 SCROLL_TO_RESULT_JS = """() => {
@@ -69,8 +70,14 @@ def debug_modules() -> dict:
     import threading
 
     return {"torch": "torch" in sys.modules, "onnxruntime": "onnxruntime" in sys.modules,
-            "modules": len(sys.modules), "warm_up": models.warm_state(),
+            "ai_edge_litert": "ai_edge_litert" in sys.modules,
+            "modules": len(sys.modules), "warm_up": models.warm_state(), "first_view": first_view.state(),
             "training_threads": sum(t.name.startswith("qatie-train-") and t.is_alive() for t in threading.enumerate())}
+
+
+def _authors_visible(key) -> bool:
+    """The authors' TFLite picture is there for the paper set, when ai-edge-litert is installed."""
+    return key == models.PAPER_KEY and authors.available()
 
 
 def _inspect_paths(key, session_sets) -> dict | None:
@@ -182,6 +189,10 @@ def build_demo() -> gr.Blocks:
                                                buttons=["fullscreen"], min_width=120)
                             out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat",
                                                buttons=["fullscreen"], min_width=120)
+                            # The authors' own INT8 TFLite (paper set, with ai-edge-litert installed).
+                            out_authors = gr.Image(label=authors.LABEL, format="png", interactive=False,
+                                                   elem_id="out-authors", buttons=["fullscreen"], min_width=120,
+                                                   visible=_authors_visible(default_set))
                         with gr.Row():
                             slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
                                                         interactive=False, elem_id="slider-ptq", buttons=["fullscreen"])
@@ -235,7 +246,7 @@ def build_demo() -> gr.Blocks:
                             "interleaved timed runs (the order rotates each round, so noise hits all models alike).")
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        b_model_set = gr.Dropdown(models.choices(None), value=models.SHIPPED_KEY, label="Models",
+                        b_model_set = gr.Dropdown(models.choices(None), value=default_set, label="Models",
                                                   allow_custom_value=True)
                         b_sizes = gr.CheckboxGroup(list(bench_tab.SIZES), value=bench_tab.DEFAULT_SIZES,
                                                    label="Image sizes")
@@ -244,7 +255,7 @@ def build_demo() -> gr.Blocks:
                                              label="ONNX Runtime threads")
                         b_runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per model and size")
                         b_run = gr.Button("Run benchmark", variant="primary")
-                        b_files = gr.Markdown(bench_tab.files_md(models.shipped_set()))
+                        b_files = gr.Markdown(bench_tab.files_md(models.shipped_set(default_set)))
                     with gr.Column(scale=2):
                         b_status = gr.Markdown()
                         b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False)
@@ -271,7 +282,7 @@ def build_demo() -> gr.Blocks:
                           custom_qat, session_sets]
         compare_outputs = [notice, out_input, out_fp32, out_ptq, out_qat, slider_ptq, slider_qat, verdict_md,
                            metrics_df, heatmap, zoom_img, zoom_x, zoom_y, metrics_json, downloads, headline_html,
-                           slider_crop, heatmap_ref, result_state]
+                           slider_crop, heatmap_ref, out_authors, result_state]
         assert len(compare_outputs) == compare.N_OUT
         run_btn.click(compare.compare_ui, compare_inputs, compare_outputs, api_visibility="private",
                       preprocess=False, concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY,
@@ -335,8 +346,10 @@ def build_demo() -> gr.Blocks:
         # Inspect: per-layer error of the models the Compare tab uses (shipped or a session set).
         inspect_paths = gr.State(None)
         model_set.change(_inspect_paths, [model_set, session_sets], inspect_paths, api_visibility="private")
+        model_set.change(lambda key: gr.update(visible=_authors_visible(key)), model_set, out_authors,
+                         api_visibility="private", queue=False)
         inspect_panel.wire(inspect, image_in, inspect_paths,
-                           to_paths=lambda v: v or {r: str(p) for r, p in models.shipped_paths().items()})
+                           to_paths=lambda v: v or {r: str(p) for r, p in models.shipped_paths(default_set).items()})
     return demo
 
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
 
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
-       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref")
+       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_public_endpoints(client):
 def test_compare_example_with_reference(client):
     inp, ref = EXAMPLES / "rocket_input.png", EXAMPLES / "rocket_reference.png"
     t0 = time.perf_counter()
-    r = compare(client, inp, reference=handle_file(str(ref)))
+    r = compare(client, inp, reference=handle_file(str(ref)), model_set="shipped")  # SHIPPED are its files
     elapsed = time.perf_counter() - t0
     src = load(inp)
     shown = {k: load(r[k]) for k in ("input", "fp32", "ptq", "qat")}

@@ -1,0 +1,167 @@
+"""The paper set in the app: the page opens with it when its three files are shipped, the
+restoration set stays one choice away, and the authors' own INT8 TFLite model runs "as released"
+beside it where `ai-edge-litert` is installed. The API checks use one real server (`python app.py`
+through `gradio_client`); numbers are checked against the pictures returned, never hard-coded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))
+pytest.importorskip("gradio")
+from app import authors, compare as app_compare, models  # noqa: E402
+
+PAPER_MISSING = models.shipped_missing(models.PAPER_KEY)
+RESTORATION_MISSING = models.shipped_missing(models.SHIPPED_KEY)
+LITERT = importlib.util.find_spec("ai_edge_litert") is not None
+needs_paper = pytest.mark.skipif(bool(PAPER_MISSING), reason="the paper set is not in checkpoints/ (missing: "
+                                 + ", ".join(PAPER_MISSING) + ")")
+needs_litert = pytest.mark.skipif(not (LITERT and authors.PATH.is_file()),
+                                  reason="ai-edge-litert is not installed or checkpoints/authors_int8_100x100.tflite is absent")
+OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
+       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors")
+EXAMPLES = REPO_ROOT / "assets" / "examples"
+
+
+def load(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def small_photo(tmp_path, h=180, w=260):
+    """A photo-like image under the display limit (what is shown is what was measured)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 0.45 + 0.25 * np.sin(xx[..., None] / 11.0 + yy[..., None] / 17.0 + np.arange(3))
+    path = tmp_path / "photo.png"
+    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+    return path
+
+
+def test_default_set_follows_the_shipped_files():
+    assert models.default_set() == (models.SHIPPED_KEY if PAPER_MISSING else models.PAPER_KEY)
+    from app import ui
+
+    assert ui.DEFAULT_SET == models.default_set()
+    assert ui._authors_visible(models.SHIPPED_KEY) is False
+    assert ui._authors_visible(models.PAPER_KEY) is (LITERT and authors.PATH.is_file())
+
+
+def test_start_up_does_not_import_the_tflite_runtime():
+    """ai-edge-litert is imported only when a comparison on the paper set runs (cold start)."""
+    code = ("import sys; sys.path.insert(0, '.'); import app.ui as u; u.build_demo(); "
+            "print('ai_edge_litert' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
+
+
+@needs_paper
+def test_without_litert_the_column_is_replaced_by_a_notice(monkeypatch, tmp_path):
+    monkeypatch.setattr(authors, "available", lambda: False)
+    vals = None
+    for vals in app_compare.compare(str(small_photo(tmp_path)), model_set=models.PAPER_KEY):
+        pass
+    r = dict(zip(app_compare.OUTPUT_NAMES, vals))
+    assert "pip install ai-edge-litert" in r["notice"]
+    assert r["authors"] is None and "authors_tflite" not in r["metrics_json"]
+    assert authors.LABEL not in list(r["metrics"]["Model"])
+
+
+# --------------------------------------------------------------------------------------------
+# Through the public API
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client
+
+    from app.measure import AppServer
+
+    env = {"QATIE_APP_DEBUG": "1", "QATIE_LOG_LEVEL": "WARNING"}
+    with AppServer(env=env, timeout=120) as srv:
+        yield Client(srv.url, verbose=False)
+
+
+def api_compare(client, image, **kw) -> dict:
+    from gradio_client import handle_file
+
+    result = client.predict(handle_file(str(image)), api_name="/compare", **kw)
+    assert len(result) == len(OUT), f"compare returned {len(result)} values, expected {len(OUT)}"
+    return dict(zip(OUT, result))
+
+
+@needs_paper
+def test_api_default_is_the_paper_set(client, tmp_path):
+    r = api_compare(client, small_photo(tmp_path))  # model_set omitted: the default set
+    js = r["metrics_json"]
+    assert js["model_set_key"] == models.PAPER_KEY and js["model_set"] == models.BUILTIN_SETS[models.PAPER_KEY][0]
+    assert models.BUILTIN_BLURBS[models.PAPER_KEY] in r["notice"]
+    for role in models.ROLES:  # the paper set's own files
+        assert js["file_mb"][role] == pytest.approx(models.shipped_paths(models.PAPER_KEY)[role].stat().st_size / 1e6,
+                                                    abs=1e-3)
+
+
+@pytest.mark.skipif(bool(RESTORATION_MISSING), reason="the restoration set is not in checkpoints/")
+def test_api_shipped_still_selects_the_restoration_set(client, tmp_path):
+    r = api_compare(client, small_photo(tmp_path), model_set=models.SHIPPED_KEY)
+    js = r["metrics_json"]
+    assert js["model_set_key"] == models.SHIPPED_KEY
+    assert models.BUILTIN_BLURBS[models.SHIPPED_KEY] in r["notice"]
+    for role in models.ROLES:
+        assert js["file_mb"][role] == pytest.approx(models.shipped_paths()[role].stat().st_size / 1e6, abs=1e-3)
+    assert r["authors"] is None and "authors_tflite" not in js and "ai-edge-litert" not in r["notice"]
+    assert [row[0] for row in r["metrics"]["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
+
+
+@needs_paper
+@needs_litert
+def test_api_authors_tflite_as_released(client, tmp_path):
+    from qatie.metrics import error_levels, psnr
+
+    image = small_photo(tmp_path)
+    r = api_compare(client, image)
+    src, fp32, out = load(image), load(r["fp32"]), load(r["authors"])
+    assert out.shape == src.shape
+    assert "as released" in r["notice"] and "100×100 tiles" in r["notice"], r["notice"]
+    js = r["metrics_json"]["authors_tflite"]
+    assert js["label"] == authors.LABEL and js["file"] == authors.PATH.name
+    # Scored on exactly the pixels shown, like the INT8 rows.
+    f = np.float32(255)
+    assert js["agreement_psnr_db"] == pytest.approx(psnr(out / f, fp32 / f), abs=1e-4)
+    assert js["max_levels"] == error_levels(out / f, fp32 / f).max()
+    table = r["metrics"]
+    row = next(row for row in table["data"] if row[0] == authors.LABEL)
+    col = next(i for i, h in enumerate(table["headers"]) if h.startswith("Agreement") and "PSNR" in h)
+    assert row[col] == f"{js['agreement_psnr_db']:.2f}"
+    # The authors' own INT8 model is not a copy of our FP32 export of its weights.
+    assert not np.array_equal(out, fp32)
+
+
+@pytest.mark.skipif(not (EXAMPLES / "astronaut_input.png").is_file(), reason="no example photos")
+def test_api_first_example_is_cached_on_the_default_set(client):
+    """The first view's example (computed at start-up) is a cache hit on the default set."""
+    from app.first_view import first_example
+
+    import time
+
+    from gradio_client import handle_file
+
+    photo, ref = first_example()
+    deadline = time.time() + 180
+    while not (state := client.predict(api_name="/debug_modules")["first_view"])["ready"] and time.time() < deadline:
+        time.sleep(1)
+    assert state["ready"] and not state["error"], state
+    assert state["model_set"] == models.default_set()
+    kw = {"reference": handle_file(ref)} if ref else {}
+    r = api_compare(client, photo, **kw)
+    assert "cached" in r["notice"], r["notice"]
+    assert r["metrics_json"]["model_set_key"] == models.default_set()
