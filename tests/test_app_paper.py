@@ -63,6 +63,35 @@ def test_start_up_does_not_import_the_tflite_runtime():
     assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
 
 
+@needs_litert
+def test_authors_tflite_stops_at_the_compare_deadline():
+    """A TFLite run cannot be cancelled from outside: the deadline is checked before each tile."""
+    import time
+
+    from app import guard
+
+    img = np.full((300, 400, 3), 128, np.uint8)
+    out, ms, how = authors.run(img, guard.Deadline(60, "The comparison"))
+    assert out.shape == img.shape and out.dtype == np.uint8 and "100×100 tiles" in how
+    late = guard.Deadline(0.001, "The comparison")
+    time.sleep(0.05)
+    with pytest.raises(guard.DeadlineError):
+        authors.run(np.zeros((2000, 3000, 3), np.uint8), late)
+
+    class FiresAtThirdTile:
+        checks = 0
+
+        def check(self):
+            self.checks += 1
+            if self.checks == 3:
+                raise guard.DeadlineError("time's up")
+
+    d = FiresAtThirdTile()
+    with pytest.raises(guard.DeadlineError):
+        authors.run(np.zeros((2000, 3000, 3), np.uint8), d)  # about 900 tiles
+    assert d.checks == 3, "the run went on after its deadline"
+
+
 @needs_paper
 def test_without_litert_the_column_is_replaced_by_a_notice(monkeypatch, tmp_path):
     monkeypatch.setattr(authors, "available", lambda: False)
