@@ -159,7 +159,9 @@ def test_compare_without_reference_is_agreement_with_fp32(client, tmp_path):
     p = write_png(tmp_path / "plain.png", photo(120, 200, 1, (0.6, 0.4, 0.3)))
     r = compare(client, p)
     assert r["metrics"]["headers"][1] == "Agreement with full precision: PSNR (dB)"
-    assert [row[0] for row in r["metrics"]["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
+    rows = [row[0] for row in r["metrics"]["data"]]
+    assert rows[:3] == ["FP32", "PTQ-INT8", "QAT-INT8"]
+    assert rows[3:] == ([] if r["authors"] is None else ["Authors' INT8 TFLite (as released)"])
     assert r["metrics_json"]["reference"] is None
     assert load(r["fp32"]).shape == (120, 200, 3)
     assert r["heatmap_ref"] is None, "no reference, no vs-reference heatmaps"
@@ -358,7 +360,8 @@ def test_wrong_model_files_are_clear_errors(client, tmp_path):
 
 def test_custom_model_upload_replaces_one_slot(client, tmp_path):
     good = write_png(tmp_path / "ok.png", photo(64, 80, 7))
-    r = compare(client, good, custom_qat=handle_file(str(SHIPPED[1])))  # the PTQ file in the QAT slot
+    r = compare(client, good, model_set="shipped",  # the set whose PTQ file goes into the QAT slot
+                custom_qat=handle_file(str(SHIPPED[1])))
     assert "int8_ptq.onnx" in r["notice"]
     assert np.array_equal(load(r["ptq"]), load(r["qat"])), "same model in both INT8 slots → same output"
 
