@@ -50,7 +50,7 @@ qatie ptq --checkpoint checkpoints/paper_fp32.pt --method minmax --calib "$CLEAN
           --out checkpoints/paper_int8_ptq.onnx
 qatie qat --checkpoint checkpoints/paper_fp32.pt --data "$CLEAN" --steps 1200 --lr 5e-5 --distill 1.0 --learnable \
           --calib-method entropy --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/paper_qat \
-          --out checkpoints/paper_qat.pt
+          --out checkpoints/paper_qat.pt   # (the shipped run wrote runs/paper_qat.pt, released to checkpoints/ by release_copy)
 qatie export --checkpoint checkpoints/paper_qat.pt --out checkpoints/paper_int8_qat.onnx
 python docs/paper_model_numbers.py   # docs/paper_model.md's tables and figures
 
