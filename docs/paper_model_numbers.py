@@ -8,7 +8,6 @@ and prints the tables in Markdown.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from qatie.cpu import describe  # noqa: E402
 from qatie.data import sample_images  # noqa: E402
 from qatie.imageio import read_image, write_image  # noqa: E402
 from qatie.paper_diagnosis import gate_grid_experiment, layer_clipping, psnr, tanh_gate_grids  # noqa: E402
@@ -50,8 +50,7 @@ def full_hd_photo() -> np.ndarray:
 
 def main() -> None:
     torch.set_num_threads(2)
-    cpu = platform.processor() or platform.machine()
-    out: dict = {"cpu": cpu}
+    out: dict = {"cpu": describe()}
     model, info = import_tflite(SMALL)
     out["source"] = {k: info[k] for k in ("source_file", "source_sha256", "licence")}
 
