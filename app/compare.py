@@ -179,28 +179,22 @@ def error_outputs(err: gr.Error) -> list:
     return _empty_outputs(f'<span class="error-notice">⚠️ <b>{title}:</b> {getattr(err, "message", str(err))}</span>')
 
 
-def set_line(model_set: models.ModelSet) -> str:
-    """One line: which models the result shows and what they do."""
-    blurb = models.BUILTIN_BLURBS.get(model_set.key)
-    if blurb is None:
-        return f"**Models:** {model_set.label}."
-    return f"**Models:** {blurb} — the other built-in set is under *Advanced › Models*."
-
-
 def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, extra: str = "",
             tflite: str = "") -> str:
     w, h = prep.size
     mode = "tiled" if prep.tiled else "whole image"
-    lines = [set_line(model_set), *prep.notices]
-    names = model_set.label
+    lines = list(prep.notices)
+    # Which models the result shows and what they do (a built-in set by its one-line description).
+    blurb = models.BUILTIN_BLURBS.get(model_set.key)
+    names = f"**{blurb or model_set.label}**" + (" (other sets: *Advanced › Models*)" if blurb else "")
     if overrides:
         names += " — replaced by uploads: " + ", ".join(
             f"{models.ROLE_LABELS[r]} = {n}" for r, (_, n) in overrides.items())
-    lines.append(f"`{prep.name}` processed at {w}×{h} ({mode}) with **{names}**, {config.THREADS} ONNX Runtime "
+    lines.append(f"`{prep.name}` processed at {w}×{h} ({mode}) with {names}, {config.THREADS} ONNX Runtime "
                  f"thread(s), INT8 kernels: {int8_path()}."
                  + (f" {extra}" if extra else ""))
     if tflite:
-        lines.append(tflite)
+        lines[-1] += " " + tflite
     return "\n\n".join(lines)
 
 
@@ -402,8 +396,8 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                 out, tflite["ms"], tflite["how"] = authors.run(prep.image, deadline)
                 tflite["metrics"] = authors.measure(out, outputs["fp32"], prep.reference)
                 tflite["path"] = render.save_png(_display(out)[0], request_dir / "authors.png")
-                tflite["note"] = (f"**{authors.LABEL}** (GenAI4E/QATIE, MIT licence): {tflite['how']}; "
-                                  f"agreement with the paper FP32: {core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB.")
+                tflite["note"] = (f"**{authors.LABEL}**: {tflite['how']}; agreement with the paper FP32 "
+                                  f"{core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB.")
             except guard.DeadlineError as exc:
                 raise user_error(exc, "running the authors' TFLite model") from None
             except Exception as exc:  # an optional extra: the comparison stands without it
