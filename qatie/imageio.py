@@ -188,7 +188,7 @@ def decode_image(data: bytes, label: str = "image", max_pixels: float | None = N
                 raise ImageReadError(f"{label}: the image is corrupt or truncated ({e})") from None
     u8 = decode_image_u8(data, label, max_pixels)
     out = np.empty(u8.shape, np.float32)
-    np.multiply(u8, np.float32(1 / 255.0), out=out)
+    np.divide(u8, np.float32(255.0), out=out)  # = u8 / 255 exactly as every other path divides
     return out
 
 
