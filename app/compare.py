@@ -396,6 +396,8 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                 out, tflite["ms"], tflite["how"] = authors.run(prep.image, deadline)
                 tflite["metrics"] = authors.measure(out, outputs["fp32"], prep.reference)
                 tflite["path"] = render.save_png(_display(out)[0], request_dir / "authors.png")
+                if downloads is not None:  # full-size mode: its full-size output too
+                    downloads.append(render.save_png(out, request_dir / "full_authors_tflite.png"))
                 tflite["note"] = (f"**{authors.LABEL}**: {tflite['how']}; agreement with the paper FP32 "
                                   f"{core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB.")
             except guard.DeadlineError as exc:
@@ -408,6 +410,8 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
             vals[0] = note("Timing more runs…" if more and not skip_timing else "")
             vals[7], vals[8], vals[13] = text, frame, js
             vals[IDX["authors"]] = tflite["path"]
+            if downloads is not None:
+                vals[14] = downloads
             yield vals
 
         # 3. More timing runs, interleaved (rotating order), streamed.

@@ -496,7 +496,8 @@ def test_full_size_is_tiled_with_full_size_downloads(small_limits_client, tmp_pa
     shown = load(r["fp32"])
     assert shown.shape[0] * shown.shape[1] <= 0.3e6, "the image shown is a downscaled copy"
     full = {Path(p).name: load(p) for p in r["downloads"]}
-    assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"}
+    authors = {"full_authors_tflite.png"} if r["authors"] is not None else set()  # paper set, ai-edge-litert
+    assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"} | authors
     assert all(a.shape == src.shape for a in full.values())
     assert np.array_equal(full["full_input.png"], src)
     assert r["metrics_json"]["size"] == [900, 600]
