@@ -59,8 +59,12 @@ weights came from. That is what makes the comparison fair.
 
 ## The paper
 
-{PAPER} The network is its three-scale design (gated encoder blocks, multi-scale refinement);
-this project retrains it, quantizes it both ways and measures the difference on your photo.
+{PAPER} The network is its three-scale design (gated encoder blocks, multi-scale refinement).
+The app opens with **the authors' own weights** (a DPED enhancer: iPhone photo → DSLR look),
+imported from their released INT8 TFLite model and quantized here both ways; where `ai-edge-litert`
+is installed, their INT8 model also runs as released, as a fourth picture. QATIE's own
+**restoration models** (the same network trained here for noise, blur and JPEG) are the other
+built-in set, under *Advanced › Models*.
 
 ## How to read the heatmaps
 
