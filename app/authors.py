@@ -1,6 +1,8 @@
 """The paper authors' own INT8 TFLite model, run "as released" beside the paper set's three.
 
-The authors published their network only as INT8 TFLite (MIT licence; checkpoints/AUTHORS_TFLITE.md).
+The authors published their network only as INT8 TFLite (MIT licence; checkpoints/PAPER_WEIGHTS.md).
+The file is not part of this repository: it is read from `QATIE_AUTHORS_TFLITE` if set, else from
+the reference folder beside the project (`../shared/reference/qatie_official_int8_100x100.tflite`).
 Showing it next to our FP32 / PTQ / QAT exports of the same weights lets a user see the
 deployment the paper shipped. Only the 100×100 file is used: it runs in overlapping tiles (its
 fixed input size), blended; the full-HD file breaks colours (docs/paper_model.md). It needs the
@@ -10,7 +12,9 @@ the app's start-up never loads it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,15 +25,24 @@ from qatie.metrics import error_levels, psnr, ssim
 from . import config, models
 from .core import _f, _num
 
-PATH = rt.REPO_ROOT / "checkpoints" / "authors_int8_100x100.tflite"
+FILE_NAME = "qatie_official_int8_100x100.tflite"
+PATH = Path(os.environ.get("QATIE_AUTHORS_TFLITE") or rt.REPO_ROOT.parent / "shared" / "reference" / FILE_NAME)
 LABEL = "Authors' INT8 TFLite (as released)"
 INSTALL_NOTICE = ("The authors' own INT8 TFLite model is not shown: `pip install ai-edge-litert` adds it as a "
                   "fourth picture.")
+MISSING_NOTICE = "The authors' own INT8 TFLite model is not shown: its file is not on this server."
 
 
 def available() -> bool:
-    """The runtime package is installed and the file is here (checked without importing it)."""
+    """The runtime package is installed and the file is there (checked without importing it)."""
     return importlib.util.find_spec("ai_edge_litert") is not None and PATH.is_file()
+
+
+def unavailable_notice() -> str:
+    """Why the fourth picture is missing ("" when it is shown)."""
+    if not PATH.is_file():
+        return MISSING_NOTICE
+    return "" if available() else INSTALL_NOTICE
 
 
 def applies(model_set: models.ModelSet, overrides: dict) -> bool:

@@ -352,8 +352,8 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
             raise user_error(exc, "measuring the outputs") from None
 
         tflite = {"note": "", "path": None, "metrics": None, "ms": None}  # the authors' model (paper set)
-        if authors.applies(model_set, overrides) and not authors.available():
-            tflite["note"] = authors.INSTALL_NOTICE if authors.PATH.is_file() else ""
+        if authors.applies(model_set, overrides):
+            tflite["note"] = authors.unavailable_notice()
 
         def measured(final: bool):
             headers, rows = core.table(result, latencies, sizes)

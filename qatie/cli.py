@@ -228,7 +228,7 @@ def cmd_qat(args) -> int:
     out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
                   distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib,
                   calib_method=args.calib_method, seed=args.seed, val_data=args.val, threads=args.threads,
-                  resume=args.resume, run_dir=args.run_dir,
+                  resume=args.resume, run_dir=args.run_dir, teacher=args.teacher,
                   progress=_progress_bar(args.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
     return 0
@@ -397,7 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune an FP32 checkpoint with fake quantization of exactly the "
                        "QuantSpec's tensors (ranges initialised by minmax calibration, then moving "
                        "averages, or learned with --learnable). Writes a QAT checkpoint (weights + ranges).")
-    a.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint to start from")
+    a.add_argument("--checkpoint", required=True,
+                   help="FP32 .pt checkpoint to start from, or a QAT one to continue (its weights and ranges)")
+    a.add_argument("--teacher", help="the FP32 checkpoint to distil from when continuing a QAT checkpoint "
+                                     "(default: the source it records)")
     a.add_argument("--data", action="append", metavar="SPEC", help="training data (repeatable; default samples)")
     a.add_argument("--val", action="append", metavar="SPEC", help="extra validation pairs to monitor")
     a.add_argument("--steps", type=int, default=1000)

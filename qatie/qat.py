@@ -15,14 +15,14 @@ from typing import Callable, Optional
 from .checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from .errors import CheckpointError
 from .ptq import calibration_images
-from .quant import calibrate, prepare_qat, quant_state
+from .quant import calibrate, model_from_qat_checkpoint, prepare_qat, quant_state
 from .train import TrainConfig, train
 
 
 def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, lr: float = 1e-5,
             learnable: bool = False, distill: float = 0.0, batch_size: int = 16, patch: int = 96, num_calib: int = 32,
             calib_method: str = "minmax", seed: int = 0, val_data: list[str] | None = None,
-            val_every: int = 250, threads: int = 0, resume: bool = False, run_dir=None,
+            val_every: int = 250, threads: int = 0, resume: bool = False, run_dir=None, teacher=None,
             progress: Optional[Callable[[dict], None]] = None,
             should_stop: Optional[Callable[[], bool]] = None) -> Path:
     """Fine-tune with fake quantization; writes `out` (the final QAT checkpoint) and a run
@@ -30,17 +30,37 @@ def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, l
 
     Data mix (whole-photo crops, degradation) and loss are the FP32 model's own, so QAT sees what
     the model was trained on. `distill` > 0 also matches the frozen FP32 model's output (1: only
-    that): QAT then spends its steps on agreeing with full precision rather than refitting."""
+    that): QAT then spends its steps on agreeing with full precision rather than refitting.
+
+    `checkpoint` may also be a finished QAT checkpoint: training continues from its weights and
+    ranges (no calibration), distilled from its FP32 source (`teacher`, default the path it
+    records); the result counts all steps, both runs'."""
     out = Path(out)
     ckpt = read_checkpoint(checkpoint)
-    if ckpt.get("kind", "fp32") != "fp32":
-        raise CheckpointError(f"{checkpoint}: QAT starts from an FP32 checkpoint (this one is {ckpt.get('kind')!r})")
-    model = model_from_checkpoint(ckpt, str(checkpoint)).eval()
-    teacher = model_from_checkpoint(ckpt, str(checkpoint)).eval() if distill else None
-    fp32_cfg = ckpt.get("config", {})
+    kind = ckpt.get("kind", "fp32")
     data = data or ["samples"]
-    ranges = calibrate(model, calibration_images(data[0], num_calib, seed), calib_method)
-    prepare_qat(model, ranges, learnable=learnable)
+    if kind == "qat":  # continue a finished QAT: its weights and ranges, no new calibration
+        model = model_from_qat_checkpoint(ckpt, str(checkpoint))
+        was = bool(ckpt["quant"].get("learnable"))
+        if learnable != was:
+            raise CheckpointError(f"{checkpoint}: its ranges are {'learned' if was else 'moving averages'}; "
+                                  f"continue it {'with' if was else 'without'} --learnable")
+        teacher_path = teacher or ckpt.get("source_checkpoint")
+        fp32_ckpt = read_checkpoint(teacher_path) if teacher_path else None
+        if fp32_ckpt is None or fp32_ckpt.get("kind", "fp32") != "fp32":
+            raise CheckpointError(f"{checkpoint}: continuing QAT needs its FP32 checkpoint (give --teacher)")
+        source, done = str(teacher_path), int(ckpt.get("steps") or 0)
+        calib = {**(ckpt.get("calib") or {}), "continued_from": Path(str(checkpoint)).name, "steps_before": done}
+    elif kind == "fp32":
+        model = model_from_checkpoint(ckpt, str(checkpoint)).eval()
+        fp32_ckpt, source, done = ckpt, str(checkpoint), 0
+        ranges = calibrate(model, calibration_images(data[0], num_calib, seed), calib_method)
+        prepare_qat(model, ranges, learnable=learnable)
+        calib = {"method": calib_method, "num_calib": num_calib, "data": data[0]}
+    else:
+        raise CheckpointError(f"{checkpoint}: QAT starts from an FP32 or a QAT checkpoint (this one is {kind!r})")
+    teacher_model = model_from_checkpoint(fp32_ckpt, source).eval() if distill else None
+    fp32_cfg = fp32_ckpt.get("config", {})
     cfg = TrainConfig(data=data, width=model.width, variant=model.variant, steps=steps, batch_size=batch_size,
                       patch=patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
                       loss=fp32_cfg.get("loss", "paper"), global_crops=fp32_cfg.get("global_crops", 0.0),
@@ -49,11 +69,11 @@ def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, l
                       val_data=val_data or [], threads=threads)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
     summary = train(cfg, run_dir, resume=resume, model=model, kind="qat", extra_state=lambda: quant_state(model),
-                    teacher=teacher, progress=progress, should_stop=should_stop)
+                    teacher=teacher_model, progress=progress, should_stop=should_stop)
     model = model.cpu().eval()
     save_checkpoint(out, model, kind="qat", quant=quant_state(model), config=cfg.to_dict(),
-                    source_checkpoint=str(checkpoint), steps=summary["steps_done"], wall_s=summary["wall_s"],
-                    calib={"method": calib_method, "num_calib": num_calib, "data": data[0]}, learnable=learnable,
+                    source_checkpoint=source, steps=done + summary["steps_done"], wall_s=summary["wall_s"],
+                    calib=calib, learnable=learnable,
                     distill=distill)
     return out
 

@@ -25,7 +25,7 @@ LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 needs_paper = pytest.mark.skipif(bool(PAPER_MISSING), reason="the paper set is not in checkpoints/ (missing: "
                                  + ", ".join(PAPER_MISSING) + ")")
 needs_litert = pytest.mark.skipif(not (LITERT and authors.PATH.is_file()),
-                                  reason="ai-edge-litert is not installed or checkpoints/authors_int8_100x100.tflite is absent")
+                                  reason="ai-edge-litert is not installed or the authors' 100×100 file is absent (../shared/reference)")
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
        "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors")
 EXAMPLES = REPO_ROOT / "assets" / "examples"
@@ -61,6 +61,24 @@ def test_start_up_does_not_import_the_tflite_runtime():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"], out.stdout
+
+
+def test_authors_file_is_found_outside_the_repository(tmp_path, monkeypatch):
+    """The authors' file is never shipped: QATIE_AUTHORS_TFLITE (or ../shared/reference) names it,
+    and without it the notice says the file is missing, not that a package is."""
+    import importlib
+
+    monkeypatch.setenv("QATIE_AUTHORS_TFLITE", str(tmp_path / "absent.tflite"))
+    mod = importlib.reload(authors)
+    try:
+        assert mod.PATH == tmp_path / "absent.tflite"
+        assert not mod.available() and mod.unavailable_notice() == mod.MISSING_NOTICE
+        (tmp_path / "absent.tflite").write_bytes(b"x")
+        assert mod.unavailable_notice() == ("" if LITERT else mod.INSTALL_NOTICE)
+    finally:
+        monkeypatch.delenv("QATIE_AUTHORS_TFLITE")
+        importlib.reload(authors)
+    assert not list((REPO_ROOT / "checkpoints").glob("*.tflite"))
 
 
 @needs_litert

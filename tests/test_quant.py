@@ -231,6 +231,33 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
         assert_random_sim_matches_ort(sim, onnx_path)
 
 
+def test_qat_continues_from_a_qat_checkpoint(tmp_path):
+    """A finished QAT checkpoint continues from its own weights and ranges (no recalibration),
+    distilled from the FP32 source it records; the step count adds up."""
+    from qatie.checkpoint import read_checkpoint, save_checkpoint
+    from qatie.errors import CheckpointError
+    from qatie.qat import run_qat
+    from qatie.quant import model_from_qat_checkpoint
+
+    fp32 = tmp_path / "fp32.pt"
+    save_checkpoint(fp32, random_model(), kind="fp32", config={"loss": "l1"})
+    first = run_qat(fp32, tmp_path / "a.pt", data=["samples"], steps=4, lr=1e-3, learnable=True, distill=1.0,
+                    batch_size=2, patch=32, num_calib=2, val_every=1000, threads=1)
+    # lr 0: nothing moves, so the continued model is the first one exactly (not a recalibrated one)
+    same = run_qat(first, tmp_path / "b.pt", data=["samples"], steps=2, lr=0.0, learnable=True, distill=1.0,
+                   batch_size=2, patch=32, val_every=1000, threads=1)
+    a, b = (model_from_qat_checkpoint(read_checkpoint(p), "q") for p in (first, same))
+    ra, rb = current_ranges(a), current_ranges(b)  # (float32 round trips through scale/zero point)
+    assert ra.keys() == rb.keys() and all(rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-7) for k in ra)
+    assert all(torch.allclose(x.float(), y.float(), rtol=1e-6, atol=1e-7)
+               for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    ckpt = read_checkpoint(same)
+    assert ckpt["steps"] == 6 and ckpt["source_checkpoint"] == str(fp32)
+    assert ckpt["calib"]["continued_from"] == "a.pt" and ckpt["calib"]["steps_before"] == 4
+    with pytest.raises(CheckpointError, match="--learnable"):
+        run_qat(first, tmp_path / "c.pt", data=["samples"], steps=1, learnable=False, batch_size=2, patch=32)
+
+
 def test_learnable_ranges_get_gradients():
     m = random_model()
     prepare_qat(m, calibrate(m, calib_images(), "minmax"), learnable=True).train()
