@@ -10,7 +10,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from qatie.paths import REPO_ROOT
+
 ASSETS = REPO_ROOT / "assets"
 EXAMPLES_DIR = ASSETS / "examples"
 CHECKPOINTS = REPO_ROOT / "checkpoints"

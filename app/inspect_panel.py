@@ -19,7 +19,7 @@ Pure functions plus one builder, for `app/ui.py` to wire in:
   `to_paths` maps to the paths dict.
 
 Everything here is torch-free except `calibration` and `mixed_precision`, which build PTQ
-models (torch is imported inside `qatie.inspect` / `qatie.mixed` when they run).
+models (torch is imported inside `qatie.analysis` when they run).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from qatie import inspect as qi
+from qatie import analysis as qi
 from qatie.errors import QatieError
 
 from . import config, core, guard
@@ -304,8 +304,6 @@ def mixed_frame(rows: list[dict]) -> pd.DataFrame:
 def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: int | None = None,
                     threads: int | None = None, progress=gr.Progress()):
     """Trade-off curve for K convs kept float, measured on this photo → (Figure, DataFrame, markdown)."""
-    from qatie import mixed
-
     image = _need_image(image)
     ks = parse_k(k_values)
     ckpt = fp32_checkpoint(paths)
@@ -318,7 +316,7 @@ def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: in
     try:
         st = calib_settings(paths)
         tick(f"building and ranking PTQ models (at most {config.INSPECT_BUILD_DEADLINE_S:.0f} s)")
-        rows = _in_child(mixed.trade_off_curve, ckpt, ks, [image], what="The mixed-precision measurement", slow=True,
+        rows = _in_child(qi.trade_off_curve, ckpt, ks, [image], what="The mixed-precision measurement", slow=True,
                          calib=st["calib_spec"], num_calib=num_calib or st["num_calib"],
                          seed=st["seed"], threads=threads or config.THREADS, progress=None)
     except QatieError as e:
@@ -326,7 +324,7 @@ def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: in
     note = ("Each point is a PTQ (minmax) model with the K convs whose float island helped most in the per-conv "
             "sensitivity analysis (leave-one-float, PSNR vs FP32 on calibration crops) kept float; PSNR vs FP32 "
             "and latency are measured on this photo on this machine.")
-    return mixed.plot_trade_off(rows), mixed_frame(rows), note
+    return qi.plot_trade_off(rows), mixed_frame(rows), note
 
 
 def wire(panel: Panel, image_component, paths_component, to_paths: Callable[[Any], dict] = lambda v: v) -> None:

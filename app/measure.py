@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from qatie.paths import REPO_ROOT
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from qatie import runtime as rt
 from qatie.errors import ModelFileError
-from qatie.report import sha256
+from qatie.util import LRU, sha256
 
 from . import config
 
@@ -121,11 +120,14 @@ def resolve_set(key: str | None, session_sets: dict | None) -> ModelSet:
 # Sessions
 # --------------------------------------------------------------------------------------------
 
-_UPLOADED: "OrderedDict[str, rt.OnnxEnhancer]" = OrderedDict()
-_UPLOADED_LOCK = threading.Lock()
+def _cost_mb(enh: rt.OnnxEnhancer) -> float:
+    """Estimated resident memory of a cached session: weights (also prepacked) + runtime."""
+    return 3 * enh.size_bytes / 1e6 + 8
 
 
-_file_sha = sha256  # one file-hash helper (qatie.report, also used for the manifest)
+#: Uploaded and session-trained models, least recently used dropped first, under a memory budget
+#: (the one left is kept even when alone over it: it is the one being used).
+_UPLOADED = LRU(max_items=64, max_bytes=config.UPLOAD_CACHE_MB, size=_cost_mb)
 
 
 def clean_model_error(msg: str, path: Path) -> str:
@@ -271,11 +273,6 @@ def probe(enh: rt.OnnxEnhancer) -> None:
         raise ModelFileError("its output contains NaN or infinite values")
 
 
-def _cost_mb(enh: rt.OnnxEnhancer) -> float:
-    """Estimated resident memory of a cached session: weights (also prepacked) + runtime."""
-    return 3 * enh.size_bytes / 1e6 + 8
-
-
 def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
     """Load a user-uploaded (or session-trained) .onnx file: checked (`check_onnx`), loaded
     without a memory arena, probed (`probe`), kept in an LRU cache under `config.UPLOAD_CACHE_MB`.
@@ -285,22 +282,17 @@ def uploaded_enhancer(path: str | Path, label: str) -> rt.OnnxEnhancer:
         raise ModelFileError(f"{label}: the uploaded file is missing")
     if path.stat().st_size == 0:
         raise ModelFileError(f"{label}: the uploaded model file is empty")
-    key = f"{_file_sha(path)}:{config.THREADS}"
-    with _UPLOADED_LOCK:
-        enh = _UPLOADED.get(key)
-        if enh is not None:
-            _UPLOADED.move_to_end(key)
-            return enh
+    key = f"{sha256(path)}:{config.THREADS}"
+    enh = _UPLOADED.get(key)
+    if enh is not None:
+        return enh
     try:
         check_onnx(path)
         enh = rt.OnnxEnhancer(path, threads=config.THREADS, arena=False)
         probe(enh)
     except ModelFileError as exc:
         raise ModelFileError(f"{label}: {clean_model_error(str(exc), path)}") from None
-    with _UPLOADED_LOCK:
-        _UPLOADED[key] = enh
-        while len(_UPLOADED) > 1 and sum(_cost_mb(e) for e in _UPLOADED.values()) > config.UPLOAD_CACHE_MB:
-            _UPLOADED.popitem(last=False)
+    _UPLOADED.put(key, enh)
     return enh
 
 

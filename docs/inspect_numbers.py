@@ -33,9 +33,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from qatie import inspect as qi
+    from qatie import analysis as qi
     from qatie.imageio import read_image
-    from qatie.mixed import format_trade_off, trade_off_curve
+    from qatie.analysis import format_trade_off, trade_off_curve
     from qatie.runtime import resolve_onnx
 
     ckpt = REPO / "checkpoints" / "fp32.pt"

@@ -26,7 +26,8 @@ def main() -> int:
 
     from qatie.checkpoint import load_model, read_checkpoint
     from qatie.ptq import calibration_images
-    from qatie.quant import act_qparams, calibrate, model_from_qat_checkpoint
+    from qatie.checkpoint import model_from_qat_checkpoint
+    from qatie.quant import act_qparams, calibrate
 
     ckpt = read_checkpoint(args.checkpoint)
     calib = ckpt["calib"]

@@ -2,7 +2,6 @@
 `torch.load(weights_only=True)` so loading never unpickles code."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -10,14 +9,14 @@ import torch
 from .errors import CheckpointError
 from .model import QATIENet, build_model
 from .provenance import current_command
+from .quant import SPEC, load_quant_state, prepare_qat, ranges_from_state
+from .util import atomic_write
 
 FORMAT = "qatie-checkpoint-v1"
 
 
 def save_checkpoint(path, model: QATIENet, kind: str = "fp32", **extra) -> Path:
     """Write {format, kind, model, state_dict, **extra} to `path` via a temp file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "kind": kind,
@@ -26,10 +25,7 @@ def save_checkpoint(path, model: QATIENet, kind: str = "fp32", **extra) -> Path:
         "command": current_command(),
         **extra,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path) -> dict:
@@ -61,13 +57,27 @@ def model_from_checkpoint(ckpt: dict, label: str = "checkpoint") -> QATIENet:
     return model
 
 
+def model_from_qat_checkpoint(ckpt: dict, label: str = "checkpoint") -> QATIENet:
+    """A QAT checkpoint → the armed model in eval mode (the torch simulation of its INT8 model)."""
+    if "quant" not in ckpt:
+        raise CheckpointError(f"{label}: a QAT checkpoint without quantization ranges")
+    state = ckpt["quant"]
+    version = (state.get("spec") or {}).get("version", 1)
+    if version != SPEC.version:
+        raise CheckpointError(f"{label}: made for QuantSpec version {version}, this qatie uses version {SPEC.version} "
+                              "(its quantization points differ); re-run `qatie qat` from the FP32 checkpoint")
+    weights = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("fake_quants.")}
+    model = model_from_checkpoint({**ckpt, "state_dict": weights}, label)
+    prepare_qat(model, ranges_from_state(state), learnable=bool(state.get("learnable", False)))
+    load_quant_state(model, state)
+    return model.eval()
+
+
 def load_model(path) -> QATIENet:
     """FP32 network from an FP32 or QAT checkpoint (a QAT checkpoint comes back with its fake
     quantizers armed, i.e. simulating the INT8 model)."""
     ckpt = read_checkpoint(path)
     if ckpt.get("kind") == "qat":
-        from .quant import model_from_qat_checkpoint
-
         return model_from_qat_checkpoint(ckpt, str(path))
     return model_from_checkpoint(ckpt, str(path)).eval()
 
@@ -77,8 +87,4 @@ def release_copy(src, dst) -> Path:
     ckpt = read_checkpoint(src)
     for key in ("optimizer", "history"):
         ckpt.pop(key, None)
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_write(dst, lambda tmp: torch.save(ckpt, tmp))

@@ -129,7 +129,8 @@ def cmd_enhance(args) -> int:
 
 def cmd_eval(args) -> int:
     from .data import eval_pairs
-    from .evaluate import evaluate, format_table, jsonable
+    from .evaluate import evaluate, format_table
+    from .util import jsonable
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
@@ -190,7 +191,7 @@ def cmd_ptq(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import inspect as qi
+    from . import analysis as qi
     from .runtime import resolve_onnx
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -161,17 +161,3 @@ def format_table(result: dict) -> str:
                      f"{_num(a['mean_levels'], '.3f'):>7}  {_num(100 * a['share_over_2_levels'], '.2f') + '%':>6}")
         lines.append(line.rstrip())
     return "\n".join(lines)
-
-
-def jsonable(obj):
-    """A copy of `obj` safe for strict JSON: non-finite floats (an exact match's inf PSNR) → None."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

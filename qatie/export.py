@@ -14,7 +14,6 @@ image to that; `qatie.runtime` does it for you). Each INT8 model gets a JSON sid
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .graph_opt import optimize_fp32, optimize_int8
 from .model import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights
 from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
+from .util import atomic_write, atomic_write_text
 
 OPSET = 17
 TRACE_SIZE = 64
@@ -129,10 +129,7 @@ def _finish(proto: onnx.ModelProto, path: Path, doc: str) -> Path:
     if command:
         helper.set_model_props(proto, {"qatie_command": command})
     onnx.checker.check_model(proto)
-    tmp = path.with_name(f".{path.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
 
 
 def _fix_output(graph) -> None:
@@ -149,7 +146,7 @@ def _fix_output(graph) -> None:
 def export_fp32(model: QATIENet, path) -> Path:
     """Write the FP32 ONNX model (markers removed). Its up-convs take the sub-pixel form the INT8
     scheme quantizes (same function; measured as fast in ORT as nearest resize + conv), so the
-    FP32 and INT8 graphs hold the same tensors under the same names (`qatie.inspect`)."""
+    FP32 and INT8 graphs hold the same tensors under the same names (`qatie.analysis`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     proto = _trace(model, path, subpixel=True)  # the INT8 models' form: same tensors, same names
@@ -334,7 +331,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
                "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
                "keep_float": sorted(keep), "float_points": [n for n in (qp.qname for qp in model.qpoints()) if n in dropped],
                "tensors": tensors, "weights": weights, "graph_opt": opt.changes}
-    sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
+    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1))
     return path
 
 

@@ -51,6 +51,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .util import atomic_write, atomic_write_text
+
 #: MLAS symmetric-conv requirements on x86-64 (convsym.cpp, AVX2/AVX-512 dispatch tables):
 #: input channels % 4 == 0, output channels ≥ 16 and % 4 == 0 (% 8 for the AVX2 kernels).
 SYM_INPUT_ALIGN = 4
@@ -615,9 +617,7 @@ def optimize_file(src, dst=None) -> OptReport:
     model = onnx.load(str(src))
     report = optimize_int8(model) if is_int8(model) else optimize_fp32(model)
     onnx.checker.check_model(model)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(dst)
+    atomic_write(dst, lambda tmp: onnx.save(model, str(tmp)))
     side_src, side_dst = src.with_suffix(".json"), dst.with_suffix(".json")
     if side_src.is_file() and (report or side_src != side_dst):
         # keep the sidecar true to the graph: renamed DQ outputs, and what was changed
@@ -625,9 +625,7 @@ def optimize_file(src, dst=None) -> OptReport:
         for t in side.get("tensors", []):
             report.fix_sidecar_tensor(t)
         side["graph_opt"] = side.get("graph_opt", []) + report.changes
-        tmp = side_dst.with_name(f".{side_dst.name}.tmp")
-        tmp.write_text(json.dumps(side, indent=1))
-        tmp.replace(side_dst)
+        atomic_write_text(side_dst, json.dumps(side, indent=1))
     return report
 
 

@@ -13,9 +13,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageReadError
+from .util import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 120_000_000  # above this a file is refused rather than risking memory exhaustion
@@ -214,11 +215,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -
     if suffix not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"{path}: write .png or .jpg/.jpeg (got {suffix or 'no suffix'})")
     arr = image if image.dtype == np.uint8 else to_uint8(image)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG" if suffix == ".png" else "JPEG", quality=quality)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG" if suffix == ".png" else "JPEG",
+                                                                   quality=quality))
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

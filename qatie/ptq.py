@@ -15,6 +15,7 @@ from .checkpoint import read_checkpoint, model_from_checkpoint
 from .data import PatchSampler, load_source
 from .errors import CheckpointError
 from .export import export_int8
+from .keep_float import SENSITIVITY_IMAGES, cached_sensitivity, parse_keep_float, sensitivity_key
 from .quant import calibrate
 
 CALIB_CROP = 256
@@ -40,7 +41,7 @@ def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num
             calib_crop: int = CALIB_CROP) -> Path:
     """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated by `method`.
 
-    keep_float (mixed precision, see `qatie.mixed`): "auto:K" keeps the K convs float whose
+    keep_float (mixed precision, see `qatie.keep_float`): "auto:K" keeps the K convs float whose
     float island helps most (ranked on the first calibration crops; the ranking is stored in
     the sidecar's meta), or a list / comma-separated string of conv module paths."""
     t0 = time.time()
@@ -57,8 +58,6 @@ def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num
         meta["percentile"] = percentile
     keep = None
     if keep_float:
-        from .mixed import SENSITIVITY_IMAGES, cached_sensitivity, parse_keep_float, sensitivity_key
-
         k, keep = parse_keep_float(keep_float)
         meta["keep_float"] = {"spec": keep_float if isinstance(keep_float, str) else ",".join(keep)}
         if k is not None:

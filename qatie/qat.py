@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from .checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import model_from_checkpoint, model_from_qat_checkpoint, read_checkpoint, save_checkpoint
 from .errors import CheckpointError
 from .ptq import calibration_images
-from .quant import calibrate, model_from_qat_checkpoint, prepare_qat, quant_state
+from .quant import calibrate, current_ranges, prepare_qat, quant_state
 from .train import TrainConfig, train
 
 
@@ -82,7 +82,6 @@ def export_checkpoint(checkpoint, out) -> Path:
     """`qatie export`: an FP32 checkpoint → FP32 ONNX; a QAT checkpoint → INT8 ONNX (+ sidecar)
     with the ranges it learned."""
     from .export import export_fp32, export_int8
-    from .quant import current_ranges, model_from_qat_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     if ckpt.get("kind") == "qat":

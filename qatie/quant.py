@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, QatieError
+from .errors import QatieError
 from .model import QATIENet, QPoint
 
 Ranges = dict[str, tuple[float, float]]  # QPoint name → (min, max) of the float range
@@ -355,21 +355,3 @@ def load_quant_state(model: QATIENet, state: dict) -> None:
 
 def ranges_from_state(state: dict) -> Ranges:
     return {n: tuple(r) for n, r in zip(state["names"], state["ranges"].tolist())}
-
-
-def model_from_qat_checkpoint(ckpt: dict, label: str = "checkpoint") -> QATIENet:
-    """A QAT checkpoint → the armed model in eval mode (the torch simulation of its INT8 model)."""
-    from .checkpoint import model_from_checkpoint
-
-    if "quant" not in ckpt:
-        raise CheckpointError(f"{label}: a QAT checkpoint without quantization ranges")
-    state = ckpt["quant"]
-    version = (state.get("spec") or {}).get("version", 1)
-    if version != SPEC.version:
-        raise CheckpointError(f"{label}: made for QuantSpec version {version}, this qatie uses version {SPEC.version} "
-                              "(its quantization points differ); re-run `qatie qat` from the FP32 checkpoint")
-    weights = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("fake_quants.")}
-    model = model_from_checkpoint({**ckpt, "state_dict": weights}, label)
-    prepare_qat(model, ranges_from_state(state), learnable=bool(state.get("learnable", False)))
-    load_quant_state(model, state)
-    return model.eval()

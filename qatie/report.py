@@ -14,7 +14,6 @@ it also rewrites README's results block (between the model-card markers) from th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QatieError
+from .util import sha256
 from . import paper_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +32,6 @@ LABELS = {"input": "input (degraded)", "fp32": "FP32", "ptq": "PTQ-INT8 (minmax)
           "ptq_percentile": "PTQ-INT8 (percentile 99.99)", "ptq_entropy": "PTQ-INT8 (entropy)"}
 GOALS = {"qat_psnr_gap_db": 0.10, "qat_ssim_gap": 0.005, "qat_agreement_db": 42.0,
          "qat_recovers_ptq_ssim_loss": 0.75, "qat_agreement_margin_db": 5.0}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def evaluation_sets(shared: Path | None, seed: int = 0, limit: int | None = None) -> dict:
@@ -67,7 +59,7 @@ def calibration_variants(ckpt_dir: Path, cache: Path, progress=print) -> dict[st
     """Percentile and entropy PTQ of fp32.pt with the shipped PTQ's calibration data, built (and
     cached by checkpoint content + settings) by the same `cached_ptq` the app's Inspect panel uses.
     Where that data is absent (no ../shared), the built-in sample photos stand in, and say so."""
-    from .inspect import cached_ptq
+    from .analysis.calibration import cached_ptq
 
     meta = json.loads((ckpt_dir / "int8_ptq.json").read_text()).get("meta", {})
     calib, num = meta.get("calib", "samples"), int(meta.get("num_calib", 32))

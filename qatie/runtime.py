@@ -34,20 +34,9 @@ import onnxruntime as ort
 
 from .errors import ModelFileError, QatieError
 from .padding import crop, pad_nchw
+from .paths import REPO_ROOT, SHIPPED_MODELS  # noqa: F401 — `rt.REPO_ROOT` / `rt.SHIPPED_MODELS` for callers
 
 INPUT_NAME = "image"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-#: Shipped model names → files relative to the repository root.
-SHIPPED_MODELS: dict[str, str] = {
-    "fp32": "checkpoints/fp32.onnx",
-    "ptq": "checkpoints/int8_ptq.onnx",
-    "qat": "checkpoints/int8_qat.onnx",
-    # the paper authors' network (imported from their TFLite release; docs/paper_model.md)
-    "paper": "checkpoints/paper_fp32.onnx",
-    "paper-ptq": "checkpoints/paper_int8_ptq.onnx",
-    "paper-qat": "checkpoints/paper_int8_qat.onnx",
-}
 
 _QUANT_OPS = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",

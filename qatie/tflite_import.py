@@ -12,13 +12,13 @@ INT8 tensor, on the same 100×100 crops). Needs `ai-edge-litert` (optional depen
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelFileError, QatieError
+from .util import sha256
 
 LICENCE = "MIT"
 ATTRIBUTION = ("Weights of the paper's network as released by its authors (GenAI4E/QATIE, "
@@ -146,14 +146,6 @@ def conv_mapping(convs: list[TFLiteConv], model) -> dict[str, TFLiteConv]:
     if pos != len(convs):
         raise ModelFileError(f"the TFLite graph has {len(convs)} convs; the paper's network has {pos}")
     return mapping
-
-
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def import_tflite(path):

@@ -64,7 +64,7 @@ def optimized_ops(path, tmp_path):
 # ------------------------------------------------------------------------------ SQNR
 
 def test_sqnr_of_a_model_against_itself_is_infinite(small):
-    from qatie.inspect import layer_sqnr, plot_sqnr
+    from qatie.analysis import layer_sqnr, plot_sqnr
 
     img = make_image(40, 48, seed=5)
     rows = layer_sqnr(small["int8"], [small["int8"]], img, labels=["same"], threads=1)
@@ -74,7 +74,7 @@ def test_sqnr_of_a_model_against_itself_is_infinite(small):
 
 
 def test_rows_list_every_sidecar_tensor_in_order_and_files_agree(small, tmp_path):
-    from qatie.inspect import STAGE_NAMES, inspect_image, plot_sqnr, write_csv, write_json
+    from qatie.analysis import STAGE_NAMES, inspect_image, plot_sqnr, write_csv, write_json
 
     img = (make_image(37, 45, seed=6) * 255).round().astype(np.uint8)  # odd size: padded, cropped at every scale
     res = inspect_image(small["fp32"], [small["int8"]], img, threads=1)
@@ -101,7 +101,7 @@ def test_a_perturbed_scale_drops_that_tensors_sqnr(small, tmp_path):
     every CPU: with full-range random weights, AVX2's saturating pair sums cost the unperturbed
     model's SQNR more than the perturbation does (tests/tolerances.py)."""
     from qatie.export import export_int8
-    from qatie.inspect import layer_sqnr
+    from qatie.analysis import layer_sqnr
 
     with non_saturating_weights():
         ok = export_int8(small["model"], small["ranges"], tmp_path / "ok.onnx", source="ptq-minmax")
@@ -126,7 +126,7 @@ def test_a_perturbed_scale_drops_that_tensors_sqnr(small, tmp_path):
 
 
 def test_probe_sessions_are_cached_and_keep_integer_kernels(small):
-    from qatie import inspect as qi
+    from qatie.analysis import probe as qi
 
     side = sidecar(small["int8"])
     a = qi._probe(small["int8"], side["tensors"], 1)
@@ -137,7 +137,7 @@ def test_probe_sessions_are_cached_and_keep_integer_kernels(small):
 # ------------------------------------------------------------------------------ histograms
 
 def test_histogram_ranges_equal_the_sidecar(small):
-    from qatie.inspect import activation_histogram, plot_histogram
+    from qatie.analysis import activation_histogram, plot_histogram
 
     img = make_image(40, 56, seed=8)
     h = activation_histogram(small["fp32"], "enc1.q_a", img, [small["int8"]], bins=64, threads=1)
@@ -187,7 +187,7 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
 def test_keep_float_rejects_unknown_convs_and_parses_specs(small, tmp_path):
     from qatie.errors import QatieError
     from qatie.export import export_int8
-    from qatie.mixed import parse_keep_float
+    from qatie.keep_float import parse_keep_float
 
     with pytest.raises(QatieError, match="no conv named nope"):
         export_int8(small["model"], small["ranges"], tmp_path / "x.onnx", source="ptq", keep_float={"nope"})
@@ -223,7 +223,7 @@ def test_every_conv_can_be_kept_float(small, tmp_path):
 
 
 def test_sensitivity_ranks_every_conv(small):
-    from qatie.mixed import conv_sensitivity
+    from qatie.keep_float import conv_sensitivity
 
     imgs = [make_image(32, 32, seed=11)]
     res = conv_sensitivity(small["model"], small["ranges"], imgs)
@@ -269,7 +269,7 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
 
 def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
     from qatie.checkpoint import save_checkpoint
-    from qatie.mixed import format_trade_off, plot_trade_off, trade_off_curve
+    from qatie.analysis import format_trade_off, plot_trade_off, trade_off_curve
 
     monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))
     ck = save_checkpoint(tmp_path / "small.pt", small["model"])
@@ -287,7 +287,7 @@ def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
 
 def test_compare_calibration_on_a_small_checkpoint(small, tmp_path):
     from qatie.checkpoint import save_checkpoint
-    from qatie.inspect import compare_calibration
+    from qatie.analysis import compare_calibration
 
     ck = save_checkpoint(tmp_path / "small.pt", small["model"])
     img = make_image(32, 40, seed=3)
@@ -305,7 +305,7 @@ def test_compare_calibration_on_a_small_checkpoint(small, tmp_path):
 
 @shipped
 def test_shipped_models_inspect(tmp_path):
-    from qatie.inspect import activation_histogram, layer_sqnr
+    from qatie.analysis import activation_histogram, layer_sqnr
 
     img = make_image(64, 80, seed=1)
     rows = layer_sqnr(CKPT / "fp32.onnx", [CKPT / "int8_ptq.onnx", CKPT / "int8_qat.onnx"], img, threads=1)
@@ -352,7 +352,7 @@ def test_cli_ptq_keep_float(small, tmp_path, cli):
 
 
 def test_inspect_and_panel_import_without_torch():
-    code = ("import sys; import qatie.inspect, app.inspect_panel; "
+    code = ("import sys; import qatie.analysis, app.inspect_panel; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(), capture_output=True,
                           text=True, timeout=120)

@@ -178,7 +178,7 @@ def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_
     from qatie.checkpoint import read_checkpoint, save_checkpoint
     from qatie.metrics import psnr
     from qatie.qat import run_qat
-    from qatie.quant import model_from_qat_checkpoint
+    from qatie.checkpoint import model_from_qat_checkpoint
 
     fp32 = tmp_path / "fp32.pt"
     mix = {"loss": "l1", "global_crops": 0.5, "degradation": {"p_tone": 0.25}}
@@ -205,7 +205,7 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
     from qatie.checkpoint import read_checkpoint, save_checkpoint
     from qatie.ptq import calibration_images
     from qatie.qat import export_checkpoint, run_qat
-    from qatie.quant import model_from_qat_checkpoint
+    from qatie.checkpoint import model_from_qat_checkpoint
 
     with non_saturating_weights():  # trained, simulated and exported with weights in −64…64
         fp32 = tmp_path / "fp32.pt"
@@ -237,7 +237,7 @@ def test_qat_continues_from_a_qat_checkpoint(tmp_path):
     from qatie.checkpoint import read_checkpoint, save_checkpoint
     from qatie.errors import CheckpointError
     from qatie.qat import run_qat
-    from qatie.quant import model_from_qat_checkpoint
+    from qatie.checkpoint import model_from_qat_checkpoint
 
     fp32 = tmp_path / "fp32.pt"
     save_checkpoint(fp32, random_model(), kind="fp32", config={"loss": "l1"})
