@@ -24,7 +24,7 @@ import torch.nn as nn
 from onnx import helper, numpy_helper
 
 from .graph_opt import optimize_fp32, optimize_int8
-from .model import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights
+from .model import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights, swapped_hooks
 from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
 from .util import atomic_write, atomic_write_text
@@ -68,41 +68,38 @@ def _delta_phase_conv(delta: QConv2d) -> QConv2d:
 def _trace(model: QATIENet, path: Path, subpixel: bool = False) -> onnx.ModelProto:
     """Trace `model` to ONNX with QPoint markers (weights as float, fake quantizers off).
     `subpixel`: the up-convs in the INT8 scheme's form (`qatie.model.Up`)."""
-    saved_hooks = [(qp, qp.hook) for qp in model.qpoints()]
-    saved_wq = [(c, c.weight_quant) for c in model.convs()]
     ups = [m for m in model.modules() if isinstance(m, Up)]
     saved_sub = [(u, u.subpixel) for u in ups]
     was_training = model.training
     model.eval()
+    markers = {qp: (lambda name: (lambda x: _Marker.apply(x, name)))(qp.qname) for qp in model.qpoints()}
     try:
         for u in ups:
             u.subpixel = subpixel
             u.conv.phases = _phase_convs(u) if subpixel else None
         model.delta.phases = _delta_phase_conv(model.delta) if subpixel else None
-        for qp in model.qpoints():
-            qp.hook = (lambda name: (lambda x: _Marker.apply(x, name)))(qp.qname)
-        for c in model.convs():
-            c.weight_quant = None
-        x = torch.rand(1, 3, TRACE_SIZE, TRACE_SIZE)
-        dyn = {0: "batch", 2: "height", 3: "width"}
-        tmp = path.with_name(f".{path.name}.trace.onnx")
-        with warnings.catch_warnings():  # tracer chatter about the (constant) padding decision
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model.cpu(), (x,), str(tmp), input_names=["image"], output_names=["output"],
-                              dynamic_axes={"image": dyn, "output": dyn}, opset_version=OPSET,
-                              custom_opsets={"qatie": 1}, dynamo=False, do_constant_folding=True)
-        proto = onnx.load(str(tmp))
-        tmp.unlink()
-        return proto
+        with swapped_hooks(markers, {c: None for c in model.convs()}):
+            return _export_traced(model, path)
     finally:
-        for qp, h in saved_hooks:
-            qp.hook = h
-        for c, w in saved_wq:
-            c.weight_quant = w
         for u, sub in saved_sub:
             u.subpixel, u.conv.phases = sub, None
         model.delta.phases = None
         model.train(was_training)
+
+
+def _export_traced(model: QATIENet, path: Path) -> onnx.ModelProto:
+    """torch.onnx.export of the marked model (dynamic N, H, W) → the loaded proto."""
+    x = torch.rand(1, 3, TRACE_SIZE, TRACE_SIZE)
+    dyn = {0: "batch", 2: "height", 3: "width"}
+    tmp = path.with_name(f".{path.name}.trace.onnx")
+    with warnings.catch_warnings():  # tracer chatter about the (constant) padding decision
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.cpu(), (x,), str(tmp), input_names=["image"], output_names=["output"],
+                          dynamic_axes={"image": dyn, "output": dyn}, opset_version=OPSET,
+                          custom_opsets={"qatie": 1}, dynamo=False, do_constant_folding=True)
+    proto = onnx.load(str(tmp))
+    tmp.unlink()
+    return proto
 
 
 def _marker_name(node) -> str:

@@ -28,8 +28,9 @@ import numpy as np
 
 from .errors import QatieError
 from .export import conv_islands
+from .model import swapped_hooks
 from .paths import cache_dir
-from .quant import fake_quant_weight, prepare_qat
+from .quant import prepare_qat
 from .sidecar import stage_of
 from .util import atomic_write_text, file_sha
 
@@ -94,16 +95,8 @@ def conv_sensitivity(model, ranges, images: Sequence[np.ndarray],
     for i, (conv, points) in enumerate(islands.items()):
         if progress:
             progress(i, len(islands), conv)
-        saved = [(qps[p], qps[p].hook) for p in points]
-        mods[conv].weight_quant = None
-        for qp, _ in saved:
-            qp.hook = None
-        try:
+        with swapped_hooks({qps[p]: None for p in points}, {mods[conv]: None}):
             s = score()
-        finally:
-            mods[conv].weight_quant = fake_quant_weight
-            for qp, h in saved:
-                qp.hook = h
         ranking.append({"conv": conv, "stage": stage_of(conv), "gain_db": s - base, "psnr_vs_fp32": s,
                         "float_points": points})
     if progress:

@@ -4,6 +4,8 @@ Kept as thin wrappers so every number qatie prints is exactly what skimage would
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -40,3 +42,16 @@ def agreement(output: np.ndarray, fp32: np.ndarray) -> dict:
         "mean_levels": float(err.mean()),
         "share_over_2_levels": float((err > 2).mean()),
     }
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """10·log10(Σ ref² / Σ (test − ref)²) in dB; +inf when identical, −inf for a zero reference."""
+    ref = np.asarray(reference, dtype=np.float32)
+    diff = np.asarray(test, dtype=np.float32) - ref
+    noise = float(np.sum(np.square(diff, dtype=np.float64)))
+    if noise == 0.0:
+        return math.inf
+    signal = float(np.sum(np.square(ref, dtype=np.float64)))
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)

@@ -7,6 +7,7 @@ the exported INT8 graph all quantize exactly the same tensors.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
@@ -52,6 +53,27 @@ class QConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
         return self._conv_forward(x, w, self.bias)
+
+
+@contextmanager
+def swapped_hooks(hooks: dict[QPoint, Optional[Callable]], weight_quant: Optional[dict[QConv2d, Optional[Callable]]] = None):
+    """Within a `with` block, QPoints run `hooks` ({QPoint: hook, or None for identity}) and convs
+    `weight_quant` ({conv: fn or None}); afterwards — also after an error — what was there before.
+    Calibration, export tracing and the sensitivity analyses all borrow a model this way."""
+    weight_quant = weight_quant or {}
+    saved = [(qp, qp.hook) for qp in hooks]
+    saved_w = [(c, c.weight_quant) for c in weight_quant]
+    try:
+        for qp, h in hooks.items():
+            qp.hook = h
+        for c, w in weight_quant.items():
+            c.weight_quant = w
+        yield
+    finally:
+        for qp, h in saved:
+            qp.hook = h
+        for c, w in saved_w:
+            c.weight_quant = w
 
 
 def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> QConv2d:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tflite_import import _interpreter, conv_mapping, read_convs, run_tflite, sqnr_db
+from .metrics import psnr, sqnr_db
+from .tflite_import import _interpreter, conv_mapping, read_convs, run_tflite
 
 _GATES = ("enc1.a", "enc1.b", "enc2.a", "enc2.b")
 
@@ -53,24 +54,16 @@ def gate_grid_experiment(model, image: np.ndarray, grids: list[dict]) -> dict:
     against the exact FP32 output, and the mean colour shift (levels, per RGB channel)."""
     import torch
 
+    from .model import swapped_hooks
+
     points = {"enc1.a": model.enc1.q_ta, "enc1.b": model.enc1.q_tb, "enc2.a": model.enc2.q_ta, "enc2.b": model.enc2.q_tb}
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))[None])
     with torch.no_grad():
         ref = model(x)[0].numpy().transpose(1, 2, 0)
-        try:
-            for g in grids:
-                points[g["branch"]].hook = _fake_quant(g["scale"], g["zero_point"])
+        with swapped_hooks({points[g["branch"]]: _fake_quant(g["scale"], g["zero_point"]) for g in grids}):
             out = model(x)[0].numpy().transpose(1, 2, 0)
-        finally:
-            for p in points.values():
-                p.hook = None
     return {"psnr_vs_fp32_db": psnr(ref, out), "mean_shift_levels_rgb": [round(float(v), 2) for v in 255 * (out - ref).mean((0, 1))],
             "output": out, "fp32": ref}
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 def layer_clipping(tflite_path, model, image: np.ndarray) -> tuple[list[dict], np.ndarray]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .errors import QatieError
-from .model import QATIENet, QPoint
+from .model import QATIENet, QPoint, swapped_hooks
 
 Ranges = dict[str, tuple[float, float]]  # QPoint name → (min, max) of the float range
 
@@ -278,23 +278,12 @@ def calibrate(model: QATIENet, images: Iterable[np.ndarray], method: str = "minm
     model.eval()
     rec = _Recorder()
     points = free_points(model)
-    saved = [(qp, qp.hook) for qp in model.qpoints()]
-    for qp in model.qpoints():
-        qp.hook = rec.hook(qp.qname) if qp in points else None
-    weight_quant = [(c, c.weight_quant) for c in model.convs()]
-    for c in model.convs():
-        c.weight_quant = None
-    try:
-        passes = (1,) if method == "minmax" else (1, 2)
-        for pass_ in passes:
+    hooks = {qp: rec.hook(qp.qname) if qp in points else None for qp in model.qpoints()}
+    with swapped_hooks(hooks, {c: None for c in model.convs()}):
+        for pass_ in (1,) if method == "minmax" else (1, 2):
             rec.pass_ = pass_
             for img in images:
                 model(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float())
-    finally:
-        for qp, h in saved:
-            qp.hook = h
-        for c, w in weight_quant:
-            c.weight_quant = w
     ranges = {}
     for qp in points:
         lo, hi = rec.lo[qp.qname], rec.hi[qp.qname]

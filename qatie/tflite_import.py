@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFileError, QatieError
+from .metrics import sqnr_db
 from .util import sha256
 
 LICENCE = "MIT"
@@ -178,13 +179,6 @@ def import_tflite(path):
     info = {"source_file": Path(path).name, "source_sha256": sha256(path), "licence": LICENCE,
             "attribution": ATTRIBUTION, "instance_norm_eps_stored": eps}
     return model.eval(), info
-
-
-def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of `test` against `ref`, in dB."""
-    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(max(signal, 1e-30) / noise)
 
 
 def run_tflite(it, image: np.ndarray, keep: list[int] = ()) -> tuple[np.ndarray, dict[int, np.ndarray]]:

@@ -10,22 +10,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import QatieError
+from ..metrics import sqnr_db
 from ..sidecar import labels_for, read_sidecar, stage_of
 from ..util import jsonable
 from .probe import DEFAULT_MAX_SIDE, _activations, _as_float_image, _nchw, _probe, fit_image
-
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """10·log10(Σ ref² / Σ (test − ref)²) in dB; +inf when identical, −inf for a zero reference."""
-    ref = np.asarray(reference, dtype=np.float32)
-    diff = np.asarray(test, dtype=np.float32) - ref
-    noise = float(np.sum(np.square(diff, dtype=np.float64)))
-    if noise == 0.0:
-        return math.inf
-    signal = float(np.sum(np.square(ref, dtype=np.float64)))
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
 
 def fake_quant(x: np.ndarray, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> np.ndarray:
     """numpy QuantizeLinear → DequantizeLinear (round half to even, as ONNX does)."""
