@@ -165,39 +165,6 @@ def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
     return f"clean:{folder}", len(files)
 
 
-#: The shipped FP32 model's data mix and loss (configs/fp32_c32.json), used when its checkpoint
-#: does not say: L1, and no tone errors (tone corrections re-graded real photos; README).
-SHIPPED_RECIPE = {"loss": "l1", "degradation": {"p_tone": 0.0}, "global_crops": 0.0}
-
-
-def shipped_recipe() -> dict:
-    """Loss and data mix of the shipped FP32 checkpoint, so a user's run trains the way it was trained."""
-    try:
-        from qatie.checkpoint import read_checkpoint
-
-        cfg = read_checkpoint(config.CHECKPOINTS / "fp32.pt").get("config", {})
-    except Exception:
-        return dict(SHIPPED_RECIPE)
-    return {k: cfg.get(k, v) for k, v in SHIPPED_RECIPE.items()}
-
-
-SHIPPED_QAT_RECIPE = {"learnable": False, "calib_method": "minmax", "distill": 1.0}
-
-
-def shipped_qat_recipe() -> dict:
-    """How the shipped QAT checkpoint was made (range learning, the calibration its ranges start
-    from, distillation), read from checkpoints/qat.pt, so a user's QAT runs the same way."""
-    try:
-        from qatie.checkpoint import read_checkpoint
-
-        ckpt = read_checkpoint(config.CHECKPOINTS / "qat.pt")
-    except Exception:
-        return dict(SHIPPED_QAT_RECIPE)
-    return {"learnable": bool(ckpt.get("learnable", False)),
-            "calib_method": (ckpt.get("calib") or {}).get("method", "minmax"),
-            "distill": float(ckpt.get("distill", SHIPPED_QAT_RECIPE["distill"]))}
-
-
 def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", stop: threading.Event) -> None:
     """Worker thread: every stage posts events; exceptions are posted, never raised."""
     try:
@@ -208,9 +175,10 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
         threads = _threads()
         torch.set_num_threads(threads)
         from qatie.checkpoint import load_model, save_checkpoint
+        from qatie.config import PTQConfig, QATConfig, TrainConfig
         from qatie.ptq import run_ptq
         from qatie.qat import export_checkpoint, run_qat
-        from qatie.train import TrainConfig, train
+        from qatie.train import train
 
         fp32_pt = out / "fp32.pt"
         if s.init == INIT_SHIPPED:
@@ -228,7 +196,7 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             cfg = TrainConfig(data=[spec], width=width, steps=s.fp32_steps, batch_size=s.batch_size, patch=s.patch,
                               lr=s.lr, min_lr=s.lr / 50, warmup_steps=min(50, max(1, s.fp32_steps // 10)),
                               seed=s.seed, val_every=max(1, s.fp32_steps // 8), val_limit=8,
-                              checkpoint_every=s.fp32_steps, threads=threads, **shipped_recipe())
+                              checkpoint_every=s.fp32_steps, threads=threads)  # loss and data mix: the shipped recipe's
             summary = train(cfg, out / "fp32_run", model=model, progress=lambda e: events.put(("fp32", e)),
                             should_stop=stop.is_set)
             if stop.is_set():
@@ -248,16 +216,15 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             events.put(("cancelled", None))
             return
         events.put(("stage", f"PTQ: calibrating ({s.ptq_method}, {s.num_calib} images) and exporting INT8"))
-        run_ptq(fp32_pt, out / "int8_ptq.onnx", method=s.ptq_method, calib=spec, num_calib=s.num_calib, seed=s.seed)
+        run_ptq(fp32_pt, out / "int8_ptq.onnx", PTQConfig(method=s.ptq_method, calib=spec, num_calib=s.num_calib, seed=s.seed))
         if stop.is_set():
             events.put(("cancelled", None))
             return
         events.put(("stage", f"QAT fine-tuning: {s.qat_steps} steps"))
-        # as the shipped QAT: distilled from the FP32 output, ranges calibrated then learned (qat.pt says which)
-        run_qat(fp32_pt, out / "qat.pt", data=[spec], steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size,
-                patch=s.patch, num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4),
-                threads=threads, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set,
-                **shipped_qat_recipe())
+        # the rest as the shipped QAT recipe (QATConfig's defaults): distilled, ranges calibrated then learned
+        qat_cfg = QATConfig(data=(spec,), steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size, patch=s.patch,
+                            num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4), threads=threads)
+        run_qat(fp32_pt, out / "qat.pt", qat_cfg, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set)
         if stop.is_set():
             events.put(("cancelled", None))
             return

@@ -20,7 +20,7 @@ python -c "from qatie.checkpoint import release_copy; release_copy('runs/fp32_c3
 
 # 2. FP32 ONNX, and minmax PTQ (the standard PTQ baseline) calibrated on 32 training crops.
 qatie export --checkpoint checkpoints/fp32.pt --out checkpoints/fp32.onnx
-qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --num-calib 32 --out checkpoints/int8_ptq.onnx
+qatie ptq --checkpoint checkpoints/fp32.pt --config configs/ptq_minmax.json --out checkpoints/int8_ptq.onnx
 
 # 3. QAT fine-tune from fp32.pt (fake quantization of exactly the QuantSpec's tensors), then export.
 #    --distill 1: the loss matches the frozen FP32 model's output, not the targets.
@@ -34,9 +34,9 @@ qatie ptq --checkpoint checkpoints/fp32.pt --method minmax --calib "$CLEAN" --nu
 #    each up-conv's four phase convs as one conv (same outputs, 8 % faster per step), which changes
 #    float rounding in training: re-run with that code (2026-11-30) the command gave agreement with
 #    FP32 53.23 dB synthetic / 54.99 dB PolyU (shipped 53.22 / 54.90), PSNR within 0.01 dB.
-qatie qat --checkpoint checkpoints/fp32.pt --data "$CLEAN" --steps 2000 --lr 5e-5 --distill 1.0 --learnable \
-          --calib-method entropy --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/qat_c32 \
-          --out checkpoints/qat.pt
+# (configs/qat_c32.json = QATConfig's defaults on the clean photos; the command line it replaces:
+#  --steps 2000 --lr 5e-5 --distill 1.0 --learnable --calib-method entropy --batch-size 8 --patch 128 --num-calib 32)
+qatie qat --checkpoint checkpoints/fp32.pt --config configs/qat_c32.json --run-dir runs/qat_c32 --out checkpoints/qat.pt
 qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
 
 # 4. The paper's network: the authors' released INT8 TFLite (MIT) imported as FP32 (needs ai-edge-litert;
@@ -46,8 +46,7 @@ qatie export --checkpoint checkpoints/qat.pt --out checkpoints/int8_qat.onnx
 #    crops; about 1 h on one core with the machine shared).
 qatie import-tflite ../shared/reference/qatie_official_int8_100x100.tflite --out checkpoints/paper_fp32.pt
 qatie export --checkpoint checkpoints/paper_fp32.pt --out checkpoints/paper_fp32.onnx
-qatie ptq --checkpoint checkpoints/paper_fp32.pt --method minmax --calib "$CLEAN" --num-calib 32 --calib-crop 0 \
-          --out checkpoints/paper_int8_ptq.onnx
+qatie ptq --checkpoint checkpoints/paper_fp32.pt --config configs/paper_ptq.json --out checkpoints/paper_int8_ptq.onnx
 qatie qat --checkpoint checkpoints/paper_fp32.pt --data "$CLEAN" --steps 1200 --lr 5e-5 --distill 1.0 --learnable \
           --calib-method entropy --batch-size 8 --patch 128 --num-calib 32 --threads 1 --run-dir runs/paper_qat \
           --out checkpoints/paper_qat.pt   # (the shipped run wrote runs/paper_qat.pt, released to checkpoints/ by release_copy)

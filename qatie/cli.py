@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from .config import CALIB_CROP, CALIBRATION_METHODS, DEFAULT_PERCENTILE, PTQConfig, QATConfig
 from .errors import QatieError
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # = qatie.quant's; kept here so --help needs no torch
 
 
 def _progress_bar(total: int, desc: str):
@@ -178,12 +178,13 @@ def cmd_ptq(args) -> int:
     def sensitivity_progress(i, n, name):
         print(f"\rsensitivity: {i}/{n} convs {name:<20}", end="" if i < n else "\n", flush=True)
 
-    ranked = bool(args.keep_float) and args.keep_float.strip().lower().startswith("auto")
+    ranked = bool(args.keep_float) and args.keep_float.strip().lower().startswith("auto")  # (a recipe's: silent)
     progress = sensitivity_progress if ranked else None
-    out = run_ptq(args.checkpoint, args.out, method=args.method, calib=args.calib, num_calib=args.num_calib,
-                  percentile=args.percentile, seed=args.seed, keep_float=args.keep_float, progress=progress,
-                  calib_crop=args.calib_crop)
-    print(f"INT8 ({args.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
+    cfg = PTQConfig.resolve(PTQConfig.load(args.config) if args.config else None, method=args.method, calib=args.calib,
+                            num_calib=args.num_calib, percentile=args.percentile, seed=args.seed,
+                            keep_float=args.keep_float, calib_crop=args.calib_crop)
+    out = run_ptq(args.checkpoint, args.out, cfg, progress=progress)
+    print(f"INT8 ({cfg.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
     if args.keep_float:
         side = json.loads(out.with_suffix(".json").read_text())
         print(f"float convs: {', '.join(side['keep_float']) or 'none'}; float tensors: {', '.join(side['float_points']) or 'none'}")
@@ -226,11 +227,12 @@ def cmd_inspect(args) -> int:
 def cmd_qat(args) -> int:
     from .qat import run_qat
 
-    out = run_qat(args.checkpoint, args.out, data=args.data, steps=args.steps, lr=args.lr, learnable=args.learnable,
-                  distill=args.distill, batch_size=args.batch_size, patch=args.patch, num_calib=args.num_calib,
-                  calib_method=args.calib_method, seed=args.seed, val_data=args.val, threads=args.threads,
-                  resume=args.resume, run_dir=args.run_dir, teacher=args.teacher,
-                  progress=_progress_bar(args.steps, "qat"))
+    cfg = QATConfig.resolve(QATConfig.load(args.config) if args.config else None, data=args.data, steps=args.steps,
+                            lr=args.lr, learnable=args.learnable, distill=args.distill, batch_size=args.batch_size,
+                            patch=args.patch, num_calib=args.num_calib, calib_method=args.calib_method, seed=args.seed,
+                            val_data=args.val, threads=args.threads)
+    out = run_qat(args.checkpoint, args.out, cfg, resume=args.resume, run_dir=args.run_dir, teacher=args.teacher,
+                  progress=_progress_bar(cfg.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
     return 0
 
@@ -361,14 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "of --calib and write the INT8 QDQ ONNX model (QuantSpec: int8 per-channel weights, "
                        "uint8 per-tensor activations) with its JSON sidecar of scales and zero points.")
     q.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint")
-    q.add_argument("--method", choices=CALIBRATION_METHODS, default="minmax",
+    q.add_argument("--config", metavar="JSON", help="a PTQConfig recipe (configs/ptq_*.json); flags override it")
+    q.add_argument("--method", choices=CALIBRATION_METHODS,
                    help="range calibration (default minmax: the standard PTQ baseline)")
-    q.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
-    q.add_argument("--calib", default="samples", metavar="SPEC", help="calibration data SPEC (default samples)")
-    q.add_argument("--num-calib", type=int, default=32, help="calibration crops (default 32)")
-    q.add_argument("--calib-crop", type=int, default=256, metavar="N",
-                   help="calibration crop side (default 256); 0: whole photos, the resolution the app runs them at")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--percentile", type=float, help=f"for --method percentile (default {DEFAULT_PERCENTILE})")
+    q.add_argument("--calib", metavar="SPEC", help="calibration data SPEC (default samples)")
+    q.add_argument("--num-calib", type=int, help="calibration crops (default 32)")
+    q.add_argument("--calib-crop", type=int, metavar="N",
+                   help=f"calibration crop side (default {CALIB_CROP}); 0: whole photos, the resolution the app runs them at")
+    q.add_argument("--seed", type=int)
     q.add_argument("--keep-float", metavar="auto:K|CONVS",
                    help="mixed precision: auto:K keeps the K most sensitive convs float (ranked by a per-conv "
                    "analysis on the calibration crops, stored in the sidecar), or a comma list of conv names "
@@ -396,27 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("qat", help="quantization-aware fine-tuning of an FP32 checkpoint",
                        description="Fine-tune an FP32 checkpoint with fake quantization of exactly the "
-                       "QuantSpec's tensors (ranges initialised by minmax calibration, then moving "
-                       "averages, or learned with --learnable). Writes a QAT checkpoint (weights + ranges).")
+                       "QuantSpec's tensors (ranges initialised by calibration, then learned, or moving averages "
+                       "with --no-learnable). Writes a QAT checkpoint (weights + ranges). Defaults: the shipped "
+                       "recipe (qatie.config.QATConfig, configs/qat_c32.json).")
     a.add_argument("--checkpoint", required=True,
                    help="FP32 .pt checkpoint to start from, or a QAT one to continue (its weights and ranges)")
     a.add_argument("--teacher", help="the FP32 checkpoint to distil from when continuing a QAT checkpoint "
                                      "(default: the source it records)")
+    a.add_argument("--config", metavar="JSON", help="a QATConfig recipe (configs/qat_*.json); flags override it")
     a.add_argument("--data", action="append", metavar="SPEC", help="training data (repeatable; default samples)")
     a.add_argument("--val", action="append", metavar="SPEC", help="extra validation pairs to monitor")
-    a.add_argument("--steps", type=int, default=1000)
-    a.add_argument("--lr", type=float, default=1e-5, help="learning rate (default 1e-5, as in the paper)")
-    a.add_argument("--learnable", action="store_true", help="learn scales and zero points (LSQ)")
-    a.add_argument("--distill", type=float, default=0.0, metavar="W",
+    q_default = QATConfig()
+    a.add_argument("--steps", type=int, help=f"default {q_default.steps}")
+    a.add_argument("--lr", type=float, help=f"learning rate (default {q_default.lr:g}; the paper used 1e-5)")
+    a.add_argument("--learnable", action=argparse.BooleanOptionalAction,
+                   help="learn scales and zero points (LSQ; the default) or follow moving averages (--no-learnable)")
+    a.add_argument("--distill", type=float, metavar="W",
                    help="weight (0–1) of matching the FP32 model's own output instead of the target "
-                        "(1: distillation only — QAT learns to agree with full precision)")
-    a.add_argument("--batch-size", type=int, default=8)
-    a.add_argument("--patch", type=int, default=128)
-    a.add_argument("--num-calib", type=int, default=32)
-    a.add_argument("--calib-method", choices=CALIBRATION_METHODS, default="minmax",
-                   help="how the initial ranges are calibrated (default minmax)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+                        "(1, the default: distillation only — QAT learns to agree with full precision)")
+    a.add_argument("--batch-size", type=int, help=f"default {q_default.batch_size}")
+    a.add_argument("--patch", type=int, help=f"default {q_default.patch}")
+    a.add_argument("--num-calib", type=int, help=f"default {q_default.num_calib}")
+    a.add_argument("--calib-method", choices=CALIBRATION_METHODS,
+                   help=f"how the initial ranges are calibrated (default {q_default.calib_method})")
+    a.add_argument("--seed", type=int)
+    a.add_argument("--threads", type=int, help="torch threads (0, the default: torch's own choice)")
     a.add_argument("--resume", action="store_true", help="continue the run folder")
     a.add_argument("--run-dir", help="run folder for last.pt/best.pt/log (default: <out stem>_run beside --out)")
     a.add_argument("--out", required=True, help="output QAT checkpoint .pt")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import read_checkpoint, model_from_checkpoint
+from .checkpoint import model_from_checkpoint, read_checkpoint
+from .config import CALIB_CROP, PTQConfig
 from .data import PatchSampler, load_source
 from .errors import CheckpointError
 from .export import export_int8
 from .keep_float import SENSITIVITY_IMAGES, cached_sensitivity, parse_keep_float, sensitivity_key
 from .quant import calibrate
 
-CALIB_CROP = 256
 
 
 def calibration_images(spec: str, num: int = 32, seed: int = 0, crop: int = CALIB_CROP) -> list[np.ndarray]:
@@ -36,14 +36,18 @@ def calibration_images(spec: str, num: int = 32, seed: int = 0, crop: int = CALI
     return [sampler.crop_pair(rng)[0] for _ in range(num)]
 
 
-def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num_calib: int = 32,
-            percentile: float = 99.99, seed: int = 0, keep_float=None, progress=None,
-            calib_crop: int = CALIB_CROP) -> Path:
-    """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated by `method`.
+def run_ptq(checkpoint, out, config: PTQConfig | None = None, progress=None, **options) -> Path:
+    """FP32 checkpoint → INT8 QDQ ONNX (+ JSON sidecar) with ranges calibrated as `config` says
+    (`PTQConfig`; default the shipped minmax recipe); `options` override its fields by name.
 
     keep_float (mixed precision, see `qatie.keep_float`): "auto:K" keeps the K convs float whose
     float island helps most (ranked on the first calibration crops; the ranking is stored in
     the sidecar's meta), or a list / comma-separated string of conv module paths."""
+    if not isinstance(options.get("keep_float", ""), (str, type(None))):
+        options["keep_float"] = ",".join(options["keep_float"])
+    cfg = PTQConfig.resolve(config, **options)
+    method, calib, num_calib, percentile, seed = cfg.method, cfg.calib, cfg.num_calib, cfg.percentile, cfg.seed
+    keep_float, calib_crop = cfg.keep_float, cfg.calib_crop
     t0 = time.time()
     ckpt = read_checkpoint(checkpoint)
     if ckpt.get("kind", "fp32") != "fp32":
@@ -53,13 +57,13 @@ def run_ptq(checkpoint, out, method: str = "minmax", calib: str = "samples", num
     images = calibration_images(calib, num_calib, seed, calib_crop)
     ranges = calibrate(model, images, method, percentile)
     meta = {"checkpoint": str(checkpoint), "method": method, "calib": calib, "num_calib": num_calib,
-            "calib_crop": calib_crop, "seed": seed, "wall_s": round(time.time() - t0, 2)}
+            "calib_crop": calib_crop, "seed": seed, "recipe": cfg.to_dict(), "wall_s": round(time.time() - t0, 2)}
     if method == "percentile":
         meta["percentile"] = percentile
     keep = None
     if keep_float:
         k, keep = parse_keep_float(keep_float)
-        meta["keep_float"] = {"spec": keep_float if isinstance(keep_float, str) else ",".join(keep)}
+        meta["keep_float"] = {"spec": keep_float}
         if k is not None:
             n = min(SENSITIVITY_IMAGES, len(images))
             key = sensitivity_key(checkpoint, method, calib, num_calib, percentile, seed, n)

@@ -13,18 +13,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .checkpoint import model_from_checkpoint, model_from_qat_checkpoint, read_checkpoint, save_checkpoint
+from .config import QATConfig
 from .errors import CheckpointError
 from .ptq import calibration_images
 from .quant import calibrate, current_ranges, prepare_qat, quant_state
 from .train import TrainConfig, train
 
 
-def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, lr: float = 1e-5,
-            learnable: bool = False, distill: float = 0.0, batch_size: int = 16, patch: int = 96, num_calib: int = 32,
-            calib_method: str = "minmax", seed: int = 0, val_data: list[str] | None = None,
-            val_every: int = 250, threads: int = 0, resume: bool = False, run_dir=None, teacher=None,
-            progress: Optional[Callable[[dict], None]] = None,
-            should_stop: Optional[Callable[[], bool]] = None) -> Path:
+def run_qat(checkpoint, out, config: QATConfig | None = None, resume: bool = False, run_dir=None, teacher=None,
+            progress: Optional[Callable[[dict], None]] = None, should_stop: Optional[Callable[[], bool]] = None,
+            **options) -> Path:
     """Fine-tune with fake quantization; writes `out` (the final QAT checkpoint) and a run
     folder beside it (`<out stem>_run/`: last.pt, best.pt, train_log.jsonl).
 
@@ -34,11 +32,16 @@ def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, l
 
     `checkpoint` may also be a finished QAT checkpoint: training continues from its weights and
     ranges (no calibration), distilled from its FP32 source (`teacher`, default the path it
-    records); the result counts all steps, both runs'."""
+    records); the result counts all steps, both runs'.
+
+    `config` (`QATConfig`; default the shipped recipe) says how; `options` override its fields."""
+    cfg_q = QATConfig.resolve(config, **options)
+    steps, lr, learnable, distill, seed = cfg_q.steps, cfg_q.lr, cfg_q.learnable, cfg_q.distill, cfg_q.seed
+    num_calib, calib_method = cfg_q.num_calib, cfg_q.calib_method
     out = Path(out)
     ckpt = read_checkpoint(checkpoint)
     kind = ckpt.get("kind", "fp32")
-    data = data or ["samples"]
+    data = list(cfg_q.data)
     if kind == "qat":  # continue a finished QAT: its weights and ranges, no new calibration
         model = model_from_qat_checkpoint(ckpt, str(checkpoint))
         was = bool(ckpt["quant"].get("learnable"))
@@ -61,20 +64,19 @@ def run_qat(checkpoint, out, data: list[str] | None = None, steps: int = 1000, l
         raise CheckpointError(f"{checkpoint}: QAT starts from an FP32 or a QAT checkpoint (this one is {kind!r})")
     teacher_model = model_from_checkpoint(fp32_ckpt, source).eval() if distill else None
     fp32_cfg = fp32_ckpt.get("config", {})
-    cfg = TrainConfig(data=data, width=model.width, variant=model.variant, steps=steps, batch_size=batch_size,
-                      patch=patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
+    cfg = TrainConfig(data=data, width=model.width, variant=model.variant, steps=steps, batch_size=cfg_q.batch_size,
+                      patch=cfg_q.patch, lr=lr, min_lr=lr / 10, warmup_steps=min(50, steps // 10), seed=seed,
                       loss=fp32_cfg.get("loss", "paper"), global_crops=fp32_cfg.get("global_crops", 0.0),
                       degradation=fp32_cfg.get("degradation", {}), distill=distill,
-                      val_every=min(val_every, steps), checkpoint_every=min(val_every, steps),
-                      val_data=val_data or [], threads=threads)
+                      val_every=min(cfg_q.val_every, steps), checkpoint_every=min(cfg_q.val_every, steps),
+                      val_data=list(cfg_q.val_data), threads=cfg_q.threads)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
     summary = train(cfg, run_dir, resume=resume, model=model, kind="qat", extra_state=lambda: quant_state(model),
                     teacher=teacher_model, progress=progress, should_stop=should_stop)
     model = model.cpu().eval()
     save_checkpoint(out, model, kind="qat", quant=quant_state(model), config=cfg.to_dict(),
                     source_checkpoint=source, steps=done + summary["steps_done"], wall_s=summary["wall_s"],
-                    calib=calib, learnable=learnable,
-                    distill=distill)
+                    calib=calib, learnable=learnable, distill=distill, recipe=cfg_q.to_dict())
     return out
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .config import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .errors import QatieError
 from .model import QATIENet, QPoint, swapped_hooks
 
@@ -52,7 +53,6 @@ class QuantSpec:
 
 
 SPEC = QuantSpec()
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 def reciprocal_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -264,7 +264,7 @@ def _entropy_range(hist: np.ndarray, lo: float, hi: float) -> tuple[float, float
 
 @torch.no_grad()
 def calibrate(model: QATIENet, images: Iterable[np.ndarray], method: str = "minmax",
-              percentile: float = 99.99) -> Ranges:
+              percentile: float = DEFAULT_PERCENTILE) -> Ranges:
     """Ranges of every free QPoint from FP32 activations on calibration images (H×W×3 float).
 
     minmax: the observed min and max. percentile: clip (100 − percentile)/2 % of the mass off

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_mod
+from .config import TrainConfig
 from .data import PatchSampler, load_source, Source
 from .degrade import DEFAULT as DEFAULT_DEGRADATION, DegradationConfig
 from .errors import QatieError
@@ -27,41 +28,6 @@ from .metrics import psnr, ssim
 from .model import build_model
 
 VAL_CROP = 768  # validation images are centre-cropped to at most this many pixels a side
-
-
-@dataclass
-class TrainConfig:
-    data: list[str] = field(default_factory=lambda: ["samples"])
-    width: int = 32
-    variant: str = "full"
-    steps: int = 1000
-    batch_size: int = 8
-    patch: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    loss: str = "paper"
-    seed: int = 0
-    global_crops: float = 0.0  # share of crops showing the whole photo (see PatchSampler)
-    degradation: dict = field(default_factory=dict)  # DegradationConfig fields overriding the default
-    distill: float = 0.0  # QAT: weight of matching the FP32 teacher's output (1 = only that)
-    val_every: int = 250
-    val_data: list[str] = field(default_factory=list)  # extra validation pairs, e.g. "pairs:IN,TGT"
-    val_limit: int = 16
-    checkpoint_every: int = 250
-    threads: int = 0  # 0: leave torch's default
-    device: str = "auto"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise QatieError(f"unknown training options: {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def degradation_config(cfg: TrainConfig) -> DegradationConfig:

@@ -186,19 +186,18 @@ def test_example_photos_are_reproducible(tmp_path):
     assert total < 5_000_000
 
 
-def test_app_training_follows_the_shipped_recipe():
-    from app.train_tab import SHIPPED_RECIPE, shipped_recipe
-
-    recipe = shipped_recipe()  # read from checkpoints/fp32.pt's own config
-    assert set(recipe) == set(SHIPPED_RECIPE)
-    assert recipe["loss"] == "l1" and recipe["degradation"] == {"p_tone": 0.0}
-
-
-def test_app_qat_follows_the_shipped_qat_recipe():
-    from app.train_tab import SHIPPED_QAT_RECIPE, shipped_qat_recipe
+def test_recipe_defaults_are_how_the_shipped_checkpoints_were_made():
+    """The app's Train tab (and the CLI, and qatie.api) take loss, data mix and the QAT method
+    from the config objects' defaults: they must be the shipped checkpoints' own recipes."""
     from qatie.checkpoint import read_checkpoint
+    from qatie.config import QATConfig, TrainConfig
 
-    recipe = shipped_qat_recipe()  # read from checkpoints/qat.pt
-    assert set(recipe) == set(SHIPPED_QAT_RECIPE)
-    ckpt = read_checkpoint(REPO_ROOT / "checkpoints" / "qat.pt")
-    assert recipe == {"learnable": ckpt["learnable"], "calib_method": ckpt["calib"]["method"], "distill": ckpt["distill"]}
+    fp32 = read_checkpoint(REPO_ROOT / "checkpoints" / "fp32.pt")["config"]
+    train_defaults = TrainConfig()
+    for key in ("loss", "degradation", "global_crops", "lr", "batch_size", "patch"):
+        assert getattr(train_defaults, key) == fp32.get(key, getattr(train_defaults, key)), key
+    qat = read_checkpoint(REPO_ROOT / "checkpoints" / "qat.pt")
+    q = QATConfig()
+    assert (q.learnable, q.calib_method, q.distill) == (qat["learnable"], qat["calib"]["method"], qat["distill"])
+    assert (q.steps, q.lr, q.batch_size, q.patch) == (qat["steps"], qat["config"]["lr"], qat["config"]["batch_size"],
+                                                      qat["config"]["patch"])

@@ -15,7 +15,7 @@ PACKAGE = REPO_ROOT / "qatie"
 
 #: Pipeline stages, earliest first; each module belongs to exactly one.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("errors", "util", "paths", "provenance", "cpu", "metrics", "padding", "losses", "imageio", "degrade"),
+    ("errors", "util", "paths", "config", "provenance", "cpu", "metrics", "padding", "losses", "imageio", "degrade"),
     ("data", "model"),
     ("quant",),
     ("checkpoint",),

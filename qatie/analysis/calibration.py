@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..config import DEFAULT_PERCENTILE
 from ..errors import QatieError
 from ..paths import cache_dir
 from ..sidecar import read_sidecar
@@ -35,7 +36,7 @@ def cached_fp32_onnx(fp32_checkpoint, cache=None) -> Path:
 
 
 def cached_ptq(fp32_checkpoint, method: str = "minmax", calib: str = "samples", num_calib: int = 32,
-               percentile: float = 99.99, seed: int = 0, keep_float=None, cache=None) -> Path:
+               percentile: float = DEFAULT_PERCENTILE, seed: int = 0, keep_float=None, cache=None) -> Path:
     """`run_ptq` for these settings, cached in `cache_dir` by checkpoint content + settings."""
     kf = keep_float if isinstance(keep_float, str) or keep_float is None else ",".join(sorted(keep_float))
     settings = json.dumps([EXPORT_FORM, method, calib, num_calib, percentile if method == "percentile" else None, seed, kf])
@@ -88,7 +89,7 @@ def score_models(fp32_onnx, models: Mapping[str, Path], images, threads: int = 2
 
 def compare_calibration(fp32_checkpoint, images, calib_spec: str = "samples",
                         methods: Sequence[str] = ("minmax", "percentile", "entropy"), num_calib: int = 32,
-                        percentile: float = 99.99, seed: int = 0, threads: int = 2, latency_runs: int = 3,
+                        percentile: float = DEFAULT_PERCENTILE, seed: int = 0, threads: int = 2, latency_runs: int = 3,
                         cache=None) -> list[dict]:
     """PTQ of `fp32_checkpoint` with each calibration method, scored on `images`.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
+from ..config import DEFAULT_PERCENTILE
 from ..errors import QatieError
 from ..sidecar import read_sidecar
 from .calibration import _image_list, cached_fp32_onnx, cached_ptq, score_models
@@ -13,7 +14,7 @@ DEFAULT_K = (0, 1, 2, 4, 8, 16, 35)
 
 
 def trade_off_curve(fp32_checkpoint, K_values: Sequence[int] = DEFAULT_K, images=None, method: str = "minmax",
-                    calib: str = "samples", num_calib: int = 32, percentile: float = 99.99, seed: int = 0,
+                    calib: str = "samples", num_calib: int = 32, percentile: float = DEFAULT_PERCENTILE, seed: int = 0,
                     threads: int = 2, latency_runs: int = 3, cache=None,
                     progress: Optional[Callable[[str], None]] = None) -> list[dict]:
     """Quality/latency of PTQ with the K most sensitive convs float, for each K in `K_values`.
