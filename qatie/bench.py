@@ -19,7 +19,6 @@ No torch anywhere; onnxruntime is imported by `qatie.runtime`, ai_edge_litert la
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -403,39 +402,11 @@ def write_json(result: dict, path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Command line: python -m qatie.bench --models fp32 ptq qat --sizes 1920x1080
+# The memory probe's entry point (`qatie bench` is the command line: qatie.cli)
 # --------------------------------------------------------------------------------------------
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--_probe"]:  # internal: memory probe subprocess
-        kind, path, h, w, threads = argv[1:6]
-        _probe_main(kind, path, int(h), int(w), int(threads))
-        return 0
-    ap = argparse.ArgumentParser(prog="python -m qatie.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["fp32", "ptq", "qat"], help=".onnx paths or fp32/ptq/qat")
-    ap.add_argument("--sizes", nargs="+", default=["1920x1080"], help="HxW, height first")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--reference", default=None, help="the authors' INT8 .tflite model to time alongside")
-    ap.add_argument("--no-memory", action="store_true", help="skip the per-model peak-RSS subprocesses")
-    ap.add_argument("--json", default=None, help="also write the full result here")
-    args = ap.parse_args(argv)
-    try:
-        result = run_benchmark(
-            args.models, [parse_size(s) for s in args.sizes], threads=args.threads, runs=args.runs,
-            warmup=args.warmup, reference_tflite=args.reference, measure_memory=not args.no_memory,
-            progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-        )
-    except QatieError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(result))
-    if args.json:
-        print(f"wrote {write_json(result, args.json)}", file=sys.stderr)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] != ["--_probe"] or len(sys.argv) != 7:
+        sys.exit("python -m qatie.bench is the memory probe's entry point; benchmark with `qatie bench`")
+    kind, path, h, w, threads = sys.argv[2:7]
+    _probe_main(kind, path, int(h), int(w), int(threads))
