@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runtime import REPO_ROOT, SHIPPED_MODELS
+from .paths import REPO_ROOT, SHIPPED_MODELS
 
 PAPER = ("paper", "paper-ptq", "paper-qat")
 TFLITE_TILED = "authors-tflite"

@@ -26,8 +26,11 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("runtime", "bench", "int8_reference"),
     ("evaluate",),
     ("analysis", "tflite_import", "paper_diagnosis"),
-    ("report", "paper_report"),
-    ("api", "cli"),
+    ("paper_report",),
+    ("model_card",),
+    ("report",),
+    ("api", "commands"),
+    ("cli",),
 )
 RANK = {m: i for i, stage in enumerate(STAGES) for m in stage}
 

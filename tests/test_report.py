@@ -78,7 +78,7 @@ def test_goals_follow_the_numbers():
 
 def test_readme_results_block_is_the_shipped_model_card():
     """README's numbers are written by `qatie report --readme` from MODEL_CARD.json, never by hand."""
-    from qatie.report import README_BEGIN, README_END, readme_results
+    from qatie.model_card import README_BEGIN, README_END, readme_results
 
     card = json.loads((REPO_ROOT / "checkpoints" / "MODEL_CARD.json").read_text())
     readme = (REPO_ROOT / "README.md").read_text()
@@ -89,7 +89,7 @@ def test_readme_results_block_is_the_shipped_model_card():
 
 def test_report_syncs_a_readme_block_and_refuses_one_without_markers(card, tmp_path):
     from qatie.errors import QatieError
-    from qatie.report import README_BEGIN, README_END, sync_readme
+    from qatie.model_card import README_BEGIN, README_END, sync_readme
 
     out, _, _ = card
     readme = tmp_path / "README.md"
