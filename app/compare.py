@@ -18,15 +18,11 @@ signature) and replayed on the next click: examples are cached lazily, per model
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import shutil
-import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -36,21 +32,13 @@ import pandas as pd
 from qatie.cpu import int8_path
 from qatie.errors import QatieError
 
-from . import authors, config, core, models, region, render
+from . import authors, config, core, example_cache, models, region, render
+from .zoom import DEFAULT_WINDOW, crop_slider, render_zoom
 from .verdict import headline, verdict
 from . import guard
 
 log = logging.getLogger("qatie.app")
 
-ZOOM_WINDOWS = (16, 24, 32, 48, 64, 96, 128)
-DEFAULT_WINDOW = 48
-ZOOM_TILE_PX = 288  # each crop of the zoom view, enlarged to about this many pixels
-SLIDER_PX = 480  # the worst-region before/after slider's images
-
-# Output order of the compare event (the API returns them in this order, minus the State).
-# The first view's outputs (headline, worst-region before/after slider, vs-reference heatmaps) come
-# after the original ones, so API callers reading the first 15 by position are unaffected; the
-# authors' TFLite picture (paper set only, `app.authors`) comes after those.
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
                 "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
                 "heatmap_ref", "authors", "state")
@@ -77,56 +65,6 @@ def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:
     log.error("unexpected error while %s:\n%s", what, "".join(traceback.format_exception(exc)))
     return gr.Error(f"Unexpected error while {what} ({type(exc).__name__}: {guard.public_text(str(exc))[:300]}). "
                     "The server log has the details.")
-
-
-# --------------------------------------------------------------------------------------------
-# Examples cache (lazy): the example photos, identified by content
-# --------------------------------------------------------------------------------------------
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def example_rows() -> list[list[str]]:
-    """[[input, reference], …] for gr.Examples, from assets/examples (empty if absent)."""
-    rows = []
-    for inp in sorted(config.EXAMPLES_DIR.glob("*_input.png")):
-        ref = inp.with_name(inp.name.replace("_input.png", "_reference.png"))
-        rows.append([str(inp), str(ref) if ref.is_file() else None])
-    return rows
-
-
-_EXAMPLE_SHAS: set[str] | None = None
-_EXAMPLE_CACHE: "OrderedDict[str, list]" = OrderedDict()
-_EXAMPLE_LOCK = threading.Lock()
-
-
-def _remember_example(key: str, final: list) -> None:
-    """Keep an example's result (its files stay in its request folder); a small LRU — 'simulate'
-    with a new seed each time is a new key — whose evicted entries take their folders along."""
-    with _EXAMPLE_LOCK:
-        _EXAMPLE_CACHE[key] = list(final)
-        _EXAMPLE_CACHE.move_to_end(key)
-        while len(_EXAMPLE_CACHE) > config.EXAMPLE_CACHE_MAX:
-            _, old = _EXAMPLE_CACHE.popitem(last=False)
-            if isinstance(old[1], str):
-                shutil.rmtree(Path(old[1]).parent, ignore_errors=True)
-
-
-def _is_example(sha: str) -> bool:
-    global _EXAMPLE_SHAS
-    if _EXAMPLE_SHAS is None:
-        _EXAMPLE_SHAS = {_sha(Path(p)) for row in example_rows() for p in row if p}
-    return sha in _EXAMPLE_SHAS
-
-
-def _cache_key(prep: core.Prepared, model_set: models.ModelSet, custom: bool) -> str | None:
-    if custom or not _is_example(prep.keys["photo"]):
-        return None
-    if "reference" in prep.keys and not _is_example(prep.keys["reference"]):
-        return None
-    parts = [f"{k}={prep.keys[k]}" for k in sorted(prep.keys)] + [model_set.signature(), str(config.THREADS)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,12 +211,9 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
             raise user_error(exc, "reading the inputs") from None
         sizes = {r: models.file_mb(e) for r, e in enh.items()}
 
-        key = _cache_key(prep, model_set, bool(overrides))
+        key = example_cache.key(prep, model_set, bool(overrides))
         if key is not None:
-            with _EXAMPLE_LOCK:
-                cached = _EXAMPLE_CACHE.get(key)
-                if cached is not None:
-                    _EXAMPLE_CACHE.move_to_end(key)
+            cached = example_cache.get(key)
             if cached is not None:
                 vals = list(cached)
                 vals[0] = cached[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
@@ -446,7 +381,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
         if key is not None:
             # Keep the files and the full final result for the next click on this example.
             keep_dir = True
-            _remember_example(key, final)
+            example_cache.remember(key, final)
         moved = state.get("zoom")  # the user may have moved the zoom while the timing runs ran
         if moved and Path(moved["path"]).is_file():
             final[10:13] = [moved["path"], moved["x"], moved["y"]]
@@ -460,62 +395,6 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
 # --------------------------------------------------------------------------------------------
 # Zoom
 # --------------------------------------------------------------------------------------------
-
-def render_zoom(state: dict, x_pct: float, y_pct: float, window: int, out_dir: Path) -> str:
-    imgs = state["images"]
-    h, w = imgs["input"].shape[:2]
-    try:  # API callers can send anything: the zoom stays a small crop at a finite point
-        window = min(max(int(window or DEFAULT_WINDOW), min(ZOOM_WINDOWS)), max(ZOOM_WINDOWS))
-        cx = min(max(float(x_pct), 0.0), 100.0) / 100.0 * w
-        cy = min(max(float(y_pct), 0.0), 100.0) / 100.0 * h
-    except (TypeError, ValueError, OverflowError):
-        raise core.AppInputError("the zoom needs x and y between 0 and 100 and a window in pixels") from None
-    if not (math.isfinite(cx) and math.isfinite(cy)):
-        raise core.AppInputError("the zoom needs x and y between 0 and 100")
-    x0, y0, x1, y1 = render.crop_box(w, h, cx, cy, window)
-    vmax = state["vmax"]
-    # Row 1: the three models; row 2: the input and where each INT8 model departs from FP32
-    # (under its own picture). The reference has its own heatmaps.
-    tiles = [(models.ROLE_LABELS[r], imgs[r][y0:y1, x0:x1]) for r in models.ROLES]
-    tiles.append(("Input", imgs["input"][y0:y1, x0:x1]))
-    tiles += [(f"|{models.ROLE_LABELS[r]} − FP32| (0–{vmax:g} levels)",
-               render.colorize(state["errors"][r][y0:y1, x0:x1].astype(np.float32), vmax)) for r in ("ptq", "qat")]
-    k = max(1, ZOOM_TILE_PX // max(x1 - x0, y1 - y0))
-    caption = (f"{x1 - x0}×{y1 - y0} px at x = {x0}…{x1 - 1}, y = {y0}…{y1 - 1}, enlarged {k}× "
-               "(every square is one pixel)")
-    return render.zoom_png(tiles, out_dir / f"zoom_{uuid.uuid4().hex[:8]}.png", tile_px=ZOOM_TILE_PX, columns=3,
-                           caption=caption)
-
-
-def _labelled(tile: np.ndarray, label: str, right: bool) -> np.ndarray:
-    """`tile` with `label` on a dark band in its bottom-left (or bottom-right) corner (the top
-    corners are where Gradio puts the component's label and buttons)."""
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(np.ascontiguousarray(tile))
-    draw = ImageDraw.Draw(img)
-    font = render._font(16)
-    x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=font)
-    tw, th = x1 - x0 + 12, y1 - y0 + 10
-    left = img.width - tw if right else 0
-    top = img.height - th
-    draw.rectangle((left, top, left + tw, img.height), fill=(20, 20, 20))
-    draw.text((left + 6 - x0, top + 5 - y0), label, fill=(255, 255, 255), font=font)
-    return np.asarray(img)
-
-
-def crop_slider(state: dict, x_pct: float, y_pct: float, role: str, window: int, out_dir: Path) -> tuple[str, str]:
-    """The before/after pair of the worst region: FP32 (left side, labelled) ↔ the INT8 model
-    `role` (right side, labelled), enlarged nearest-neighbour like the zoom."""
-    imgs = state["images"]
-    h, w = imgs["input"].shape[:2]
-    x0, y0, x1, y1 = render.crop_box(w, h, x_pct / 100.0 * w, y_pct / 100.0 * h, window)
-    k = max(1, SLIDER_PX // max(x1 - x0, y1 - y0))
-    big = {r: np.repeat(np.repeat(imgs[r][y0:y1, x0:x1], k, axis=0), k, axis=1) for r in ("fp32", role)}
-    uid = uuid.uuid4().hex[:8]
-    return (render.save_png(_labelled(big["fp32"], "FP32", right=False), out_dir / f"crop_fp32_{uid}.png"),
-            render.save_png(_labelled(big[role], models.ROLE_LABELS[role], right=True), out_dir / f"crop_{role}_{uid}.png"))
-
 
 def zoom(state, x_pct, y_pct, window):
     """Redraw the zoom at (x %, y %) of the image with a window of `window` pixels."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import compare, core, models
+from . import compare, core, example_cache, models
 
 log = logging.getLogger("qatie.app")
 
@@ -35,7 +35,7 @@ LOAD_WAIT_S = 90.0
 def examples() -> list[tuple[str, str | None, str]]:
     """(photo, reference or None, label) of each bundled example."""
     out = []
-    for photo, ref in compare.example_rows():
+    for photo, ref in example_cache.example_rows():
         out.append((photo, ref, Path(photo).name.replace("_input.png", "").replace("_", " ")))
     return out
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from qatie.errors import QatieError
 
 from . import config, core, guard, models
 from .compare import user_error
+from .train_progress import QAT_STEP_COST, plot_curves, progress_md
 
 log = logging.getLogger("qatie.app")
 
@@ -56,7 +56,6 @@ MAX_FP32_STEPS = 2000
 MAX_QAT_STEPS = 500
 MAX_BATCH = 16
 MAX_PATCH = 128
-QAT_STEP_COST = 5.5
 TRAIN_BUDGET_UNITS = config._env_float("QATIE_TRAIN_BUDGET_UNITS", 100.0)
 TRAIN_DEADLINE_S = config._env_float("QATIE_TRAIN_DEADLINE_S", 900.0)
 UNIT_S = 5.0  # seconds per unit (see above), for the estimate shown before starting
@@ -236,55 +235,6 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
         events.put(("error", exc))
 
 
-def _plot_curves(points: list[dict], fp32_steps: int, total_steps: int, path: Path) -> str:
-    """Loss (left) and validation PSNR of the model vs the unprocessed input (right), FP32 then QAT
-    on one step axis (matplotlib, object API: no shared pyplot state between sessions)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .render import save_png
-
-    fig = Figure(figsize=(9.6, 3.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_loss, ax_val = fig.subplots(1, 2)
-    colours = {"FP32": "#1f77b4", "QAT": "#2ca02c"}
-    for stage, colour in colours.items():
-        pts = [p for p in points if p["stage"] == stage]
-        if pts:
-            steps = np.array([p["step"] for p in pts])
-            loss = np.array([p["loss"] for p in pts])
-            ax_loss.plot(steps, loss, color=colour, alpha=0.35, lw=0.8)
-            k = max(1, min(25, len(loss) // 10))  # running mean over k steps
-            if len(loss) >= k > 1:
-                smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-                ax_loss.plot(steps[k - 1:], smooth, color=colour, lw=1.8, label=f"{stage} (mean of {k})")
-            else:
-                ax_loss.plot(steps, loss, color=colour, lw=1.8, label=stage)
-        vals = [(p["step"], v) for p in pts for v in (p.get("val") or {}).values()]
-        if vals:
-            ax_val.plot([s_ for s_, _ in vals], [v["psnr"] for _, v in vals], "o-", color=colour,
-                        label=f"{stage} model")
-    inputs = [(p["step"], v["input_psnr"]) for p in points for v in (p.get("val") or {}).values()]
-    if inputs:
-        ax_val.plot([s_ for s_, _ in inputs], [v for _, v in inputs], "--", color="#7f7f7f", label="unprocessed input")
-    for ax, title, ylabel in ((ax_loss, "Training loss", "loss"),
-                              (ax_val, "Validation PSNR (dB)", "PSNR vs clean (dB)")):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.set_xlim(0, max(1, total_steps))
-        ax.grid(alpha=0.3)
-        if fp32_steps and total_steps > fp32_steps:
-            ax.axvline(fp32_steps, color="#999999", lw=0.8, ls=":")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="best")
-    if not points:
-        ax_loss.text(0.5, 0.5, "waiting for the first step…", ha="center", va="center", transform=ax_loss.transAxes)
-    fig.tight_layout()
-    fig.canvas.draw()
-    return save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
-
-
 def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos=None,
           session_sets=None, request: gr.Request = None):
     """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
@@ -345,7 +295,7 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     def curves() -> str:
         for old in plot_dir.glob(f"{run_id}_*.png"):  # Gradio keeps its own copy of what was sent
             old.unlink(missing_ok=True)
-        return _plot_curves(points, s.fp32_steps, total, plot_dir / f"{run_id}_{uuid.uuid4().hex[:6]}.png")
+        return plot_curves(points, s.fp32_steps, total, plot_dir / f"{run_id}_{uuid.uuid4().hex[:6]}.png")
 
     speed: dict[str, tuple[int, float]] = {}  # stage → (first step seen, when)
     latest = None  # (stage, step, steps, (first step, when)) of the last step reported
@@ -469,28 +419,6 @@ def _relative_names(out: Path) -> None:
     for ckpt in out.glob("*.pt"):
         data = torch.load(ckpt, map_location="cpu", weights_only=True)
         torch.save(fix(data) if isinstance(data, dict) else data, ckpt)
-
-
-def _mmss(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def progress_md(stage: str, latest, now: float, elapsed: float, qat_steps: int) -> str:
-    """The Train tab's one progress line: stage, step i of n, time elapsed and — once two steps
-    have been seen — the time left in this stage at the speed measured so far (and, during FP32,
-    the QAT stage's estimate from that speed: a QAT step costs `QAT_STEP_COST` FP32 steps)."""
-    line = f"**{stage}** · {_mmss(elapsed)} elapsed"
-    if latest is None:
-        return line
-    kind, step, steps, (first_step, t_first) = latest
-    line = f"**{stage}** · step {step} of {steps} ({100 * step / max(1, steps):.0f}%) · {_mmss(elapsed)} elapsed"
-    if step > first_step and now > t_first:
-        rate = (step - first_step) / (now - t_first)  # steps per second
-        line += f" · about {_mmss((steps - step) / rate)} left in this stage ({rate:.2f} steps/s)"
-        if kind == "fp32" and qat_steps:
-            line += f"; then {qat_steps} QAT steps, about {_mmss(qat_steps * QAT_STEP_COST / rate)}"
-    return line
 
 
 def forget(session_sets) -> None:

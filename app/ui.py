@@ -17,7 +17,8 @@ import time
 import gradio as gr
 
 from . import guard
-from . import about, authors, bench_tab, compare, config, first_view, inspect_panel, modelcard, models, train_tab
+from . import (about, authors, bench_tab, compare, config, example_cache, first_view, inspect_panel, modelcard, models,
+               train_tab, zoom)
 
 log = logging.getLogger("qatie.app")
 
@@ -89,7 +90,7 @@ def _inspect_paths(key, session_sets) -> dict | None:
 
 def build_demo() -> gr.Blocks:
     card = modelcard.load()
-    rows = compare.example_rows()
+    rows = example_cache.example_rows()
     missing = models.shipped_missing()
     default_set = DEFAULT_SET
     with gr.Blocks(title="QATIE — FP32 vs PTQ-INT8 vs QAT-INT8", delete_cache=(1800, 3600)) as demo:
@@ -157,7 +158,7 @@ def build_demo() -> gr.Blocks:
                                             "and the INT8 model that differs more (right). " + about.ZOOM_HELP)
                                 zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom x (% of width)")
                                 zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom y (% of height)")
-                                zoom_window = gr.Dropdown(list(compare.ZOOM_WINDOWS), value=compare.DEFAULT_WINDOW,
+                                zoom_window = gr.Dropdown(list(zoom.ZOOM_WINDOWS), value=zoom.DEFAULT_WINDOW,
                                                           label="Zoom window (pixels)")
                         gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
                         heatmap = gr.Image(label="Error heatmaps (INT8 vs FP32, 0–16 levels)", show_label=False,
