@@ -17,6 +17,16 @@ SHARED_CLEAN = SHARED / "data" / "clean"
 
 needs_shared = pytest.mark.skipif(not SHARED_CLEAN.is_dir(), reason=f"{SHARED_CLEAN} is absent (shared data not available)")
 
+#: Fixtures that start the real app (a server, a browser) or build the model card: every test that
+#: uses one is `slow` (`pytest -m "not slow"` is the quick run after an edit; CI runs everything).
+SLOW_FIXTURES = {"server", "client", "small_limits_client", "browser", "card", "trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():

@@ -210,6 +210,7 @@ def test_islands_stop_at_tensors_that_feed_convs(small):
     assert isl["ref_f4.skip"] == ["ref_f4.q.skip"] and isl["bottleneck.m2"] == ["bottleneck.q.m2", "bottleneck.q.m2_act"]
 
 
+@pytest.mark.slow
 def test_every_conv_can_be_kept_float(small, tmp_path):
     """The trade-off curve keeps any conv float: each one alone exports, and the rest stay integer."""
     from qatie.export import export_int8
@@ -232,6 +233,7 @@ def test_sensitivity_ranks_every_conv(small):
     assert math.isfinite(res["baseline_psnr_vs_fp32"])
 
 
+@pytest.mark.slow
 @trained
 def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeypatch):
     """auto:K ranks on the calibration crops; the gain is measured on other images (the sample
@@ -267,6 +269,7 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     assert p2 > p0 and p35 > p0 + 0.1
 
 
+@pytest.mark.slow
 def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
     from qatie.checkpoint import save_checkpoint
     from qatie.analysis import format_trade_off, plot_trade_off, trade_off_curve
@@ -285,6 +288,7 @@ def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ calibration
 
+@pytest.mark.slow
 def test_compare_calibration_on_a_small_checkpoint(small, tmp_path):
     from qatie.checkpoint import save_checkpoint
     from qatie.analysis import compare_calibration
@@ -338,6 +342,7 @@ def test_cli_inspect_smoke(small, tmp_path, cli):
     assert bad.returncode == 2 and "at least one INT8" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_ptq_keep_float(small, tmp_path, cli):
     from qatie.checkpoint import save_checkpoint
 
@@ -359,6 +364,7 @@ def test_inspect_and_panel_import_without_torch():
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     import gradio as gr
 

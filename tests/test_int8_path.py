@@ -190,6 +190,7 @@ def test_shipped_model_convs_match_the_path_model(name):
     assert max(r[key] for r in rows) <= TOL, [r for r in rows if r[key] > TOL]
 
 
+@pytest.mark.slow
 def test_deviation_cli(cli, tmp_path):
     import json
 

@@ -174,6 +174,7 @@ def test_qat_ranges_move_during_training_and_export_uses_them(tmp_path):
     assert side[name]["scale"] == pytest.approx(float(scale)) and side[name]["zero_point"] == int(zp)
 
 
+@pytest.mark.slow
 def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_path):
     from qatie.checkpoint import read_checkpoint, save_checkpoint
     from qatie.metrics import psnr
@@ -198,6 +199,7 @@ def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_
     assert psnr(distilled, ref) > psnr(plain, ref) + 1.0, (psnr(distilled, ref), psnr(plain, ref))
 
 
+@pytest.mark.slow
 def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
     """The shipped recipe's path: ranges start from entropy calibration, are learned (LSQ), and
     the INT8 export runs what the fake-quant simulation ran (weights in −64…64 so that ONNX
@@ -231,6 +233,7 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
         assert_random_sim_matches_ort(sim, onnx_path)
 
 
+@pytest.mark.slow
 def test_qat_continues_from_a_qat_checkpoint(tmp_path):
     """A finished QAT checkpoint continues from its own weights and ranges (no recalibration),
     distilled from the FP32 source it records; the step count adds up."""

@@ -204,6 +204,7 @@ def _resume_cfg(**kw):
                        warmup_steps=2, val_every=4, checkpoint_every=1000, seed=3, **kw)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_exact(tmp_path):
     """8 steps in one go == 4 steps, stop, resume for 4: batches are a function of (seed, step),
     the schedule of step, and last.pt carries the Adam state."""
@@ -225,6 +226,7 @@ def test_resume_is_bit_exact(tmp_path):
 # ---------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
