@@ -136,6 +136,18 @@ def main() -> None:
     write_image(ROOT / "assets" / "paper_vs_restoration.png", np.concatenate(strips, 0))
     out["examples_figure"] = {"rows": [f.name for f in examples], "columns": ["input", "restoration FP32", "paper FP32"]}
 
+    # How much each FP32 network changes a photo (the validation split's clean photos, whole): INT8
+    # agreement is limited by how precisely the network's change is reproduced.
+    split = json.loads((ROOT / "qatie" / "clean_split.json").read_text())
+    change = {}
+    for name, enh in (("restoration FP32", restoration), ("paper FP32", fp32)):
+        rms = [float(np.sqrt(np.mean(((enh.enhance(a) - a) * 255.0) ** 2)))
+               for a in (read_image(ROOT.parent / "shared" / "data" / "clean" / p) for p in split["val"])]
+        change[name] = float(np.median(rms))
+    out["rms_change_levels_val_median"] = change
+    print("\nmedian rms change of a photo (8-bit levels, validation split):",
+          ", ".join(f"{k} {v:.1f}" for k, v in change.items()))
+
     (ROOT / "docs" / "paper_model_numbers.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     print("→ docs/paper_model_numbers.json, assets/paper_model_crops.png, assets/paper_vs_restoration.png")
 
