@@ -256,7 +256,23 @@ def calib_settings(paths: dict) -> dict:
     local = _paths(paths)["ptq"].parent / where if where and not Path(where).is_absolute() else None
     if local is not None and local.exists():  # a trained set names its photos relative to its folder
         spec = f"{kind}:{local}"
+    elif kind in ("clean", "pairs", "dped") and not all(Path(w).exists() for w in where.split(":")[0].split(",")):
+        # The set was calibrated on photos this server does not have (a public demo carries no
+        # training data): the built-in sample photos stand in, and the note says so.
+        spec = SUBSTITUTE_CALIB
     return {"calib_spec": spec, "num_calib": int(meta.get("num_calib", 8)), "seed": int(meta.get("seed", 0))}
+
+
+SUBSTITUTE_CALIB = "samples"
+
+
+def calib_source(settings: dict, paths: dict) -> str:
+    """Where the calibration crops come from, in words for the notes."""
+    recorded = str(qi.read_sidecar(_paths(paths)["ptq"]).get("meta", {}).get("calib", "samples"))
+    if settings["calib_spec"] == SUBSTITUTE_CALIB and recorded != SUBSTITUTE_CALIB:
+        return ("the built-in sample photos (the set's own calibration photos are not on this server, so these "
+                "PTQ models differ from the shipped one)")
+    return f"`{settings['calib_spec']}` (as the set's PTQ model)"
 
 
 def calibration(image, paths: dict, num_calib: int | None = None, threads: int | None = None, progress=gr.Progress()):
@@ -276,8 +292,8 @@ def calibration(image, paths: dict, num_calib: int | None = None, threads: int |
         raise gr.Error(str(e)) from None
     note = ("PSNR of each PTQ model's output against the FP32 output on this photo; latency: median of 3 runs in "
             "ONNX Runtime on this machine. *Clipped*: tensors whose calibrated range is narrower than the observed "
-            f"min–max. Calibrated on {num_calib} crops of `{settings['calib_spec']}` (as the set's PTQ model); see docs/inspect.md for why "
-            "entropy calibration clips so hard.")
+            f"min–max. Calibrated on {num_calib} crops of {calib_source(settings, paths)}; see docs/inspect.md for "
+            "why entropy calibration clips so hard.")
     return calibration_frame(rows), note
 
 
@@ -323,7 +339,7 @@ def mixed_precision(image, paths: dict, k_values: str = DEFAULT_K, num_calib: in
         raise gr.Error(str(e)) from None
     note = ("Each point is a PTQ (minmax) model with the K convs whose float island helped most in the per-conv "
             "sensitivity analysis (leave-one-float, PSNR vs FP32 on calibration crops) kept float; PSNR vs FP32 "
-            "and latency are measured on this photo on this machine.")
+            f"and latency are measured on this photo on this machine. Calibration crops: {calib_source(st, paths)}.")
     return qi.plot_trade_off(rows), mixed_frame(rows), note
 
 

@@ -112,6 +112,8 @@ def test_authors_tflite_stops_at_the_compare_deadline():
 
 @needs_paper
 def test_without_litert_the_column_is_replaced_by_a_notice(monkeypatch, tmp_path):
+    (tmp_path / "authors.tflite").write_bytes(b"x")  # the file is there, the package is not
+    monkeypatch.setattr(authors, "PATH", tmp_path / "authors.tflite")
     monkeypatch.setattr(authors, "available", lambda: False)
     vals = None
     for vals in app_compare.compare(str(small_photo(tmp_path)), model_set=models.PAPER_KEY):

@@ -161,3 +161,21 @@ def test_train_progress_line_has_an_eta_from_measured_speed():
     qat_s = round(150 * QAT_STEP_COST / 2.0)
     assert f"then 150 QAT steps, about {qat_s // 60}:{qat_s % 60:02d}" in line
     assert "\n" not in line
+
+
+def test_inspect_calibration_falls_back_to_sample_photos_when_the_sets_photos_are_absent(tmp_path):
+    """A public demo carries no training data: a set calibrated on ../shared photos is rebuilt on the
+    built-in samples, and the note says so instead of failing on a missing folder."""
+    import json
+
+    from app import inspect_panel as ip
+
+    paths = {r: str(tmp_path / f"{r}.onnx") for r in ("fp32", "ptq", "qat")}
+    meta = {"calib": f"clean:{tmp_path / 'absent'}", "num_calib": 4, "seed": 1}
+    (tmp_path / "ptq.json").write_text(json.dumps({"tensors": [], "meta": meta}))
+    st = ip.calib_settings(paths)
+    assert st == {"calib_spec": "samples", "num_calib": 4, "seed": 1}
+    assert "not on this server" in ip.calib_source(st, paths)
+    (tmp_path / "absent").mkdir()
+    st = ip.calib_settings(paths)
+    assert st["calib_spec"] == meta["calib"] and "as the set's PTQ model" in ip.calib_source(st, paths)
