@@ -91,12 +91,13 @@ def paper_markdown(section: dict) -> str:
             lines.append(f"| {section['labels'][m]} | {ag['psnr_vs_fp32']:.2f} | {ag['max_levels']:.0f} / "
                          f"{ag['mean_levels']:.3f} | {100 * ag['share_over_2_levels']:.3f} % |")
         lines.append("")
-    lines += ["| model | size (H×W) | median ms | × paper FP32 | × authors' TFLite | file MB |", "|---|---|---|---|---|---|"]
+    lines += ["Latency of the paper set at 1920×1080, beside the authors' full-HD INT8 TFLite, in one run:", "",
+              "| model | size (H×W) | median ms | × paper FP32 | × authors' TFLite | file MB |", "|---|---|---|---|---|---|"]
     for r in section["benchmark"]["results"]:
         ratio_ref = "—" if r.get("ratio_to_reference") is None else f"{r['ratio_to_reference']:.2f}"
         ratio_fp = "—" if r.get("ratio_to_fp32") is None else f"{r['ratio_to_fp32']:.2f}"
         mb = "—" if r.get("file_mb") is None else f"{r['file_mb']:.2f}"
         lines.append(f"| {r['model']} | {r['size']} | {r['median_ms']:.0f} | {ratio_fp} | {ratio_ref} | {mb} |")
-    lines += ["", "| set | goal | measured | met |", "|---|---|---|---|"]
+    lines += ["", "Goals of the paper set:", "", "| set | goal | measured | met |", "|---|---|---|---|"]
     lines += [f"| {g['set']} | {g['goal']} | {g['measured']} | {'yes' if g['met'] else '**no**'} |" for g in section["goals"]]
     return "\n".join(lines)
