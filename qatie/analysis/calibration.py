@@ -3,15 +3,13 @@ content and settings (cached), scored on images against the FP32 output in ONNX 
 Builds PTQ models, so it imports torch, lazily, inside the calls that build."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..config import DEFAULT_PERCENTILE
+from ..config import DEFAULT_PERCENTILE, PTQConfig
 from ..errors import QatieError
 from ..paths import cache_dir
 from ..sidecar import read_sidecar
@@ -37,16 +35,14 @@ def cached_fp32_onnx(fp32_checkpoint, cache=None) -> Path:
 
 def cached_ptq(fp32_checkpoint, method: str = "minmax", calib: str = "samples", num_calib: int = 32,
                percentile: float = DEFAULT_PERCENTILE, seed: int = 0, keep_float=None, cache=None) -> Path:
-    """`run_ptq` for these settings, cached in `cache_dir` by checkpoint content + settings."""
+    """`run_ptq` for these settings, cached in `cache_dir` by checkpoint content + recipe."""
     kf = keep_float if isinstance(keep_float, str) or keep_float is None else ",".join(sorted(keep_float))
-    settings = json.dumps([EXPORT_FORM, method, calib, num_calib, percentile if method == "percentile" else None, seed, kf])
-    key = hashlib.sha256(settings.encode()).hexdigest()[:10]
-    out = cache_dir(cache) / f"ptq-{file_sha(fp32_checkpoint)}-{method}-{key}.onnx"
+    cfg = PTQConfig(method=method, calib=calib, num_calib=num_calib, percentile=percentile, seed=seed, keep_float=kf)
+    out = cache_dir(cache) / f"ptq-{file_sha(fp32_checkpoint)}-{method}-{EXPORT_FORM}-{cfg.key(10)}.onnx"
     if not (out.is_file() and out.with_suffix(".json").is_file()):
         from ..ptq import run_ptq
 
-        run_ptq(fp32_checkpoint, out, method=method, calib=calib, num_calib=num_calib, percentile=percentile,
-                seed=seed, **({"keep_float": keep_float} if keep_float else {}))
+        run_ptq(fp32_checkpoint, out, cfg)
     return out
 
 
