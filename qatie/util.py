@@ -90,22 +90,10 @@ class LRU:
         with self.lock:
             return sum(self._size(v) for v in self._items.values()) if self._size else 0
 
-    def pop(self, key, default=None):
-        with self.lock:
-            return self._items.pop(key, default)
-
     def clear(self) -> None:
         with self.lock:
             self._items.clear()
 
-    def __contains__(self, key) -> bool:
-        with self.lock:
-            return key in self._items
-
     def __len__(self) -> int:
         with self.lock:
             return len(self._items)
-
-    def keys(self) -> list:
-        with self.lock:
-            return list(self._items)
