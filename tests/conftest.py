@@ -112,10 +112,34 @@ def non_saturating_weights():
 
     import qatie.export
     import qatie.quant
-    from tests.tolerances import NON_SATURATING_WEIGHT_MAX as wmax
+    from tolerances import NON_SATURATING_WEIGHT_MAX as wmax
 
     spec = dataclasses.replace(qatie.quant.SPEC, weight_qmin=-wmax, weight_qmax=wmax)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(qatie.quant, "SPEC", spec)
         mp.setattr(qatie.export, "SPEC", spec)
         yield spec
+
+
+def random_model(width: int = 8, seed: int = 0):
+    """A small network with every weight random (the delta conv too: not the identity)."""
+    import torch
+
+    from qatie.model import build_model
+
+    torch.manual_seed(seed)
+    m = build_model(width)
+    torch.nn.init.normal_(m.delta.weight, std=0.05)
+    return m.eval()
+
+
+def optimized_nodes(path, tmp_path) -> list:
+    """The nodes of the graph ONNX Runtime actually runs for `path` (its optimized model)."""
+    import onnx
+    import onnxruntime as ort
+
+    from qatie.runtime import session_options
+
+    out = tmp_path / (path.stem + "_opt.onnx")
+    ort.InferenceSession(str(path), session_options(1, str(out)), providers=["CPUExecutionProvider"])
+    return list(onnx.load(str(out)).graph.node)

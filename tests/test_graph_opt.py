@@ -25,7 +25,7 @@ from qatie.export import export_int8, sidecar_path
 from qatie.model import build_model
 from qatie.quant import calibrate
 from qatie.runtime import OnnxEnhancer, session_options
-from tests.conftest import REPO_ROOT, make_image, non_saturating_weights
+from conftest import REPO_ROOT, make_image, non_saturating_weights
 
 SIZES = ((17, 31), (40, 56), (64, 24))
 

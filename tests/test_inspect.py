@@ -15,23 +15,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.conftest import REPO_ROOT, cli_env, make_image, non_saturating_weights
+from conftest import REPO_ROOT, cli_env, make_image, non_saturating_weights, optimized_nodes, random_model
 
 CKPT = REPO_ROOT / "checkpoints"
 shipped = pytest.mark.skipif(not all((CKPT / f).exists() for f in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")),
                              reason="shipped models absent")
 trained = pytest.mark.skipif(not (CKPT / "fp32.pt").exists(), reason="checkpoints/fp32.pt absent")
-
-
-def random_model(width: int = 8, seed: int = 0):
-    import torch
-
-    from qatie.model import build_model
-
-    torch.manual_seed(seed)
-    m = build_model(width)
-    torch.nn.init.normal_(m.delta.weight, std=0.05)
-    return m.eval()
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +38,6 @@ def small(tmp_path_factory):
 
 def sidecar(path):
     return json.loads(path.with_suffix(".json").read_text())
-
-
-def optimized_ops(path, tmp_path):
-    import onnxruntime as ort
-
-    from qatie.runtime import session_options
-
-    out = tmp_path / (path.stem + "_opt.onnx")
-    ort.InferenceSession(str(path), session_options(1, str(out)), providers=["CPUExecutionProvider"])
-    return onnx.load(str(out)).graph.node
 
 
 # ------------------------------------------------------------------------------ SQNR
@@ -174,7 +153,7 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
     assert set(side["float_points"]) == {"ref_s2.q.m1", "q_delta_phases", "q_delta"}
     assert {t["name"] for t in side["tensors"]}.isdisjoint(side["float_points"])
     assert len(side["weights"]) == 42  # 44 integer convs (each up-conv is four phase convs) − 2
-    nodes = optimized_ops(path, tmp_path)
+    nodes = optimized_nodes(path, tmp_path)
     ops = Counter(n.op_type for n in nodes)
     assert ops["QLinearConv"] == 42 - 3 and ops["Conv"] + ops["FusedConv"] == 2, ops  # up1's 4 phases merged
     all_convs = sorted({w["module"] for w in sidecar(small["int8"])["weights"]})
@@ -241,7 +220,7 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     from qatie.metrics import psnr
     from qatie.ptq import run_ptq
     from qatie.runtime import OnnxEnhancer
-    from tests.test_quant import parity_images
+    from test_quant import parity_images
 
     monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))  # rank for real, not from a cache
     common = dict(num_calib=2, calib="samples")
@@ -250,7 +229,7 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     side = sidecar(auto)
     ranking = side["meta"]["keep_float"]["sensitivity"]["ranking"]
     assert len(ranking) == 35 and side["keep_float"] == sorted(r["conv"] for r in ranking[:2])
-    nodes = optimized_ops(auto, tmp_path)
+    nodes = optimized_nodes(auto, tmp_path)
     assert float_conv_names(nodes, [r["conv"] for r in ranking]) == set(side["keep_float"])
     n_float = sum(4 if c.startswith("up") else 1 for c in side["keep_float"])  # an up-conv is four phase convs
     merged = 0 if "up1.conv" in side["keep_float"] else 3  # up1's integer phases run as one conv

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qatie import int8_reference as ref
 from qatie.cpu import int8_exact, int8_path, machine_summary
-from tests.conftest import REPO_ROOT, make_image, non_saturating_weights
-from tests.tolerances import INT8_CONV_VS_PATH_MODEL_LEVELS as TOL
+from conftest import REPO_ROOT, make_image, non_saturating_weights
+from tolerances import INT8_CONV_VS_PATH_MODEL_LEVELS as TOL
 
 PATH = int8_path()
 EXACT = int8_exact(PATH)

@@ -12,23 +12,15 @@ from onnx import numpy_helper
 
 from qatie.errors import CheckpointError
 from qatie.export import export_fp32, export_int8, sidecar_path
-from qatie.model import build_model
 from qatie.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ranges, free_points,
                          prepare_qat, quant_params)
-from qatie.runtime import OnnxEnhancer, session_options
-from tests.conftest import REPO_ROOT, make_image, non_saturating_weights
-from tests.tolerances import TOLERANCES
+from qatie.runtime import OnnxEnhancer
+
+from conftest import REPO_ROOT, make_image, non_saturating_weights, optimized_nodes, random_model
+from tolerances import TOLERANCES
 
 CKPT = REPO_ROOT / "checkpoints"
 shipped = pytest.mark.skipif(not (CKPT / "qat.pt").exists(), reason="shipped checkpoints absent")
-
-
-def random_model(width: int = 8, seed: int = 0):
-    """A small network with every weight random (the delta conv too: not the identity)."""
-    torch.manual_seed(seed)
-    m = build_model(width)
-    torch.nn.init.normal_(m.delta.weight, std=0.05)
-    return m.eval()
 
 
 def calib_images(n=3, size=48):
@@ -36,11 +28,7 @@ def calib_images(n=3, size=48):
 
 
 def optimized_ops(path, tmp_path) -> Counter:
-    import onnxruntime as ort
-
-    out = tmp_path / (path.stem + "_opt.onnx")
-    ort.InferenceSession(str(path), session_options(1, str(out)), providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    return Counter(n.op_type for n in optimized_nodes(path, tmp_path))
 
 
 @pytest.fixture(scope="module")
