@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qatie import runtime as rt
+from qatie.paths import REPO_ROOT
 from qatie.imageio import to_uint8
 from qatie.metrics import error_levels, psnr, ssim
 
@@ -26,7 +26,7 @@ from . import config, models
 from .core import _f, _num
 
 FILE_NAME = "qatie_official_int8_100x100.tflite"
-PATH = Path(os.environ.get("QATIE_AUTHORS_TFLITE") or rt.REPO_ROOT.parent / "shared" / "reference" / FILE_NAME)
+PATH = Path(os.environ.get("QATIE_AUTHORS_TFLITE") or REPO_ROOT.parent / "shared" / "reference" / FILE_NAME)
 LABEL = "Authors' INT8 TFLite (as released)"
 INSTALL_NOTICE = ("The authors' own INT8 TFLite model is not shown: `pip install ai-edge-litert` adds it as a "
                   "fourth picture.")
