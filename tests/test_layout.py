@@ -1,7 +1,9 @@
 """The package's imports point one way, down the pipeline (data → train → ptq | qat → export →
 runtime → analysis → report → api | cli): a module may import only modules of its own or an earlier
 stage, and nothing imports in a cycle — at module level or inside a function (a lazy import that
-exists to dodge a cycle is still a cycle). Read from the source with `ast`, not by importing."""
+exists to dodge a cycle is still a cycle). The app (app/) is held to the same rule, from its
+settings up through the handlers and the tabs (app/tabs/) to the page (ui). Read from the source
+with `ast`, not by importing."""
 from __future__ import annotations
 
 import ast
@@ -12,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "qatie"
+APP = REPO_ROOT / "app"
 
 #: Pipeline stages, earliest first; each module belongs to exactly one.
 STAGES: tuple[tuple[str, ...], ...] = (
@@ -32,18 +35,36 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("api", "commands"),
     ("cli",),
 )
+#: The app's layers, lowest first: settings and pure helpers, the model sets, running them, the
+#: handlers each tab calls, the tabs' layouts and events (app/tabs/), and the page that composes them
+#: (ui; measure drives it from outside). Only app → app imports count here.
+APP_STAGES: tuple[tuple[str, ...], ...] = (
+    ("config", "region", "render", "make_examples"),
+    ("guard", "modelcard", "about", "train_progress"),
+    ("models",),
+    ("core", "verdict"),
+    ("authors", "example_cache", "zoom", "inspect_panel"),
+    ("compare",),
+    ("first_view", "bench_tab", "train_tab"),
+    ("tabs",),
+    ("ui", "measure"),
+)
 RANK = {m: i for i, stage in enumerate(STAGES) for m in stage}
+APP_RANK = {m: i for i, stage in enumerate(APP_STAGES) for m in stage}
+RANKS = {PACKAGE: RANK, APP: APP_RANK}
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE).with_suffix("")
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    rel = path.relative_to(root).with_suffix("")
     parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
     return ".".join(parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every qatie module `path` imports, anywhere in the file (dotted, relative to the package)."""
-    here = module_name(path).split(".") if module_name(path) else []
+def imports_of(path: Path, root: Path = PACKAGE) -> set[str]:
+    """Every module of `root` (qatie/ or app/) that `path` imports, anywhere in the file (dotted,
+    relative to the package)."""
+    name = module_name(path, root)
+    here = name.split(".") if name else []
     package = here if path.name == "__init__.py" else here[:-1]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -51,26 +72,27 @@ def imports_of(path: Path) -> set[str]:
             if node.level:
                 base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
                 target = base + (node.module.split(".") if node.module else [])
-            elif node.module and node.module.split(".")[0] == "qatie":
+            elif node.module and node.module.split(".")[0] == root.name:
                 target = node.module.split(".")[1:]
             else:
                 continue
             names = [".".join(target + [a.name]) for a in node.names]
             for n in names + [".".join(target)]:
-                if n and ((PACKAGE / (n.replace(".", "/") + ".py")).is_file()
-                          or (PACKAGE / n.replace(".", "/") / "__init__.py").is_file()):
+                if n and ((root / (n.replace(".", "/") + ".py")).is_file()
+                          or (root / n.replace(".", "/") / "__init__.py").is_file()):
                     out.add(n)
         elif isinstance(node, ast.Import):
-            out.update(a.name[len("qatie."):] for a in node.names if a.name.startswith("qatie."))
-    return out - {module_name(path)}
+            prefix = root.name + "."
+            out.update(a.name[len(prefix):] for a in node.names if a.name.startswith(prefix))
+    return out - {name}
 
 
-def graph() -> dict[str, set[str]]:
-    return {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py") if module_name(p)}
+def graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    return {module_name(p, root): imports_of(p, root) for p in root.rglob("*.py") if module_name(p, root)}
 
 
-def stage(module: str) -> int:
-    return RANK[module.split(".")[0]]
+def stage(module: str, root: Path = PACKAGE) -> int:
+    return RANKS[root][module.split(".")[0]]
 
 
 def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
@@ -95,18 +117,25 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_every_module_has_a_stage():
-    top = {module_name(p).split(".")[0] for p in PACKAGE.rglob("*.py") if module_name(p)}
-    assert top - set(RANK) == set(), "add new modules to STAGES"
+ROOTS = pytest.mark.parametrize("root", [PACKAGE, APP], ids=["qatie", "app"])
 
 
-def test_no_import_cycle():
-    assert find_cycle(graph()) is None, " → ".join(find_cycle(graph()))
+@ROOTS
+def test_every_module_has_a_stage(root):
+    top = {module_name(p, root).split(".")[0] for p in root.rglob("*.py") if module_name(p, root)}
+    assert top - set(RANKS[root]) == set(), "add new modules to STAGES (qatie/) or APP_STAGES (app/)"
 
 
-def test_imports_point_down_the_pipeline():
-    upward = [f"{m} ({stage(m)}) imports {n} ({stage(n)})" for m, deps in graph().items() for n in deps
-              if stage(n) > stage(m)]
+@ROOTS
+def test_no_import_cycle(root):
+    g = graph(root)
+    assert find_cycle(g) is None, " → ".join(find_cycle(g))
+
+
+@ROOTS
+def test_imports_point_down_the_pipeline(root):
+    upward = [f"{m} ({stage(m, root)}) imports {n} ({stage(n, root)})" for m, deps in graph(root).items()
+              for n in deps if stage(n, root) > stage(m, root)]
     assert upward == []
 
 
@@ -122,3 +151,5 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
     """A function-level `from ..x import y` inside a subpackage counts like a top-level import."""
     assert "runtime" in imports_of(PACKAGE / "analysis" / "probe.py")  # lazy, two dots
     assert {"analysis.calibration", "analysis.sqnr"} <= imports_of(PACKAGE / "analysis" / "__init__.py")
+    assert {"compare", "first_view"} <= imports_of(APP / "tabs" / "compare.py", APP)  # `from .. import`
+    assert "tabs.compare" in imports_of(APP / "ui.py", APP) and "train_tab" in imports_of(APP / "measure.py", APP)

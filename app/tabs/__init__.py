@@ -1,0 +1,1 @@
+"""The app's tabs, one module each: `build()` lays out the components, `wire()` connects their events."""
