@@ -222,7 +222,8 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
         events.put(("stage", f"QAT fine-tuning: {s.qat_steps} steps"))
         # the rest as the shipped QAT recipe (QATConfig's defaults): distilled, ranges calibrated then learned
         qat_cfg = QATConfig(data=(spec,), steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size, patch=s.patch,
-                            num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4), threads=threads)
+                            num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4), val_limit=8,
+                            threads=threads)  # validated on the FP32 curves' photos
         run_qat(fp32_pt, out / "qat.pt", qat_cfg, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set)
         if stop.is_set():
             events.put(("cancelled", None))

@@ -118,6 +118,7 @@ class QATConfig(_Recipe):
     seed: int = 0
     val_data: tuple[str, ...] = ()
     val_every: int = 250
+    val_limit: int = 16  # photos per validation set (TrainConfig's default)
     threads: int = 0
 
     def __post_init__(self):

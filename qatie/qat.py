@@ -69,7 +69,7 @@ def run_qat(checkpoint, out, config: QATConfig | None = None, resume: bool = Fal
                       loss=fp32_cfg.get("loss", "paper"), global_crops=fp32_cfg.get("global_crops", 0.0),
                       degradation=fp32_cfg.get("degradation", {}), distill=distill,
                       val_every=min(cfg_q.val_every, steps), checkpoint_every=min(cfg_q.val_every, steps),
-                      val_data=list(cfg_q.val_data), threads=cfg_q.threads)
+                      val_data=list(cfg_q.val_data), val_limit=cfg_q.val_limit, threads=cfg_q.threads)
     run_dir = Path(run_dir) if run_dir else out.with_name(out.stem + "_run")
     summary = train(cfg, run_dir, resume=resume, model=model, kind="qat", extra_state=lambda: quant_state(model),
                     teacher=teacher_model, progress=progress, should_stop=should_stop)

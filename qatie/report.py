@@ -54,17 +54,21 @@ def evaluation_sets(shared: Path | None, seed: int = 0, limit: int | None = None
     return sets
 
 
-def calibration_variants(ckpt_dir: Path, cache: Path, progress=print) -> dict[str, Path]:
+def calibration_variants(ckpt_dir: Path, cache: Path, progress=print, num_calib: int | None = None
+                         ) -> tuple[dict[str, Path], dict]:
     """Percentile and entropy PTQ of fp32.pt with the shipped PTQ's calibration data, built (and
     cached by checkpoint content + settings) by the same `cached_ptq` the app's Inspect panel uses.
-    Where that data is absent (no ../shared), the built-in sample photos stand in, and say so."""
+    Where that data is absent (no ../shared), the built-in sample photos stand in, and say so.
+    `num_calib` overrides the shipped PTQ's image count (a quick card). Returns the models and
+    the calibration they got ({"calib", "num_calib"}), which the card records."""
     from .analysis.calibration import cached_ptq
 
     meta = json.loads((ckpt_dir / "int8_ptq.json").read_text()).get("meta", {})
-    calib, num = meta.get("calib", "samples"), int(meta.get("num_calib", 32))
+    calib, num = meta.get("calib", "samples"), int(num_calib or meta.get("num_calib", 32))
 
-    def build(spec: str) -> dict[str, Path]:
-        return {f"ptq_{m}": cached_ptq(ckpt_dir / "fp32.pt", m, spec, num, cache=cache) for m in ("percentile", "entropy")}
+    def build(spec: str) -> tuple[dict[str, Path], dict]:
+        return ({f"ptq_{m}": cached_ptq(ckpt_dir / "fp32.pt", m, spec, num, cache=cache) for m in ("percentile", "entropy")},
+                {"calib": spec, "num_calib": num})
 
     try:
         return build(calib)
@@ -254,7 +258,11 @@ def write_manifest(ckpt_dir: Path, results: dict, bench: dict) -> Path:
 
 def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SHARED, sizes=((512, 512), (1280, 720), (1920, 1080)),
                  threads: int = 2, runs: int = 5, limit: int | None = None, figure=REPO / "assets" / "model_card_crops.png",
-                 cache=REPO / "runs" / "report_cache", readme: Path | None = None, progress=print) -> dict:
+                 cache=REPO / "runs" / "report_cache", readme: Path | None = None, progress=print,
+                 num_calib: int | None = None, paper_size=paper_report.FULL_HD) -> dict:
+    """Measure everything the model card says and write it (markdown, JSON, manifest; README's
+    block with `readme`). `num_calib` and `paper_size` shrink the calibration comparison and the
+    paper set's timing (default: the shipped PTQ's calibration, full HD) for a quick card."""
     from .bench import run_benchmark
     from .evaluate import evaluate
 
@@ -266,7 +274,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     t0 = time.time()
     models = {k: ckpt_dir / v for k, v in SHIPPED.items()}
     progress("building percentile and entropy PTQ variants for the calibration comparison …")
-    variants = calibration_variants(ckpt_dir, Path(cache), progress)
+    variants, variant_calib = calibration_variants(ckpt_dir, Path(cache), progress, num_calib)
     all_models = {**models, **variants}
     results, tiling, oracle, tones = {}, {}, None, {}
     descriptions = {}
@@ -296,12 +304,13 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     for r in bench["results"]:
         r["model"] = stems.get(r["model"], r["model"])
     goals = check_goals(results)
-    paper = paper_report.paper_section(eval_sets, shared, threads, runs, progress) if paper_report.available() else None
+    paper = (paper_report.paper_section(eval_sets, shared, threads, runs, progress, size=paper_size)
+             if paper_report.available() else None)
     card = {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "qatie report --out " + str(out_md),
             "sets": descriptions, "results": {k: {"models": v["models"], "count": v["count"], "summary": v["summary"]}
                                               for k, v in results.items()},
             "per_image": {k: v["images"] for k, v in results.items()},
-            "benchmark": bench, "goals": goals, "labels": LABELS, "tiling": tiling,
+            "benchmark": bench, "goals": goals, "labels": LABELS, "tiling": tiling, "variant_calibration": variant_calib,
             "tone_oracle": oracle, "target_tones": tones, "paper": paper,
             "file_bytes": {p.name: p.stat().st_size for p in models.values()}, "wall_s": round(time.time() - t0, 1)}
     out_md.parent.mkdir(parents=True, exist_ok=True)

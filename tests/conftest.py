@@ -143,3 +143,20 @@ def optimized_nodes(path, tmp_path) -> list:
     out = tmp_path / (path.stem + "_opt.onnx")
     ort.InferenceSession(str(path), session_options(1, str(out)), providers=["CPUExecutionProvider"])
     return list(onnx.load(str(out)).graph.node)
+
+
+def conv_counts(model=None) -> dict:
+    """The conv counts graph tests check, derived from the network (the full variant by default),
+    never typed in. `convs`: its convolutions (module names); `up_convs`: those exported as one
+    2×2 conv per output phase (`qatie.model.Up`); `onnx`: the exported graph's convs (an up-conv
+    counts once per phase); `int8`: the integer convs ONNX Runtime runs after graph_opt, which
+    merges the phase convs of `merged_up` (the up-conv that feeds delta) back into one."""
+    from qatie.model import PHASES, Up, build_model
+
+    model = model if model is not None else build_model(8)
+    names = {m: n for n, m in model.named_modules()}
+    ups = [f"{n}.conv" for n, m in model.named_modules() if isinstance(m, Up)]
+    per_up = len(PHASES) - 1  # extra convs per up-conv
+    onnx_convs = len(model.convs()) + per_up * len(ups)
+    return {"convs": sorted(names[c] for c in model.convs()), "up_convs": ups, "onnx": onnx_convs,
+            "int8": onnx_convs - per_up, "merged_up": f"{names[model.up1]}.conv", "phases": len(PHASES)}

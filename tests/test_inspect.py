@@ -15,12 +15,18 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import REPO_ROOT, cli_env, make_image, non_saturating_weights, optimized_nodes, random_model
+from conftest import REPO_ROOT, cli_env, conv_counts, make_image, non_saturating_weights, optimized_nodes, random_model
 
 CKPT = REPO_ROOT / "checkpoints"
 shipped = pytest.mark.skipif(not all((CKPT / f).exists() for f in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")),
                              reason="shipped models absent")
 trained = pytest.mark.skipif(not (CKPT / "fp32.pt").exists(), reason="checkpoints/fp32.pt absent")
+COUNTS = conv_counts()  # the network's convs, the exported graph's, ORT's integer ones
+
+
+def exported_convs(conv: str) -> int:
+    """How many convs of the exported graph compute `conv` (an up-conv: one per output phase)."""
+    return COUNTS["phases"] if conv in COUNTS["up_convs"] else 1
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +158,14 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
     assert side["keep_float"] == sorted(keep)
     assert set(side["float_points"]) == {"ref_s2.q.m1", "q_delta_phases", "q_delta"}
     assert {t["name"] for t in side["tensors"]}.isdisjoint(side["float_points"])
-    assert len(side["weights"]) == 42  # 44 integer convs (each up-conv is four phase convs) − 2
+    integer = COUNTS["onnx"] - len(keep)  # neither kept conv is an up-conv
+    assert len(side["weights"]) == integer
     nodes = optimized_nodes(path, tmp_path)
     ops = Counter(n.op_type for n in nodes)
-    assert ops["QLinearConv"] == 42 - 3 and ops["Conv"] + ops["FusedConv"] == 2, ops  # up1's 4 phases merged
+    merged = COUNTS["phases"] - 1  # up1's phases run as one conv
+    assert ops["QLinearConv"] == integer - merged and ops["Conv"] + ops["FusedConv"] == len(keep), ops
     all_convs = sorted({w["module"] for w in sidecar(small["int8"])["weights"]})
-    assert len(all_convs) == 35 and float_conv_names(nodes, all_convs) == keep
+    assert all_convs == COUNTS["convs"] and float_conv_names(nodes, all_convs) == keep
     # and the float weights are the FP32 ones
     inits = {i.name for i in onnx.load(str(path)).graph.initializer}
     assert {"ref_s2.m1.weight", "delta.phases.weight"} <= inits and "ref_s2.m1.weight_int8" not in inits
@@ -181,7 +189,7 @@ def test_islands_stop_at_tensors_that_feed_convs(small):
     from qatie.export import conv_islands
 
     isl = conv_islands(small["model"])
-    assert len(isl) == 35
+    assert sorted(isl) == COUNTS["convs"]
     assert isl["ref_s2.t_conv"] == ["ref_s2.q.t_conv", "ref_s2.q.t_norm", "ref_s2.q.t_act"]
     assert isl["fuse4.conv"] == []  # its output feeds the refine block's convs: stays quantized
     assert isl["delta"] == ["q_delta_phases", "q_delta"]  # q_output (pinned to 1/255) stays
@@ -198,8 +206,7 @@ def test_every_conv_can_be_kept_float(small, tmp_path):
     for name in all_convs:
         path = export_int8(small["model"], small["ranges"], tmp_path / "one.onnx", source="ptq-minmax", keep_float={name})
         side = sidecar(path)
-        kept = 4 if name.endswith(".conv") and name.startswith("up") else 1  # an up-conv is four phase convs
-        assert side["keep_float"] == [name] and len(side["weights"]) == 44 - kept, name
+        assert side["keep_float"] == [name] and len(side["weights"]) == COUNTS["onnx"] - exported_convs(name), name
 
 
 def test_sensitivity_ranks_every_conv(small):
@@ -208,7 +215,7 @@ def test_sensitivity_ranks_every_conv(small):
     imgs = [make_image(32, 32, seed=11)]
     res = conv_sensitivity(small["model"], small["ranges"], imgs)
     r = res["ranking"]
-    assert len(r) == 35 and [x["gain_db"] for x in r] == sorted((x["gain_db"] for x in r), reverse=True)
+    assert sorted(x["conv"] for x in r) == COUNTS["convs"] and [x["gain_db"] for x in r] == sorted((x["gain_db"] for x in r), reverse=True)
     assert math.isfinite(res["baseline_psnr_vs_fp32"])
 
 
@@ -228,13 +235,13 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     auto = run_ptq(CKPT / "fp32.pt", tmp_path / "k2.onnx", keep_float="auto:2", **common)
     side = sidecar(auto)
     ranking = side["meta"]["keep_float"]["sensitivity"]["ranking"]
-    assert len(ranking) == 35 and side["keep_float"] == sorted(r["conv"] for r in ranking[:2])
+    assert len(ranking) == len(COUNTS["convs"]) and side["keep_float"] == sorted(r["conv"] for r in ranking[:2])
     nodes = optimized_nodes(auto, tmp_path)
     assert float_conv_names(nodes, [r["conv"] for r in ranking]) == set(side["keep_float"])
-    n_float = sum(4 if c.startswith("up") else 1 for c in side["keep_float"])  # an up-conv is four phase convs
-    merged = 0 if "up1.conv" in side["keep_float"] else 3  # up1's integer phases run as one conv
-    assert Counter(n.op_type for n in nodes)["QLinearConv"] == 44 - n_float - merged
-    every = run_ptq(CKPT / "fp32.pt", tmp_path / "k35.onnx", keep_float=",".join(r["conv"] for r in ranking), **common)
+    n_float = sum(exported_convs(c) for c in side["keep_float"])
+    merged = 0 if COUNTS["merged_up"] in side["keep_float"] else COUNTS["phases"] - 1  # up1's integer phases: one conv
+    assert Counter(n.op_type for n in nodes)["QLinearConv"] == COUNTS["onnx"] - n_float - merged
+    every = run_ptq(CKPT / "fp32.pt", tmp_path / "k_all.onnx", keep_float=",".join(r["conv"] for r in ranking), **common)
     fp32 = OnnxEnhancer(CKPT / "fp32.onnx", threads=1)
     imgs = [inp for inp, _ in parity_images()[:4]]
     refs = [fp32.enhance(i) for i in imgs]
@@ -243,9 +250,9 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
         e = OnnxEnhancer(path, threads=1)
         return float(np.mean([psnr(e.enhance(i), r) for i, r in zip(imgs, refs)]))
 
-    p0, p2, p35 = score(base), score(auto), score(every)
-    print(f"PSNR vs FP32: K=0 {p0:.3f} dB, auto:2 {p2:.3f} dB, all 35 float {p35:.3f} dB")
-    assert p2 > p0 and p35 > p0 + 0.1
+    p0, p2, p_all = score(base), score(auto), score(every)
+    print(f"PSNR vs FP32: K=0 {p0:.3f} dB, auto:2 {p2:.3f} dB, all {len(ranking)} float {p_all:.3f} dB")
+    assert p2 > p0 and p_all > p0 + 0.1
 
 
 @pytest.mark.slow

@@ -14,10 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qatie import int8_reference as ref
 from qatie.cpu import int8_exact, int8_path, machine_summary
-from conftest import REPO_ROOT, make_image, non_saturating_weights
+from conftest import REPO_ROOT, conv_counts, make_image, non_saturating_weights
 from tolerances import INT8_CONV_VS_PATH_MODEL_LEVELS as TOL
 
 PATH = int8_path()
+INT8_CONVS = conv_counts()["int8"]  # the integer convs ONNX Runtime runs
 EXACT = int8_exact(PATH)
 
 
@@ -142,7 +143,7 @@ def test_full_range_random_model_saturates_only_where_the_path_does(random_int8)
     full, _ = random_int8
     img = make_image(40, 56, seed=9)
     rows = ref.check_convs(full, img)
-    assert len(rows) == 41 and sum(r["saturated"] for r in rows) > 0
+    assert len(rows) == INT8_CONVS and sum(r["saturated"] for r in rows) > 0
     off_exact = [r["name"] for r in rows if r["max_levels_vs_exact"] > TOL]
     off_avx2 = [r["name"] for r in rows if r["max_levels_vs_avx2"] > TOL]
     dev = ref.deviation(full, img, per_conv=False)
@@ -158,7 +159,7 @@ def test_bounded_weights_compute_the_exact_result_on_every_path(random_int8):
     _, bounded = random_int8
     img = make_image(40, 56, seed=9)
     rows = ref.check_convs(bounded, img)
-    assert len(rows) == 41
+    assert len(rows) == INT8_CONVS
     assert all(r["risky_pairs"] == 0 and r["saturated"] == 0 and r["max_levels_vs_exact"] == 0 for r in rows), rows
     assert ref.deviation(bounded, img, per_conv=False)["max_levels"] == 0
 
@@ -170,7 +171,7 @@ def test_exact_model_reencodes_weights_as_uint8(random_int8):
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
-    assert len(convs) == 41
+    assert len(convs) == INT8_CONVS
     for n in convs:
         dq = producer[n.input[1]]
         assert inits[dq.input[0]].dtype == np.uint8 and np.all(inits[dq.input[2]] == 128)
@@ -185,7 +186,7 @@ def test_exact_model_reencodes_weights_as_uint8(random_int8):
 def test_shipped_model_convs_match_the_path_model(name):
     """Every conv of the shipped model, on ONNX Runtime's own inputs, is the detected path's model."""
     rows = ref.check_convs(REPO_ROOT / "checkpoints" / f"{name}.onnx", make_image(48, 72, seed=4))
-    assert len(rows) == 41
+    assert len(rows) == INT8_CONVS
     key = "max_levels_vs_avx2" if EXACT is False else "max_levels_vs_exact"
     assert max(r[key] for r in rows) <= TOL, [r for r in rows if r[key] > TOL]
 

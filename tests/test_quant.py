@@ -16,7 +16,7 @@ from qatie.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ra
                          prepare_qat, quant_params)
 from qatie.runtime import OnnxEnhancer
 
-from conftest import REPO_ROOT, make_image, non_saturating_weights, optimized_nodes, random_model
+from conftest import REPO_ROOT, conv_counts, make_image, non_saturating_weights, optimized_nodes, random_model
 from tolerances import TOLERANCES
 
 CKPT = REPO_ROOT / "checkpoints"
@@ -112,14 +112,16 @@ def test_sidecar_matches_the_onnx_qdq_nodes(small_int8):
     assert sum(bool(t.get("channels")) for t in side["tensors"]) == 4 + 1
     pinned = {t["name"]: (t["scale"], t["zero_point"]) for t in side["tensors"] if t["name"] in ("q_input", "q_output")}
     assert pinned == {"q_input": (pytest.approx(1 / 255), 0), "q_output": (pytest.approx(1 / 255), 0)}
-    assert len(side["weights"]) == 35 - 3 + 3 * 4  # each up-conv as four 2×2 phase convs
+    assert len(side["weights"]) == conv_counts()["onnx"]  # each up-conv as its 2×2 phase convs
 
 
 def test_every_conv_runs_as_an_integer_kernel(small_int8, tmp_path):
     _, _, path, fp32_path = small_int8
     n_conv = sum(n.op_type == "Conv" for n in onnx.load(str(path)).graph.node)
-    # the network's 35, each of the 3 up-convs as four phase convs; in INT8, up1's four merged into one
-    assert sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node) == 44 and n_conv == 41
+    # the network's convs, each up-conv as its phase convs; in INT8, up1's phases merged into one
+    counts = conv_counts()
+    assert sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node) == counts["onnx"]
+    assert n_conv == counts["int8"]
     ops = optimized_ops(path, tmp_path)
     assert ops["QLinearConv"] == n_conv and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
 
@@ -261,6 +263,29 @@ def test_learnable_ranges_get_gradients():
     assert grads and any(g is not None and g.abs().item() > 0 for g in grads)
 
 
+def test_inference_fake_quant_is_torchs_op_bit_for_bit():
+    """The no-gradient fast path gives exactly what torch's fake-quant ops give, for every kind
+    of quantizer (moving average, learned, learned tanh point), ties to even included."""
+    from qatie.quant import FakeQuant, fake_quant_inference
+
+    g = torch.Generator().manual_seed(0)
+    for scale, zp in ((0.0234, 131), (1 / 255, 0), (0.5, 255), (3.7, 7)):
+        ties = (torch.arange(-300, 300, dtype=torch.float32) + 0.5) * scale  # x/scale on a .5: round half to even
+        x = torch.cat([torch.randn(4096, generator=g) * 200 * scale, ties])
+        want = torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+        got = fake_quant_inference(x, torch.tensor(scale), torch.tensor(zp))
+        assert torch.equal(got, want), (scale, zp, (got - want).abs().max())
+    x = torch.randn(2, 3, 17, 19, generator=g) * 2
+    for fq in (FakeQuant(-1.5, 2.5), FakeQuant(-1.5, 2.5, learnable=True), FakeQuant(-0.3, 0.9, learnable=True, tanh_lut=True)):
+        if fq.learnable:
+            with torch.no_grad():
+                fq.scale.mul_(1.013), fq.zero_point.add_(0.4)  # learned values between the grid's
+        fq.eval()
+        with torch.no_grad():
+            fast = fq(x)
+        assert torch.equal(fast, fq(x.clone().requires_grad_(True)).detach()), fq
+
+
 def test_ptq_refuses_a_qat_checkpoint_and_wrong_width(tmp_path):
     from qatie.checkpoint import save_checkpoint
     from qatie.ptq import run_ptq
@@ -298,7 +323,7 @@ def parity_images():
 def test_shipped_int8_models_use_integer_kernels(tmp_path):
     for name in ("int8_ptq.onnx", "int8_qat.onnx"):
         ops = optimized_ops(CKPT / name, tmp_path)
-        assert ops["QLinearConv"] == 41 and ops["Conv"] == 0 and ops["QLinearConcat"] == 0, (name, ops)
+        assert ops["QLinearConv"] == conv_counts()["int8"] and ops["Conv"] == 0 and ops["QLinearConcat"] == 0, (name, ops)
 
 
 @shipped

@@ -1,5 +1,6 @@
-"""`qatie report`: one run on copies of the shipped models (tiny sizes, two images, no ../shared)
-must evaluate all five INT8/FP32 variants, time the same five, and fill the manifest."""
+"""`qatie report`: one run on copies of the shipped models (tiny sizes, two images, four
+calibration images, no ../shared) must evaluate all five INT8/FP32 variants, time the same five,
+score and time the paper set, and fill the manifest."""
 import json
 import shutil
 
@@ -19,7 +20,8 @@ def card(tmp_path_factory):
         shutil.copy(src / name, ckpt / name)
     tmp = tmp_path_factory.mktemp("out")
     out = build_report(tmp / "MODEL_CARD.md", ckpt_dir=ckpt, shared=None, sizes=((64, 96),), threads=1, runs=1,
-                       limit=2, figure=tmp / "crops.png", cache=tmp / "cache", progress=lambda msg: None)
+                       limit=2, figure=tmp / "crops.png", cache=tmp / "cache", progress=lambda msg: None,
+                       num_calib=4, paper_size=(64, 96))
     return out, ckpt, tmp
 
 
@@ -46,6 +48,26 @@ def test_report_scores_and_times_every_variant(card):
     assert out["benchmark"]["machine"]["int8_path"] == int8_path() and f"INT8 kernels: {int8_path()}" in md
     assert 0 <= out["target_tones"]["synthetic"]["luma_p1"] < out["target_tones"]["synthetic"]["luma_p99"] <= 1
     assert json.loads((tmp / "MODEL_CARD.json").read_text())["goals"] == json.loads(json.dumps(out["goals"]))
+    shipped_calib = json.loads((ckpt / "int8_ptq.json").read_text())["meta"]["calib"]
+    assert out["variant_calibration"]["num_calib"] == 4  # what the variants were built with: the shipped
+    assert out["variant_calibration"]["calib"] in (shipped_calib, "samples")  # PTQ's photos, or the stand-in
+
+
+def test_report_scores_and_times_the_paper_set_at_the_size_asked(card):
+    from qatie.paper_report import PAPER, available
+
+    out, _, tmp = card
+    if not available():
+        assert out["paper"] is None
+        return
+    paper = out["paper"]
+    assert paper["size"] == "64×96" and [r["model"] for r in paper["benchmark"]["results"]] == list(PAPER)
+    assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in paper["benchmark"]["results"])
+    for m in PAPER[1:]:  # the INT8 versions are real INT8 models of the paper network
+        assert 20 < paper["results"]["synthetic"]["summary"][m]["agreement_with_paper"]["psnr_vs_fp32"] < 80
+    md = (tmp / "MODEL_CARD.md").read_text()
+    assert "Latency of the paper set at 64×96 in one run" in md  # no authors' TFLite at this size
+    assert not any("latency" in g["goal"] for g in paper["goals"])
 
 
 def test_manifest_has_hashes_metrics_and_latency_of_each_shipped_file(card):
