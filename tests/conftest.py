@@ -19,7 +19,7 @@ needs_shared = pytest.mark.skipif(not SHARED_CLEAN.is_dir(), reason=f"{SHARED_CL
 
 #: Fixtures that start the real app (a server, a browser) or build the model card: every test that
 #: uses one is `slow` (`pytest -m "not slow"` is the quick run after an edit; CI runs everything).
-SLOW_FIXTURES = {"server", "client", "small_limits_client", "browser", "card", "trained"}
+SLOW_FIXTURES = {"app_server", "server", "client", "small_limits_client", "browser", "card", "trained"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,6 +42,21 @@ def _one_torch_thread():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """The one `python app.py` (shipped checkpoints, default limits) that the API, browser and
+    paper tests share: started when the first of them needs it, stopped at the end of the run.
+    Only tests that need other limits start their own (tests/test_app_hostile.py, the small-
+    limits server in tests/test_app_api.py). Sessions keep the tests apart: each test talks to it
+    through its own client or page, so no test sees another's results or trained sets."""
+    sys.path.insert(0, str(REPO_ROOT))  # the app package lives at the repository root
+    from app.measure import AppServer
+
+    env = {"QATIE_APP_DEBUG": "1", "QATIE_TRAIN_THREADS": "1", "QATIE_LOG_LEVEL": "WARNING"}
+    with AppServer(env=env, timeout=120) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,8 @@ OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "ver
 
 
 @pytest.fixture(scope="module")
-def server():
-    env = {"QATIE_APP_DEBUG": "1", "QATIE_TRAIN_THREADS": "1", "QATIE_LOG_LEVEL": "WARNING"}
-    with AppServer(env=env, timeout=120) as srv:
-        yield srv
+def server(app_server):
+    return app_server  # the session's one app server (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -423,8 +421,8 @@ def test_benchmark_endpoint(client):
 
 
 def _train(client, **kw):
-    args = dict(data="Built-in sample photos (scikit-image)", init="Scratch (a new network)", width=16, fp32_steps=4,
-                qat_steps=2, batch_size=2, patch=32, lr=1e-3, qat_lr=1e-4, ptq_method="minmax")
+    args = dict(data="Built-in sample photos (scikit-image)", init="Scratch (a new network)", width=16, fp32_steps=2,
+                qat_steps=1, batch_size=2, patch=32, lr=1e-3, qat_lr=1e-4, ptq_method="minmax")
     args.update(kw)
     return client.predict(api_name="/train", **args)
 

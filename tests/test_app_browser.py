@@ -39,7 +39,6 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api")
 
 sys.path.insert(0, str(REPO_ROOT))
-from app.measure import AppServer  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -48,9 +47,8 @@ SHOWN = "() => { const i = document.querySelector('#{id} img'); return !!(i && i
 
 
 @pytest.fixture(scope="module")
-def server():
-    with AppServer(env={"QATIE_LOG_LEVEL": "WARNING"}, timeout=120) as srv:
-        yield srv
+def server(app_server):
+    return app_server  # the session's one app server (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

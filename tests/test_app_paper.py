@@ -1,7 +1,7 @@
 """The paper set in the app: the page opens with it when its three files are shipped, the
 restoration set stays one choice away, and the authors' own INT8 TFLite model runs "as released"
-beside it where `ai-edge-litert` is installed. The API checks use one real server (`python app.py`
-through `gradio_client`); numbers are checked against the pictures returned, never hard-coded.
+beside it where `ai-edge-litert` is installed. The API checks use the session's app server (`python app.py`,
+tests/conftest.py, through `gradio_client`); numbers are checked against the pictures returned, never hard-coded.
 """
 from __future__ import annotations
 
@@ -129,15 +129,11 @@ def test_without_litert_the_column_is_replaced_by_a_notice(monkeypatch, tmp_path
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def client():
+def client(app_server):
     pytest.importorskip("gradio_client")
     from gradio_client import Client
 
-    from app.measure import AppServer
-
-    env = {"QATIE_APP_DEBUG": "1", "QATIE_LOG_LEVEL": "WARNING"}
-    with AppServer(env=env, timeout=120) as srv:
-        yield Client(srv.url, verbose=False)
+    return Client(app_server.url, verbose=False)  # the session's one app server (tests/conftest.py)
 
 
 def api_compare(client, image, **kw) -> dict:
