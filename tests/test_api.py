@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from tolerances import TOLERANCES
 
 
 def readme_example() -> str:
@@ -53,7 +54,7 @@ def test_load_gives_an_enhancer_for_a_checkpoint_and_rejects_nonsense(tmp_path):
     ckpt = save_checkpoint(tmp_path / "m.pt", qatie.build_model(8))
     img = np.random.default_rng(0).random((24, 40, 3), dtype=np.float32)
     out = qatie.load(ckpt)(img)
-    assert out.shape == img.shape and np.allclose(out, img, atol=1 / 255)  # delta starts at zero: identity
+    assert out.shape == img.shape and np.allclose(out, img, atol=TOLERANCES["untrained_identity_max_abs"])  # delta starts at zero: identity
     with pytest.raises(QatieError):
         qatie.load(tmp_path / "absent.onnx")
     with pytest.raises(QatieError, match="TrainConfig"):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
+from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))
 pytest.importorskip("gradio")
@@ -152,7 +153,7 @@ def test_api_default_is_the_paper_set(client, tmp_path):
     assert models.BUILTIN_BLURBS[models.PAPER_KEY] in r["notice"]
     for role in models.ROLES:  # the paper set's own files
         assert js["file_mb"][role] == pytest.approx(models.shipped_paths(models.PAPER_KEY)[role].stat().st_size / 1e6,
-                                                    abs=1e-3)
+                                                    abs=TOLERANCES["reported_file_mb"])
 
 
 @pytest.mark.skipif(bool(RESTORATION_MISSING), reason="the restoration set is not in checkpoints/")
@@ -162,7 +163,8 @@ def test_api_shipped_still_selects_the_restoration_set(client, tmp_path):
     assert js["model_set_key"] == models.SHIPPED_KEY
     assert models.BUILTIN_BLURBS[models.SHIPPED_KEY] in r["notice"]
     for role in models.ROLES:
-        assert js["file_mb"][role] == pytest.approx(models.shipped_paths()[role].stat().st_size / 1e6, abs=1e-3)
+        assert js["file_mb"][role] == pytest.approx(models.shipped_paths()[role].stat().st_size / 1e6,
+                                                    abs=TOLERANCES["reported_file_mb"])
     assert r["authors"] is None and "authors_tflite" not in js and "ai-edge-litert" not in r["notice"]
     assert [row[0] for row in r["metrics"]["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
 
@@ -181,7 +183,8 @@ def test_api_authors_tflite_as_released(client, tmp_path):
     assert js["label"] == authors.LABEL and js["file"] == authors.PATH.name
     # Scored on exactly the pixels shown, like the INT8 rows.
     f = np.float32(255)
-    assert js["agreement_psnr_db"] == pytest.approx(psnr(out / f, fp32 / f), abs=1e-4)
+    assert js["agreement_psnr_db"] == pytest.approx(psnr(out / f, fp32 / f),
+                                                        abs=TOLERANCES["reported_metric_vs_recomputed"]["psnr_db"])
     assert js["max_levels"] == error_levels(out / f, fp32 / f).max()
     table = r["metrics"]
     row = next(row for row in table["data"] if row[0] == authors.LABEL)

@@ -14,6 +14,7 @@ from qatie.data import (EVAL_DEGRADATION, PatchSampler, augment, dped_dirs, eval
 from qatie.degrade import DEFAULT, DegradationConfig, degrade, linear_to_srgb, seed_for, srgb_to_linear
 from qatie.errors import QatieError
 from qatie.imageio import write_image
+from tolerances import TOLERANCES
 
 # ---------------------------------------------------------------------------- degradation
 
@@ -62,7 +63,7 @@ def test_degradation_strengths_hurt_quality():
 
 def test_srgb_linear_roundtrip():
     x = np.linspace(0, 1, 101)
-    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-9)
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=TOLERANCES["float64_round_trip_max_abs"])
 
 
 def test_eval_degradation_never_clean():

@@ -7,6 +7,7 @@ with `ast`, not by importing."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,22 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
     assert {"analysis.calibration", "analysis.sqnr"} <= imports_of(PACKAGE / "analysis" / "__init__.py")
     assert {"compare", "first_view"} <= imports_of(APP / "tabs" / "compare.py", APP)  # `from .. import`
     assert "tabs.compare" in imports_of(APP / "ui.py", APP) and "train_tab" in imports_of(APP / "measure.py", APP)
+
+
+#: A tolerance typed into a test instead of read from tests/tolerances.py: a keyword such as
+#: `atol=1e-4` / `abs=0.5`, or a comparison with a small literal such as `< 1e-6`.
+TOLERANCE_LITERAL = re.compile(r"\b(atol|rtol|abs|rel)\s*=\s*[-+]?(\d|\.\d)|[<>]=?\s*[0-9.]+e-[0-9]+")
+
+
+def tolerance_literals(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if TOLERANCE_LITERAL.search(line.split("#")[0])]
+
+
+def test_every_tolerance_is_read_from_the_table():
+    """kornia-style: each tolerance lives once in tests/tolerances.py, with why it is that size."""
+    tests = Path(__file__).resolve().parent
+    found = {f.name: tolerance_literals(f.read_text()) for f in sorted(tests.glob("*.py")) if f.name != "tolerances.py"}
+    assert {k: v for k, v in found.items() if v} == {}
+    typed = ["assert np.allclose(a, b, atol=" + "1e-5)", "assert d.max() < " + "1e-4"]  # split: not a hit here
+    assert all(tolerance_literals(line) for line in typed)
+    assert not tolerance_literals('assert np.allclose(a, b, atol=TOLERANCES["x"])')

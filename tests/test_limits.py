@@ -10,6 +10,7 @@ from PIL import Image
 from app import config, core, render
 from qatie.errors import ImageReadError
 from qatie.imageio import MAX_PIXELS, decode_image, decode_image_u8
+from tolerances import TOLERANCES
 
 
 def _png(img: Image.Image, fmt="PNG", **kw) -> bytes:
@@ -49,7 +50,7 @@ def test_every_mode_decodes_to_uint8_full_and_reduced(make, rgb, max_pixels):
 
 def test_float_decode_keeps_16_bit_precision_in_float32():
     a = decode_image(_png(Image.new("I;16", (40, 30), 1000)), "x")
-    assert a.dtype == np.float32 and np.allclose(a, 1000 / 65535, atol=1e-7)
+    assert a.dtype == np.float32 and np.allclose(a, 1000 / 65535, atol=TOLERANCES["uint16_to_float32_max_abs"])
 
 
 def test_multipage_tiff_reads_the_first_page_only():
@@ -220,7 +221,7 @@ def test_uploaded_sessions_run_under_a_deadline():
     x = np.random.default_rng(1).random((40, 56, 3), dtype=np.float32)
     with guard.Deadline(60, "The test") as d, d.onnx():
         a, b = uploaded.enhance(x), shipped.enhance(x)
-    assert not uploaded.arena and a.shape == x.shape and np.allclose(a, b, atol=1e-5)
+    assert not uploaded.arena and a.shape == x.shape and np.allclose(a, b, atol=TOLERANCES["ort_session_options"]["max_abs"])
 
 
 def test_user_messages_name_no_server_paths():

@@ -20,6 +20,7 @@ from qatie.losses import LOSSES, cosine_loss, l1_loss, outlier_loss, paper_loss,
 from qatie.metrics import psnr
 from qatie.model import build_model
 from qatie.train import TrainConfig, lr_at, train
+from tolerances import TOLERANCES
 
 # A light, learnable degradation: underexposure, a colour cast, lower contrast; no noise/blur/JPEG.
 LIGHT = DegradationConfig(p_clean=0.0, p_mild=0.0, p_tone=1.0, p_tone_each=1.0, exposure_stops=(-0.8, -0.5),
@@ -92,7 +93,7 @@ def test_degradation_overrides_reach_the_sampler(tmp_path):
                       checkpoint_every=1000, degradation={"p_clean": 1.0})
     losses = []
     train(run, tmp_path / "run", progress=lambda e: losses.append(e["loss"]))
-    assert losses[0] < 1e-6, losses
+    assert losses[0] < TOLERANCES["zero_loss_abs"], losses
 
 
 def test_validation_has_a_tones_right_set_that_punishes_regrading():
@@ -120,7 +121,7 @@ def test_losses():
     assert float(paper_loss(o, t)) == pytest.approx(
         float(2 * psnr_y_loss(o, t) + cosine_loss(o, t) + outlier_loss(o, t)))
     assert float(psnr_y_loss(t, t)) < -0.4  # PSNR capped by the epsilon, far above 50 dB
-    assert float(cosine_loss(t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cosine_loss(t, t)) == pytest.approx(0.0, abs=TOLERANCES["zero_loss_abs"])
     assert float(l1_loss(o, t)) == pytest.approx(float((o - t).abs().mean()))
     assert set(LOSSES) == {"paper", "l1"}
     o.requires_grad_(True)
