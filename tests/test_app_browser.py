@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,20 +62,25 @@ def browser():
             b.close()
 
 
-def open_page(browser, server, viewport: dict):
-    """A fresh page (own Gradio session) at `viewport`, loaded until the first view's comparison shows."""
+@contextmanager
+def opened_page(browser, server, viewport: dict):
+    """A fresh page (own Gradio session) at `viewport`, loaded until the first view's comparison
+    shows; closed when the test is done with it, pass or fail."""
     pg = browser.new_page(viewport=viewport, device_scale_factor=1)
-    pg.set_default_timeout(90_000)
-    outside: list[str] = []  # the app must work offline: nothing may be fetched from elsewhere
-    pg.on("request", lambda req: outside.append(req.url) if not req.url.startswith(
-        (server.url, "data:", "blob:", "http://127.0.0.1", "http://localhost")) else None)
-    t0 = time.perf_counter()
-    pg.goto(server.url, wait_until="domcontentloaded")
-    pg.wait_for_function(SHOWN.replace("{id}", "zoom"))
-    pg.wait_for_function("() => document.querySelector('#headline').innerText.includes('QAT-INT8')")
-    pg.load_s = time.perf_counter() - t0
-    pg.outside = outside
-    return pg
+    try:
+        pg.set_default_timeout(90_000)
+        outside: list[str] = []  # the app must work offline: nothing may be fetched from elsewhere
+        pg.on("request", lambda req: outside.append(req.url) if not req.url.startswith(
+            (server.url, "data:", "blob:", "http://127.0.0.1", "http://localhost")) else None)
+        t0 = time.perf_counter()
+        pg.goto(server.url, wait_until="domcontentloaded")
+        pg.wait_for_function(SHOWN.replace("{id}", "zoom"))
+        pg.wait_for_function("() => document.querySelector('#headline').innerText.includes('QAT-INT8')")
+        pg.load_s = time.perf_counter() - t0
+        pg.outside = outside
+        yield pg
+    finally:
+        pg.close()
 
 
 def box(pg, selector: str) -> dict:
@@ -92,8 +98,7 @@ def save_screenshot(pg, path: Path) -> None:
 
 
 def test_first_view_shows_the_answer_at_desktop_size(server, browser):
-    pg = open_page(browser, server, DESKTOP)
-    try:
+    with opened_page(browser, server, DESKTOP) as pg:
         # The headline: one colour-coded line per INT8 model, and what INT8 buys.
         head = pg.inner_text("#headline")
         assert "PTQ-INT8" in head and "QAT-INT8" in head and "smaller" in head
@@ -144,13 +149,10 @@ def test_first_view_shows_the_answer_at_desktop_size(server, browser):
         pg.get_by_text("Details: the measurements").click()  # closed again for the screenshot
         save_screenshot(pg, SCREENSHOT)
         print(f"desktop: page load → comparison on screen {pg.load_s:.2f} s")
-    finally:
-        pg.close()
 
 
 def test_first_view_on_a_phone(server, browser):
-    pg = open_page(browser, server, PHONE)
-    try:
+    with opened_page(browser, server, PHONE) as pg:
         w, h = PHONE["width"], PHONE["height"]
         # Every tab is reachable directly (no "more tabs" overflow menu).
         tabs = pg.evaluate("() => [...document.querySelectorAll('#tabs [role=tab]')].map(b => b.innerText)")
@@ -167,8 +169,6 @@ def test_first_view_on_a_phone(server, browser):
         pg.get_by_text("Details: the measurements").click()
         save_screenshot(pg, SCREENSHOT_PHONE)
         print(f"phone: page load → comparison on screen {pg.load_s:.2f} s")
-    finally:
-        pg.close()
 
 
 def _photo(tmp_path: Path, name: str, h: int, w: int) -> Path:
@@ -181,8 +181,7 @@ def _photo(tmp_path: Path, name: str, h: int, w: int) -> Path:
 
 
 def test_an_examples_reference_never_scores_your_own_photo(server, browser, tmp_path):
-    pg = open_page(browser, server, DESKTOP)
-    try:
+    with opened_page(browser, server, DESKTOP) as pg:
         # The first view is an example, scored against its clean original.
         assert "example's clean photo" in pg.inner_text("#ref-note")
         mine = _photo(tmp_path, "my_cat.png", 200, 300)
@@ -206,13 +205,10 @@ def test_an_examples_reference_never_scores_your_own_photo(server, browser, tmp_
         time.sleep(1.0)  # give a (wrong) clearing handler the time to run
         assert "my_reference.png" in pg.inner_text("#ref-note")
         assert pg.locator("#reference img").count() == 1
-    finally:
-        pg.close()
 
 
 def test_an_error_blanks_the_outputs_and_stays_readable(server, browser, tmp_path):
-    pg = open_page(browser, server, DESKTOP)
-    try:
+    with opened_page(browser, server, DESKTOP) as pg:
         tiny = tmp_path / "tiny.png"
         Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tiny)
         pg.locator("#photo input[type=file]").set_input_files(str(tiny))
@@ -225,13 +221,10 @@ def test_an_error_blanks_the_outputs_and_stays_readable(server, browser, tmp_pat
         pg.wait_for_function("() => !document.querySelector('.toast-body')", timeout=30_000)
         assert "too small" in pg.inner_text("#notice")
         assert "Error" not in pg.inner_text("#notice").replace("error", "")
-    finally:
-        pg.close()
 
 
 def test_example_gallery_click_runs_that_example(server, browser):
-    pg = open_page(browser, server, PHONE)
-    try:
+    with opened_page(browser, server, PHONE) as pg:
         first = pg.inner_text("#notice")
         thumbs = pg.locator("#examples button.thumbnail-item")
         names = sorted(p.name for p in EXAMPLES.glob("*_input.png"))
@@ -242,13 +235,10 @@ def test_example_gallery_click_runs_that_example(server, browser):
         # On a phone the result is below the inputs: the click brings it into view.
         pg.wait_for_function("() => { const r = document.querySelector('#headline').getBoundingClientRect();"
                              " return r.top >= -1 && r.top < window.innerHeight; }")
-    finally:
-        pg.close()
 
 
 def test_about_tab_tables_and_links(server, browser):
-    pg = open_page(browser, server, PHONE)
-    try:
+    with opened_page(browser, server, PHONE) as pg:
         pg.get_by_role("tab", name="About").click()
         pg.wait_for_function("() => document.body.innerText.includes('PTQ and QAT in plain words')")
         text = pg.evaluate("() => document.body.innerText")
@@ -266,13 +256,10 @@ def test_about_tab_tables_and_links(server, browser):
         for t in tables:
             assert t["tallest"] < 1.5 * t["lowest"], f"a cell wraps in the table under {t['heading']!r}"
         assert pg.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
-    finally:
-        pg.close()
 
 
 def test_train_progress_and_cancel(server, browser):
-    pg = open_page(browser, server, DESKTOP)
-    try:
+    with opened_page(browser, server, DESKTOP) as pg:
         pg.get_by_role("tab", name="Train").click()
         pg.click("#train-btn")
         # One progress display: the status line counts steps and estimates the time left.
@@ -286,5 +273,3 @@ def test_train_progress_and_cancel(server, browser):
         pg.click("#train-cancel")
         pg.wait_for_function("() => document.querySelector('#train-status').innerText.includes('Cancelled')",
                              timeout=10_000)
-    finally:
-        pg.close()
