@@ -10,6 +10,7 @@ sees exactly the batches it would have seen uninterrupted.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Source:
 
     spec: str
     names: list[str]
-    targets: list[np.ndarray]
+    targets: Sequence[np.ndarray]  # a list, or DecodedOnUse
     inputs: list[np.ndarray | None] = field(default_factory=list)
 
     @property
@@ -67,6 +68,27 @@ def _stem_map(folder: Path) -> dict[str, Path]:
 
 def _load(paths) -> list[np.ndarray]:
     return [to_uint8(read_image(p)) for p in paths]
+
+
+class DecodedOnUse(Sequence):
+    """Image files decoded the first time each is used, then kept. Calibration draws a few crops
+    from a folder of hundreds of photos; it decodes those few, not the folder (`load_source(…,
+    lazy=True)`). Training keeps eager loading: a corrupt file stops it before step 1."""
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+        self._decoded: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # negative indices; IndexError past the end
+        if i not in self._decoded:
+            self._decoded[i] = to_uint8(read_image(self.paths[i]))
+        return self._decoded[i]
 
 
 def match_pairs(input_dir, target_dir) -> list[tuple[str, Path, Path]]:
@@ -123,8 +145,9 @@ def _uses_split(root: Path) -> bool:
     return any((root / rel).exists() for rel in split["test"][:5])
 
 
-def load_source(spec: str, part: str = "train") -> Source:
-    """Load a data SPEC into memory. For `clean:DIR` on the shared set, `part` selects the split."""
+def load_source(spec: str, part: str = "train", lazy: bool = False) -> Source:
+    """Load a data SPEC into memory. For `clean:DIR` on the shared set, `part` selects the split;
+    `lazy`: its photos are decoded when first used (`DecodedOnUse`), not all up front."""
     kind, _, arg = spec.partition(":")
     if kind == "samples":
         imgs = sample_images()
@@ -136,7 +159,7 @@ def load_source(spec: str, part: str = "train") -> Source:
         files = split_files(root, part) if _uses_split(root) else _all_clean(root)
         if not files:
             raise QatieError(f"{spec}: no images found")
-        return Source(spec, [f.relative_to(root).as_posix() for f in files], _load(files))
+        return Source(spec, [f.relative_to(root).as_posix() for f in files], DecodedOnUse(files) if lazy else _load(files))
     if kind in ("pairs", "dped"):
         if kind == "pairs":
             if "," not in arg:

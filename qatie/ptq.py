@@ -26,7 +26,7 @@ def calibration_images(spec: str, num: int = 32, seed: int = 0, crop: int = CALI
     through the degradation model, so calibration sees what the model sees in use). `crop` 0:
     `num` whole photos as they are, evenly spaced through the set — calibration at the resolution
     the app runs photos at, where whole-photo statistics (InstanceNorm) set the ranges."""
-    source = load_source(spec, part="train")
+    source = load_source(spec, part="train", lazy=True)  # a few crops: decode only the photos they come from
     if crop == 0:
         photos = source.targets if source.synthetic else source.inputs
         picks = np.linspace(0, len(photos) - 1, min(num, len(photos))).round().astype(int)

@@ -277,12 +277,15 @@ def _entropy_range(hist: np.ndarray, lo: float, hi: float) -> tuple[float, float
         ref[0] += hist[:i_lo].sum()
         ref[-1] += hist[i_hi:].sum()
         n_levels = SPEC.act_qmax - SPEC.act_qmin + 1
-        groups = np.array_split(np.arange(len(ref)), min(n_levels, len(ref)))
-        q = np.zeros_like(ref)
-        for g in groups:
-            nz = hist[i_lo:i_hi][g] > 0
-            if nz.any():
-                q[g[nz]] = ref[g].sum() / nz.sum()
+        # Q: each level's mass spread evenly over its non-empty bins (levels as np.array_split
+        # groups the bins; counts are whole numbers, so the grouped sums are exact in any order)
+        n_groups = min(n_levels, len(ref))
+        size, extra = divmod(len(ref), n_groups)
+        group = np.repeat(np.arange(n_groups), [size + 1] * extra + [size] * (n_groups - extra))
+        nonempty = hist[i_lo:i_hi] > 0
+        mass = np.bincount(group, weights=ref, minlength=n_groups)
+        filled = np.bincount(group, weights=nonempty, minlength=n_groups)
+        q = np.where(nonempty, mass[group] / np.maximum(filled[group], 1), 0.0)
         mask = ref > 0
         pn, qn = ref / ref.sum(), q / max(q.sum(), 1e-12)
         kl = float(np.sum(pn[mask] * np.log(pn[mask] / np.maximum(qn[mask], 1e-12))))

@@ -256,3 +256,26 @@ def test_shared_eval_uses_test_split(shared_clean):
     pairs = eval_pairs(clean_dir=shared_clean, seed=0, limit=2)
     assert [n for n, _, _ in pairs] == load_split()["test"][:2]
     assert all(i.shape == t.shape for _, i, t in pairs)
+
+
+def test_calibration_decodes_only_the_photos_its_crops_come_from(tmp_path, monkeypatch):
+    """A lazy clean source gives the same crops as an eager one, decoding only the photos drawn."""
+    from qatie.ptq import calibration_images
+
+    for i in range(12):
+        write_image(tmp_path / f"p{i:02d}.png", make_image(40 + 4 * i, 56, seed=i))
+    decoded = []
+    real = data_mod.read_image
+    monkeypatch.setattr(data_mod, "read_image", lambda p: decoded.append(p) or real(p))
+    crops = calibration_images(f"clean:{tmp_path}", num=3, seed=1, crop=32)
+    lazy_reads = len(decoded)
+    assert 1 <= lazy_reads <= 3 and lazy_reads == len(set(decoded))  # each photo drawn, decoded once
+    eager = load_source(f"clean:{tmp_path}")
+    assert len(decoded) == lazy_reads + 12  # the eager source decodes them all
+    sampler, rng = PatchSampler([eager], 32), np.random.default_rng([1, 7919])
+    for crop in crops:
+        assert np.array_equal(crop, sampler.crop_pair(rng)[0])
+    lazy = load_source(f"clean:{tmp_path}", lazy=True)
+    assert len(lazy.targets) == 12 and np.array_equal(lazy.targets[-1], eager.targets[-1])
+    with pytest.raises(IndexError):
+        lazy.targets[12]
