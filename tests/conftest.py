@@ -22,10 +22,32 @@ needs_shared = pytest.mark.skipif(not SHARED_CLEAN.is_dir(), reason=f"{SHARED_CL
 SLOW_FIXTURES = {"app_server", "server", "client", "small_limits_client", "browser", "card", "trained"}
 
 
+#: The modules whose tests use the session's app server (`app_server`). Run in parallel
+#: (`pytest -n 2`, pytest-xdist), one worker takes all of them, so the run still starts one server.
+APP_SERVER_MODULES = {"test_app_api.py", "test_app_browser.py", "test_app_paper.py"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if "app_server" in fixtures:
+            assert item.path.name in APP_SERVER_MODULES, f"add {item.path.name} to APP_SERVER_MODULES"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """In parallel, a worker takes whole modules (each module fixture is built once: the model
+    card, trained runs), and the app-server modules together (one server)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAppServerTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "app_server" if Path(module).name in APP_SERVER_MODULES else module
+
+    return ModulesAppServerTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
