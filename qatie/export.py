@@ -13,6 +13,7 @@ image to that; `qatie.runtime` does it for you). Each INT8 model gets a JSON sid
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from .graph_opt import optimize_fp32, optimize_int8
 from .model import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights, swapped_hooks
 from .provenance import current_command
 from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
-from .util import atomic_write, atomic_write_text
+from .util import LRU, atomic_write, atomic_write_text
 
 OPSET = 17
 TRACE_SIZE = 64
@@ -65,9 +66,37 @@ def _delta_phase_conv(delta: QConv2d) -> QConv2d:
     return c
 
 
+#: The last traces (serialized), keyed by everything a trace depends on: exporting one model with
+#: several keep-float sets (the trade-off curve, the Inspect panel's K list) traces it once.
+_TRACES = LRU(2)
+
+
+def _trace_key(model: QATIENet, subpixel: bool) -> str:
+    """The model's structure and every tensor of its state (weights, quantizer buffers)."""
+    h = hashlib.sha256(f"{type(model).__name__}|{model.pad_input}|{subpixel}|".encode())
+    h.update(",".join(q.qname for q in model.qpoints()).encode())
+    for name, t in model.state_dict().items():
+        h.update(f"|{name}:{tuple(t.shape)}:{t.dtype}|".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _trace(model: QATIENet, path: Path, subpixel: bool = False) -> onnx.ModelProto:
     """Trace `model` to ONNX with QPoint markers (weights as float, fake quantizers off).
-    `subpixel`: the up-convs in the INT8 scheme's form (`qatie.model.Up`)."""
+    `subpixel`: the up-convs in the INT8 scheme's form (`qatie.model.Up`). A model traced
+    before (same structure and state) is not traced again (`_TRACES`); each caller gets its own
+    copy to edit."""
+    key = _trace_key(model, subpixel)
+    cached = _TRACES.get(key)
+    if cached is None:
+        cached = _trace_uncached(model, path, subpixel).SerializeToString()
+        _TRACES.put(key, cached)
+    proto = onnx.ModelProto()
+    proto.ParseFromString(cached)
+    return proto
+
+
+def _trace_uncached(model: QATIENet, path: Path, subpixel: bool) -> onnx.ModelProto:
     ups = [m for m in model.modules() if isinstance(m, Up)]
     saved_sub = [(u, u.subpixel) for u in ups]
     was_training = model.training

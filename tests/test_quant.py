@@ -367,3 +367,27 @@ def test_simulation_equals_deployment_for_the_shipped_qat_model():
     assert d_psnr <= tol["metric_psnr_db"] and d_ssim <= tol["metric_ssim"]
     assert agree >= tol["agreement_psnr_min_db"]
     assert max_lv <= tol["max_levels"] and mean_lv <= tol["mean_levels"]
+
+
+def test_a_model_is_traced_once_per_state_and_the_cache_changes_nothing(tmp_path):
+    """Exporting one model several times (keep-float sets) reuses its trace; the files are the
+    ones a fresh trace gives, and any change to the model's state traces it again."""
+    import qatie.export as ex
+
+    m = random_model()
+    ranges = calibrate(m, calib_images(), "minmax")
+    ex._TRACES.clear()
+    calls = []
+    real = ex._trace_uncached
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex, "_trace_uncached", lambda *a: calls.append(1) or real(*a))
+        first = export_int8(m, ranges, tmp_path / "a.onnx", source="t").read_bytes()
+        again = export_int8(m, ranges, tmp_path / "b.onnx", source="t").read_bytes()
+        export_int8(m, ranges, tmp_path / "kf.onnx", source="t", keep_float={"delta"})
+        assert len(calls) == 1 and again == first
+        ex._TRACES.clear()
+        assert export_int8(m, ranges, tmp_path / "c.onnx", source="t").read_bytes() == first  # as traced afresh
+        with torch.no_grad():
+            m.delta.bias.add_(0.01)
+        changed = export_int8(m, ranges, tmp_path / "d.onnx", source="t").read_bytes()
+        assert len(calls) == 3 and changed != first
