@@ -19,7 +19,7 @@ needs_shared = pytest.mark.skipif(not SHARED_CLEAN.is_dir(), reason=f"{SHARED_CL
 
 #: Fixtures that start the real app (a server, a browser) or build the model card: every test that
 #: uses one is `slow` (`pytest -m "not slow"` is the quick run after an edit; CI runs everything).
-SLOW_FIXTURES = {"app_server", "server", "client", "small_limits_client", "browser", "card", "trained"}
+SLOW_FIXTURES = {"app_server", "server", "client", "browser", "card", "trained"}
 
 
 #: The modules whose tests use the session's app server (`app_server`). Run in parallel
@@ -70,8 +70,8 @@ def repo_root() -> Path:
 def app_server():
     """The one `python app.py` (shipped checkpoints, default limits) that the API, browser and
     paper tests share: started when the first of them needs it, stopped at the end of the run.
-    Only tests that need other limits start their own (tests/test_app_hostile.py, the small-
-    limits server in tests/test_app_api.py). Sessions keep the tests apart: each test talks to it
+    Only the tests that need other limits start their own: tests/test_app_hostile.py (small
+    downscale and full-size limits, a one-entry example cache, a short Inspect deadline). Sessions keep the tests apart: each test talks to it
     through its own client or page, so no test sees another's results or trained sets."""
     sys.path.insert(0, str(REPO_ROOT))  # the app package lives at the repository root
     from app.measure import AppServer

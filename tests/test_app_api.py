@@ -25,7 +25,6 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-from app.measure import AppServer  # noqa: E402
 
 SHIPPED = [REPO_ROOT / "checkpoints" / n for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")]
 pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
@@ -474,38 +473,3 @@ def test_train_cancel_stops_the_worker(server):
     while time.time() < deadline and me.predict(api_name="/debug_modules")["training_threads"]:
         time.sleep(0.3)
     assert me.predict(api_name="/debug_modules")["training_threads"] == 0, "training kept running after cancel"
-
-
-# --------------------------------------------------------------------------------------------
-# Full size (tiled), on a server with small limits so the test stays fast
-# --------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def small_limits_client():
-    env = {"QATIE_MAX_MP": "0.3", "QATIE_FULL_SIZE_MAX_MP": "1.0", "QATIE_TILE": "512", "QATIE_TIMING_RUNS": "1",
-           "QATIE_LOG_LEVEL": "WARNING"}
-    with AppServer(env=env, timeout=120) as srv:
-        yield Client(srv.url, verbose=False)
-
-
-def test_full_size_is_tiled_with_full_size_downloads(small_limits_client, tmp_path):
-    client = small_limits_client
-    src = photo(600, 900, 11, (0.45, 0.5, 0.4))  # 0.54 MP: over the 0.3-MP limit, under the 1-MP full-size cap
-    path = write_png(tmp_path / "big.png", src)
-    r = compare(client, path, full_size=True)
-    assert "tiles" in r["notice"] and r["metrics_json"]["tiled"] is True
-    shown = load(r["fp32"])
-    assert shown.shape[0] * shown.shape[1] <= 0.3e6, "the image shown is a downscaled copy"
-    full = {Path(p).name: load(p) for p in r["downloads"]}
-    authors = {"full_authors_tflite.png"} if r["authors"] is not None else set()  # paper set, ai-edge-litert
-    assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"} | authors
-    assert all(a.shape == src.shape for a in full.values())
-    assert np.array_equal(full["full_input.png"], src)
-    assert r["metrics_json"]["size"] == [900, 600]
-
-    small = compare(client, path)  # the same photo without "full size": downscaled, with a notice
-    assert "Downscaled" in small["notice"] and small["metrics_json"]["tiled"] is False
-    assert small["downloads"] is None
-
-    big = write_png(tmp_path / "bigger.png", photo(1000, 1200, 12))  # 1.2 MP > the 1-MP full-size cap
-    expect_error(lambda: compare(client, big, full_size=True), "limited to 1 MP")

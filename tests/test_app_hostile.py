@@ -3,7 +3,8 @@
 the server's memory (its own RSS plus any child's, sampled every 50 ms) bounded during the
 request and back down after it, and a normal compare served right after.
 
-The inputs are as small as still proves each point. Numbers (seconds, peak and after-RSS) are
+The full-size (tiled) path is tested here too: not a hostile request, but this server's small
+limits keep it fast. The inputs are as small as still proves each point. Numbers (seconds, peak and after-RSS) are
 printed per row (`pytest -s`) and, with QATIE_HOSTILE_REPORT=path, written there as JSON.
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ AFTER_MB = 1500.0  # … and once it is done
 INSPECT_DEADLINE_S = 6  # the test server's deadline for the Inspect panel's slow handlers
 EXAMPLE_CACHE = 1
 MAX_MP = 0.5  # the server's downscale threshold: the huge files' point is their decode, not 2-MP inference
+FULL_SIZE_MAX_MP = 1.0  # "Full size (tiled)" accepts up to this: the tiled path is tested on a small photo
 REPORT: list[dict] = []
 
 
@@ -63,7 +65,8 @@ def work_root(tmp_path_factory):
 def server(work_root):
     env = {"QATIE_APP_WORK_DIR": str(work_root), "QATIE_LOG_LEVEL": "WARNING", "QATIE_TRAIN_THREADS": "1",
            "QATIE_EXAMPLE_CACHE": str(EXAMPLE_CACHE), "QATIE_INSPECT_BUILD_DEADLINE_S": str(INSPECT_DEADLINE_S),
-           "QATIE_TIMING_RUNS": "1", "QATIE_MAX_MP": str(MAX_MP)}
+           "QATIE_TIMING_RUNS": "1", "QATIE_MAX_MP": str(MAX_MP),
+           "QATIE_FULL_SIZE_MAX_MP": str(FULL_SIZE_MAX_MP), "QATIE_TILE": "512"}
     with AppServer(env=env, timeout=120) as srv:
         yield srv
     if REPORT:
@@ -466,3 +469,49 @@ def test_trained_downloads_name_no_server_paths(server, client, work_root):
         walk(json.loads(Path(names[n]).read_text()))
     leaks = [s for s in found if str(work_root) in s or "qatie-app-" in s or re.search(r"(^|:)/(tmp|work|home)/", s)]
     assert not leaks, leaks[:5]
+
+
+# --------------------------------------------------------------------------------------------
+# Full size (tiled): this server's small limits keep the test fast (not a hostile request)
+# --------------------------------------------------------------------------------------------
+
+def _png(path: Path, arr: np.ndarray) -> Path:
+    Image.fromarray(arr).save(path, format="PNG")
+    return path
+
+
+def _rgb(path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG", f"{path} is {im.format}, every image output must be PNG"
+        return np.asarray(im.convert("RGB"))
+
+
+def _compare_named(client, path: Path, **kw) -> dict:
+    from app.compare import OUTPUT_NAMES
+
+    return dict(zip(OUTPUT_NAMES, client.predict(handle_file(str(path)), api_name="/compare", **kw)))
+
+
+def test_full_size_is_tiled_with_full_size_downloads(server, client, tmp_path):
+    rng = np.random.default_rng(11)
+    src = rng.integers(60, 200, (600, 900, 3), dtype=np.uint8)  # 0.54 MP: over MAX_MP, under FULL_SIZE_MAX_MP
+    path = _png(tmp_path / "big.png", src)
+    r = _compare_named(client, path, full_size=True)
+    assert "tiles" in r["notice"] and r["metrics_json"]["tiled"] is True
+    shown = _rgb(r["fp32"])
+    assert shown.shape[0] * shown.shape[1] <= MAX_MP * 1e6, "the image shown is a downscaled copy"
+    full = {Path(p).name: _rgb(p) for p in r["downloads"]}
+    authors = {"full_authors_tflite.png"} if r["authors"] is not None else set()  # paper set, ai-edge-litert
+    assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"} | authors
+    assert all(a.shape == src.shape for a in full.values())
+    assert np.array_equal(full["full_input.png"], src)
+    assert r["metrics_json"]["size"] == [900, 600]
+
+    small = _compare_named(client, path)  # the same photo without "full size": downscaled, with a notice
+    assert "Downscaled" in small["notice"] and small["metrics_json"]["tiled"] is False
+    assert small["downloads"] is None
+
+    big = _png(tmp_path / "bigger.png", rng.integers(0, 255, (1000, 1200, 3), dtype=np.uint8))  # 1.2 MP > the cap
+    msg = _error(lambda: _compare_named(client, big, full_size=True))
+    assert "limited to 1 MP" in msg, msg
+    _clean(msg, server)
