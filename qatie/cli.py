@@ -228,7 +228,8 @@ def _report(sub) -> None:
 
 
 #: One function per subcommand, in the order `qatie --help` lists them.
-SUBCOMMANDS = (_train, _degrade, _enhance, _eval, _ptq, _inspect, _qat, _import_tflite, _export, _bench, _deviation, _report)
+SUBCOMMANDS = (_train, _degrade, _enhance, _eval, _ptq, _inspect, _qat, _import_tflite, _export, _bench, _deviation,
+               _report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,7 +159,8 @@ def load_source(spec: str, part: str = "train", lazy: bool = False) -> Source:
         files = split_files(root, part) if _uses_split(root) else _all_clean(root)
         if not files:
             raise QatieError(f"{spec}: no images found")
-        return Source(spec, [f.relative_to(root).as_posix() for f in files], DecodedOnUse(files) if lazy else _load(files))
+        photos = DecodedOnUse(files) if lazy else _load(files)
+        return Source(spec, [f.relative_to(root).as_posix() for f in files], photos)
     if kind in ("pairs", "dped"):
         if kind == "pairs":
             if "," not in arg:

@@ -89,7 +89,7 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_inference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """`torch.fake_quantize_per_tensor_affine`'s forward bit for bit (its CPU kernel's float32
-    `x · (1/scale)`, round half to even, clamp, `(q − zp) · scale`), without gradient, as four
+    `x · (1/scale)`, round half to even, clamp, `(q − zp) · scale`), without gradient, as a few
     vectorised passes: about 5× faster on CPU, which is most of a QAT model's inference time
     (validation during QAT, the simulation the tests compare with ONNX Runtime)."""
     s = scale.detach().reshape(()).float()
