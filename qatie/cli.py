@@ -7,7 +7,7 @@ import sys
 
 from .commands import (cmd_bench, cmd_degrade, cmd_deviation, cmd_enhance, cmd_eval, cmd_export, cmd_import_tflite,
                        cmd_inspect, cmd_ptq, cmd_qat, cmd_report, cmd_train)
-from .config import CALIB_CROP, CALIBRATION_METHODS, DEFAULT_PERCENTILE, QATConfig
+from .config import CALIBRATION_METHODS, PTQConfig, QATConfig
 from .errors import QatieError
 
 
@@ -95,13 +95,15 @@ def _ptq(sub) -> None:
                          "uint8 per-tensor activations) with its JSON sidecar of scales and zero points.")
     cmd.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint")
     cmd.add_argument("--config", metavar="JSON", help="a PTQConfig recipe (configs/ptq_*.json); flags override it")
+    p_default = PTQConfig()  # the defaults the help names are the recipe's own
     cmd.add_argument("--method", choices=CALIBRATION_METHODS,
-                     help="range calibration (default minmax: the standard PTQ baseline)")
-    cmd.add_argument("--percentile", type=float, help=f"for --method percentile (default {DEFAULT_PERCENTILE})")
-    cmd.add_argument("--calib", metavar="SPEC", help="calibration data SPEC (default samples)")
-    cmd.add_argument("--num-calib", type=int, help="calibration crops (default 32)")
+                     help=f"range calibration (default {p_default.method}: the standard PTQ baseline)")
+    cmd.add_argument("--percentile", type=float, help=f"for --method percentile (default {p_default.percentile})")
+    cmd.add_argument("--calib", metavar="SPEC", help=f"calibration data SPEC (default {p_default.calib})")
+    cmd.add_argument("--num-calib", type=int, help=f"calibration crops (default {p_default.num_calib})")
     cmd.add_argument("--calib-crop", type=int, metavar="N",
-                     help=f"calibration crop side (default {CALIB_CROP}); 0: whole photos, the resolution the app runs them at")
+                     help=f"calibration crop side (default {p_default.calib_crop}); 0: whole photos, the resolution "
+                          "the app runs them at")
     cmd.add_argument("--seed", type=int)
     cmd.add_argument("--keep-float", metavar="auto:K|CONVS",
                      help="mixed precision: auto:K keeps the K most sensitive convs float (ranked by a per-conv "

@@ -30,6 +30,7 @@ psutil = pytest.importorskip("psutil")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from app.measure import AppServer  # noqa: E402
+from test_app_api import compare, load, write_png  # noqa: E402  (the API tests' client helpers)
 
 SHIPPED = [REPO_ROOT / "checkpoints" / n for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")]
 EXAMPLES = REPO_ROOT / "assets" / "examples"
@@ -475,43 +476,26 @@ def test_trained_downloads_name_no_server_paths(server, client, work_root):
 # Full size (tiled): this server's small limits keep the test fast (not a hostile request)
 # --------------------------------------------------------------------------------------------
 
-def _png(path: Path, arr: np.ndarray) -> Path:
-    Image.fromarray(arr).save(path, format="PNG")
-    return path
-
-
-def _rgb(path) -> np.ndarray:
-    with Image.open(path) as im:
-        assert im.format == "PNG", f"{path} is {im.format}, every image output must be PNG"
-        return np.asarray(im.convert("RGB"))
-
-
-def _compare_named(client, path: Path, **kw) -> dict:
-    from app.compare import OUTPUT_NAMES
-
-    return dict(zip(OUTPUT_NAMES, client.predict(handle_file(str(path)), api_name="/compare", **kw)))
-
-
 def test_full_size_is_tiled_with_full_size_downloads(server, client, tmp_path):
     rng = np.random.default_rng(11)
     src = rng.integers(60, 200, (600, 900, 3), dtype=np.uint8)  # 0.54 MP: over MAX_MP, under FULL_SIZE_MAX_MP
-    path = _png(tmp_path / "big.png", src)
-    r = _compare_named(client, path, full_size=True)
+    path = write_png(tmp_path / "big.png", src)
+    r = compare(client, path, full_size=True)
     assert "tiles" in r["notice"] and r["metrics_json"]["tiled"] is True
-    shown = _rgb(r["fp32"])
+    shown = load(r["fp32"])
     assert shown.shape[0] * shown.shape[1] <= MAX_MP * 1e6, "the image shown is a downscaled copy"
-    full = {Path(p).name: _rgb(p) for p in r["downloads"]}
+    full = {Path(p).name: load(p) for p in r["downloads"]}
     authors = {"full_authors_tflite.png"} if r["authors"] is not None else set()  # paper set, ai-edge-litert
     assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"} | authors
     assert all(a.shape == src.shape for a in full.values())
     assert np.array_equal(full["full_input.png"], src)
     assert r["metrics_json"]["size"] == [900, 600]
 
-    small = _compare_named(client, path)  # the same photo without "full size": downscaled, with a notice
+    small = compare(client, path)  # the same photo without "full size": downscaled, with a notice
     assert "Downscaled" in small["notice"] and small["metrics_json"]["tiled"] is False
     assert small["downloads"] is None
 
-    big = _png(tmp_path / "bigger.png", rng.integers(0, 255, (1000, 1200, 3), dtype=np.uint8))  # 1.2 MP > the cap
-    msg = _error(lambda: _compare_named(client, big, full_size=True))
+    big = write_png(tmp_path / "bigger.png", rng.integers(0, 255, (1000, 1200, 3), dtype=np.uint8))  # 1.2 MP > the cap
+    msg = _error(lambda: compare(client, big, full_size=True))
     assert "limited to 1 MP" in msg, msg
     _clean(msg, server)
