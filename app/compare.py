@@ -239,6 +239,12 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                     outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
                 latencies[role] = [ms]
                 shown[role] = render.save_png(_display(outputs[role])[0], request_dir / f"{role}.png")
+            for role, (path, name) in overrides.items():  # a model the user brought: exact on this CPU?
+                with deadline.onnx():
+                    warning = models.exactness_warning(role, path, name, outputs[role],
+                                                       lambda e: core.run_model(e, prep.image, prep.tiled)[0])
+                if warning:
+                    prep.notices.append(warning)
         except Exception as exc:
             raise user_error(exc, "running the models") from None
         vals = [SKIP()] * N_OUT

@@ -377,3 +377,24 @@ def wait_warm(timeout: float = 60.0) -> None:
 
 def warm_state() -> dict:
     return dict(_warm_state)
+
+
+def exactness_warning(role: str, path: str | Path, name: str, deployed_u8: np.ndarray, run) -> str | None:
+    """The notice line's warning for an uploaded INT8 model whose weights can saturate the 16-bit
+    pair sums of CPUs without VNNI (every model QATIE writes is pair-safe: `qatie.pair_safety`);
+    None for a safe one. Where this CPU's kernels do saturate, the model is run once more on
+    exact kernels (`run(enhancer)` → uint8 output, as the comparison ran it) and the warning
+    gives how far the output shown is from its exact integer result, measured on this photo."""
+    from qatie import int8_reference as ref
+    from qatie.cpu import int8_exact, int8_path
+
+    measured = None
+    try:
+        pairs = ref.saturable_pairs(path)
+    except ValueError:  # a conv form the check does not model: exactness_note says so
+        pairs = 0
+    if pairs and not int8_exact(int8_path()):
+        exact_u8 = run(ref.exact_enhancer(path, config.THREADS))
+        measured = ref.levels_apart(deployed_u8.astype(np.float32) / 255, exact_u8.astype(np.float32) / 255)
+    note = ref.exactness_note(path, measured)
+    return f"⚠️ **Uploaded {ROLE_LABELS[role]} model {name.replace('`', '')!r}**: {note}" if note else None

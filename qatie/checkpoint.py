@@ -63,7 +63,7 @@ def model_from_qat_checkpoint(ckpt: dict, label: str = "checkpoint") -> QATIENet
         raise CheckpointError(f"{label}: a QAT checkpoint without quantization ranges")
     state = ckpt["quant"]
     version = (state.get("spec") or {}).get("version", 1)
-    if version != SPEC.version:
+    if version not in SPEC.compatible_versions:
         raise CheckpointError(f"{label}: made for QuantSpec version {version}, this qatie uses version {SPEC.version} "
                               "(its quantization points differ); re-run `qatie qat` from the FP32 checkpoint")
     weights = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("fake_quants.")}

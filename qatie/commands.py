@@ -170,6 +170,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _print_exactness(onnx_path: Path, label: str | None = None) -> None:
+    """Whether an INT8 model QATIE wrote computes the exact integer result on every CPU (QuantSpec
+    v3 makes every one pair-safe; this reads the file back and says so, or warns)."""
+    import sys
+
+    from .int8_reference import exactness_note
+
+    label = label or Path(onnx_path).name
+    note = exactness_note(onnx_path)
+    if note:
+        print(f"WARNING: {label}: {note}", file=sys.stderr)
+    else:
+        print(f"{label}: exact on every CPU (no int8 weight pair can overflow the 16-bit sums of CPUs without VNNI)")
+
+
 def cmd_ptq(args) -> int:
     from .ptq import run_ptq
 
@@ -183,6 +198,7 @@ def cmd_ptq(args) -> int:
                             keep_float=args.keep_float, calib_crop=args.calib_crop)
     out = run_ptq(args.checkpoint, args.out, cfg, progress=progress)
     print(f"INT8 ({cfg.method} PTQ) → {out} (+ {out.with_suffix('.json').name})")
+    _print_exactness(out)
     if args.keep_float:
         side = json.loads(out.with_suffix(".json").read_text())
         print(f"float convs: {', '.join(side['keep_float']) or 'none'}; float tensors: {', '.join(side['float_points']) or 'none'}")
@@ -232,6 +248,12 @@ def cmd_qat(args) -> int:
     out = run_qat(args.checkpoint, args.out, cfg, resume=args.resume, run_dir=args.run_dir, teacher=args.teacher,
                   progress=_progress_bar(cfg.steps, "qat"))
     print(f"QAT checkpoint → {out}; export it with: qatie export --checkpoint {out} --out qat.onnx")
+    import tempfile
+
+    from .qat import export_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:  # what its export will be, checked now
+        _print_exactness(export_checkpoint(out, Path(d) / "qat_int8.onnx"), "its INT8 export")
     return 0
 
 
@@ -248,6 +270,8 @@ def cmd_export(args) -> int:
 
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"→ {out}")
+    if out.with_suffix(".json").exists():  # an INT8 export (an FP32 one has no sidecar)
+        _print_exactness(out)
     return 0
 
 

@@ -27,7 +27,8 @@ from onnx import helper, numpy_helper
 from .graph_opt import optimize_fp32, optimize_int8
 from .model import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights, swapped_hooks
 from .provenance import current_command
-from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_scales
+from .pair_safety import risky_weight_pairs
+from .quant import SPEC, Ranges, complete_ranges, quant_params, weight_levels
 from .util import LRU, atomic_write, atomic_write_text
 
 OPSET = 17
@@ -312,8 +313,8 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
         if x_name not in dq_scale:
             raise RuntimeError(f"conv {node.name} input {x_name} is not quantized: the network breaks the QuantSpec")
         w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
-        sw = weight_scales(torch.from_numpy(w)).numpy().astype(np.float32)
-        wq = np.clip(np.round(w / sw[:, None, None, None]), SPEC.weight_qmin, SPEC.weight_qmax).astype(np.int8)
+        levels, scale = weight_levels(torch.from_numpy(w))  # pair-safe int8, as QAT simulates it
+        wq, sw = levels.numpy().astype(np.int8), scale.numpy().astype(np.float32)
         g.initializer.remove(inits[w_name])
         g.initializer.extend([numpy_helper.from_array(wq, f"{w_name}_int8"),
                               numpy_helper.from_array(sw, f"{w_name}_scale"),
@@ -353,10 +354,14 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
         opt.fix_sidecar_tensor(t)
     doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
     _finish(proto, path, doc)
+    # The invariant, checked on the weights as written (after the passes padded and merged convs):
+    # 0 = the exact integer result on every CPU (`qatie.int8_reference.saturable_pairs` reads it back).
+    pairs = sum(risky_weight_pairs(numpy_helper.to_array(i)) for i in g.initializer
+                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
     sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,
                "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
                "keep_float": sorted(keep), "float_points": [n for n in (qp.qname for qp in model.qpoints()) if n in dropped],
-               "tensors": tensors, "weights": weights, "graph_opt": opt.changes}
+               "saturable_pairs": pairs, "tensors": tensors, "weights": weights, "graph_opt": opt.changes}
     atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1))
     return path
 

@@ -28,10 +28,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from .pair_safety import risky_weight_pairs
 
 INT16_MAX = 32767
 
@@ -56,11 +59,7 @@ class IntConv:
 
     def risky_pairs(self) -> int:
         """Weight pairs (in MLAS's order) that can saturate for some input: same sign and |w0| + |w1| ≥ 129."""
-        wm = _weight_matrix(self.w).astype(np.int32)
-        if wm.shape[0] % 2:
-            wm = np.vstack([wm, np.zeros((1, wm.shape[1]), np.int32)])
-        w0, w1 = wm[0::2], wm[1::2]
-        return int(((np.sign(w0) * np.sign(w1) > 0) & (np.abs(w0) + np.abs(w1) >= 129)).sum())
+        return risky_weight_pairs(self.w)
 
 
 def _const_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -172,6 +171,91 @@ def conv_u8(conv: IntConv, x: np.ndarray, saturate: bool = False) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------------------------
+# Pair safety: exact on every CPU, checked from the weights alone
+# --------------------------------------------------------------------------------------------
+
+def saturable_pairs(model: "str | os.PathLike | onnx.ModelProto") -> int:
+    """Weight pairs of a model's INT8 convs, in the file's layout, that can saturate the int16
+    pair sums of CPUs without VNNI. 0 means ONNX Runtime computes the exact integer result on
+    every CPU, whatever the input (QuantSpec v3 keeps it 0 for every model QATIE writes)."""
+    return sum(c.risky_pairs() for c in int_convs(model))
+
+
+def runtime_saturable_pairs(model: "str | os.PathLike") -> int:
+    """`saturable_pairs` in the layout ONNX Runtime runs: the weights of every integer conv
+    (QLinearConv) of the graph ORT builds when it loads the model — after QATIE's graph passes
+    and ORT's own (QDQ fusion, channels-last) — read back from its optimized-model file."""
+    import onnxruntime as ort
+
+    from .runtime import session_options
+
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "runtime.onnx"
+        ort.InferenceSession(os.fspath(model), session_options(1, str(out)), providers=["CPUExecutionProvider"])
+        g = onnx.load(str(out)).graph
+    vals = _const_values(g)
+    total = 0
+    for n in g.node:
+        if n.op_type != "QLinearConv":
+            continue
+        w = vals.get(n.input[3])
+        if w is None or w.dtype != np.int8 or w.ndim != 4:
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group != 1:
+            raise ValueError(f"conv {n.name}: only group=1 is modelled")
+        total += risky_weight_pairs(w)
+    return total
+
+
+def exactness_note(model: "str | os.PathLike", measured: Optional[dict] = None) -> Optional[str]:
+    """A plain-words warning for an INT8 model that is *not* pair-safe; None when it is (or has no
+    INT8 convs). It says how many weight pairs can overflow, whether this CPU's kernels do, and —
+    `measured`, the `levels_apart` of this CPU's output and the exact one on the photo shown — how
+    far off the output is. Models the user brings get it in the app's notice line, in
+    `qatie deviation`, and wherever `qatie` writes an INT8 model (a guard: v3 writes none)."""
+    from .cpu import int8_exact, int8_path
+
+    try:
+        pairs = saturable_pairs(model)
+    except ValueError as e:  # a conv form the check does not model (grouped, auto_pad)
+        return f"its INT8 convs could not be checked for saturation ({e}): its output may differ between CPUs."
+    if pairs == 0:
+        return None
+    path = int8_path()
+    head = (f"{pairs:,} of its int8 weight pairs can overflow the 16-bit sums that CPUs without VNNI "
+            f"(AVX2, AVX-512 without VNNI) use")
+    if int8_exact(path):
+        return head + f"; this CPU's kernels ({path}) add exactly, so its output here is the exact integer result."
+    if measured is None:
+        return head + f", as this CPU ({path}) does: its output here can differ from the exact integer result."
+    if measured["max_levels"] == 0:
+        return head + f", as this CPU ({path}) does; on this photo its output is still the exact integer result."
+    return (head + f", as this CPU ({path}) does: on this photo its output is up to {measured['max_levels']} levels "
+            f"off the exact integer result ({100 * measured['share_off']:.1f} % of values differ, "
+            f"{measured['agreement_psnr_db']:.1f} dB agreement).")
+
+
+def exact_enhancer(model: "str | os.PathLike", threads: int = 1):
+    """An `OnnxEnhancer` of `exact_model(model)`: the exact integer result on this CPU."""
+    from .runtime import OnnxEnhancer
+
+    with tempfile.TemporaryDirectory() as d:  # the session keeps the graph: the file can go
+        ref_path = Path(d) / f"{Path(model).stem}_exact.onnx"
+        onnx.save(exact_model(model), str(ref_path))
+        return OnnxEnhancer(ref_path, threads=threads)
+
+
+def levels_apart(deployed: np.ndarray, exact: np.ndarray) -> dict:
+    """How far a deployed output is from the exact one, in 8-bit output levels and dB."""
+    from .metrics import psnr
+
+    diff = np.abs(_levels(deployed) - _levels(exact))
+    return {"max_levels": int(diff.max()), "mean_levels": float(diff.mean()), "share_off": float((diff > 0).mean()),
+            "agreement_psnr_db": psnr(deployed, exact)}
+
+
+# --------------------------------------------------------------------------------------------
 # Running the model: capture each conv's input and output
 # --------------------------------------------------------------------------------------------
 
@@ -269,18 +353,11 @@ def deviation(model: "str | os.PathLike", image: np.ndarray, threads: int = 1, p
     """How far ONNX Runtime's output of an INT8 model is from the exact integer result on this
     CPU's path: output levels (max, mean, share of values off), agreement PSNR in dB (inf when
     identical), and per conv (on ORT's own inputs) the saturated pair sums and differences."""
-    from .metrics import psnr
     from .runtime import OnnxEnhancer
 
     deployed = OnnxEnhancer(model, threads=threads).enhance(image)
-    with tempfile.TemporaryDirectory() as d:
-        ref_path = Path(d) / "exact.onnx"
-        onnx.save(exact_model(model), str(ref_path))
-        exact = OnnxEnhancer(ref_path, threads=threads).enhance(image)
-    diff = np.abs(_levels(deployed) - _levels(exact))
-    out = {"model": str(model), "image_hw": list(image.shape[:2]), "max_levels": int(diff.max()),
-           "mean_levels": float(diff.mean()), "share_off": float((diff > 0).mean()),
-           "agreement_psnr_db": psnr(deployed, exact)}
+    exact = exact_enhancer(model, threads).enhance(image)
+    out = {"model": str(model), "image_hw": list(image.shape[:2])} | levels_apart(deployed, exact)
     if per_conv:
         rows = check_convs(model, image, threads)
         out["convs"] = rows
@@ -314,16 +391,22 @@ def measure(models: list[str], images: dict[str, np.ndarray], threads: int = 1) 
     from .errors import QatieError
     from .runtime import resolve_onnx
 
-    rows = []
+    rows, warnings = [], {}
     for m in models:
         path = resolve_onnx(m)
         if not int_convs(path):
             raise QatieError(f"{m} ({path}) has no INT8 convs (QDQ with int8 weights): nothing to compare")
+        pairs = saturable_pairs(path)
+        mine = []
         for name, img in images.items():
             d = deviation(path, img, threads=threads)
             d.pop("convs")
-            rows.append(d | {"model": m, "image": name, "path": str(path)})
-    return {"machine": machine_summary(threads), "results": rows}
+            mine.append(d | {"model": m, "image": name, "path": str(path), "saturable_pairs": pairs})
+        rows += mine
+        note = exactness_note(path, max(mine, key=lambda r: r["max_levels"]))
+        if note:
+            warnings[m] = note
+    return {"machine": machine_summary(threads), "results": rows, "warnings": warnings}
 
 
 def format_deviation(result: dict) -> str:
@@ -333,15 +416,18 @@ def format_deviation(result: dict) -> str:
     s = result["machine"]
     model = "avx2" if s["int8_exact"] is False else "exact"
     head = ["model", "image", "H×W", "max lv", "mean lv", "off %", "agreement dB", "convs ≠ exact",
-            "AVX2 clips", f"convs ≠ {model} model"]
+            "AVX2 clips", f"convs ≠ {model} model", "saturable pairs"]
     body = [[r["model"], r["image"], "×".join(map(str, r["image_hw"])), str(r["max_levels"]), f"{r['mean_levels']:.3f}",
              f"{100 * r['share_off']:.1f}", "inf" if math.isinf(r["agreement_psnr_db"]) else f"{r['agreement_psnr_db']:.2f}",
              str(r["convs_off_exact"]), str(r["saturated_pairs"]),
-             str(r["convs_off_avx2_model"] if model == "avx2" else r["convs_off_exact"])] for r in result["results"]]
+             str(r["convs_off_avx2_model"] if model == "avx2" else r["convs_off_exact"]),
+             str(r["saturable_pairs"])] for r in result["results"]]
     widths = [max(len(c) for c in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()  # noqa: E731
     return "\n".join([f"INT8 output vs the exact integer result — {describe(s)}", line(head),
                       line(["-" * w for w in widths])] + [line(b) for b in body] + [
         "levels: |ONNX Runtime − exact| of the 8-bit output; exact = the same model on uint8 weights (U8U8 kernels); "
         "per conv (on ONNX Runtime's own inputs): outputs off the numpy exact sum, pair sums AVX2 clips, "
-        "and convs off the model of this CPU's kernels (0 = the model is the kernel)."])
+        "and convs off the model of this CPU's kernels (0 = the model is the kernel); saturable pairs: weight pairs "
+        "that can overflow int16 on CPUs without VNNI (0 = exact on every CPU)."] +
+        [f"WARNING: {m}: {note}" for m, note in result.get("warnings", {}).items()])

@@ -1,6 +1,13 @@
 """QuantSpec: the one INT8 scheme shared by PTQ, QAT and export — and the torch side of it.
 
-Weights int8, symmetric, per output channel (scale = max|w| / 127, levels −127…127).
+Weights int8, symmetric, per output channel, *pair-safe* (QuantSpec v3): x86 CPUs without VNNI
+add the products of input channels 2j and 2j+1 at one kernel tap into a saturating int16
+(`qatie.int8_reference`), so in every such pair two levels of the same sign sum to at most 128 in
+magnitude — 255·(|q0| + |q1|) ≤ 32640 fits — and ONNX Runtime computes the exact integer result on
+every CPU. A channel's scale is max|w| / 127 (levels −127…127) or, where larger, its largest
+same-sign pair sum / 128 (`weight_scales`); a pair that rounding still puts one level over is
+moved onto the limit (`pair_safe`). Export and QAT share `weight_levels`.
+
 Activations uint8, asymmetric, per tensor, at every `QPoint` of the network (every conv input
 and output, add, concat, LeakyReLU, the tanh outputs and the gating product); tanh and
 InstanceNorm compute in float between dequantize and quantize; the input and output are pinned
@@ -26,6 +33,7 @@ import torch.nn as nn
 from .config import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 from .errors import QatieError
 from .model import QATIENet, QPoint, swapped_hooks
+from .pair_safety import PAIR_SUM_LIMIT
 
 Ranges = dict[str, tuple[float, float]]  # QPoint name → (min, max) of the float range
 
@@ -36,6 +44,8 @@ class QuantSpec:
     weight_qmin: int = -127
     weight_qmax: int = 127
     weight_granularity: str = "per_output_channel"
+    weight_pairs: str = "input channels 2j, 2j+1 at one kernel tap (the pairs VPMADDUBSW adds in int16)"
+    weight_pair_sum_max: int = PAIR_SUM_LIMIT
     activation_dtype: str = "uint8"
     act_qmin: int = 0
     act_qmax: int = 255
@@ -46,7 +56,10 @@ class QuantSpec:
     io_zero_point: int = 0
     concat_inputs: str = "share the concat's scale and zero point"
     tanh_output: str = "range reaches −1, scale 1/n with n an integer (tanh(x) = 2σ(2x) − 1 runs as a lookup table)"
-    version: int = 2
+    version: int = 3
+    #: Versions whose quantization points and ranges are this one's (they differ only in weight
+    #: rounding): their QAT checkpoints load, and simulate, with this version's weights.
+    compatible_versions: tuple[int, ...] = (2, 3)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,15 +89,61 @@ def act_qparams(lo: torch.Tensor, hi: torch.Tensor, tanh_lut: bool = False) -> t
     return scale, zp
 
 
+def _pairs(t: torch.Tensor) -> torch.Tensor:
+    """O×C×kh×kw → O×⌈C/2⌉×2×(kh·kw): input channels (2j, 2j+1) of each tap side by side (an odd
+    last channel pairs with a zero, as the exporter's channel padding makes it)."""
+    o, c = t.shape[:2]
+    if c % 2:
+        t = torch.cat([t, t.new_zeros((o, 1) + tuple(t.shape[2:]))], 1)
+    return t.reshape(o, (c + 1) // 2, 2, -1)
+
+
 def weight_scales(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 scale: max|w| / 127."""
-    return torch.clamp(w.detach().abs().flatten(1).amax(1), min=1e-12) / SPEC.weight_qmax
+    """Per-output-channel symmetric int8 scale: max|w| / 127, or the channel's largest same-sign
+    pair sum |w0| + |w1| / 128 where that is larger — so every pair rounds to at most 128 levels
+    (one level more at worst, which `pair_safe` takes back). Channels without such a pair keep
+    full 8-bit resolution; the others lose less than a bit."""
+    w = w.detach()
+    p = _pairs(w)
+    same = p[:, :, 0] * p[:, :, 1] > 0
+    pair_sum = ((p[:, :, 0].abs() + p[:, :, 1].abs()) * same).flatten(1).amax(1)
+    peak = w.abs().flatten(1).amax(1)
+    return torch.clamp(torch.maximum(peak / SPEC.weight_qmax, pair_sum / SPEC.weight_pair_sum_max), min=1e-12 / SPEC.weight_qmax)
+
+
+def pair_safe(levels: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Integer `levels` (O×C×kh×kw, float) with every same-sign pair of input channels (2j, 2j+1)
+    at one tap over `weight_pair_sum_max` in magnitude moved onto the limit: to the integer point
+    on |q0| + |q1| = limit nearest to the unrounded `exact` pair (least squared error). With
+    `weight_scales` a pair is at most one level over, from rounding both halves up. Other levels
+    are returned unchanged."""
+    limit = SPEC.weight_pair_sum_max
+    q, r = _pairs(levels), _pairs(exact)
+    q0, q1 = q[:, :, 0], q[:, :, 1]
+    over = (q0 * q1 > 0) & (q0.abs() + q1.abs() > limit)
+    if not bool(over.any()):
+        return levels
+    sign = torch.sign(q0)
+    a = torch.round((r[:, :, 0].abs() - r[:, :, 1].abs() + limit) / 2).clamp(limit - SPEC.weight_qmax, SPEC.weight_qmax)
+    safe = torch.stack([torch.where(over, sign * a, q0), torch.where(over, sign * (limit - a), q1)], 2)
+    return safe.reshape(q.shape[0], -1, *levels.shape[2:])[:, :levels.shape[1]].reshape(levels.shape)
+
+
+def weight_levels(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 levels as float, per-channel scales) of a conv weight as QuantSpec v3 stores it:
+    nearest level, then `pair_safe`. The one function export and QAT both call, so the
+    simulation trains on exactly the integers that ship."""
+    scale = weight_scales(w).float()
+    exact = w.detach().float() / scale.reshape(-1, *([1] * (w.dim() - 1)))
+    levels = torch.clamp(torch.round(exact), SPEC.weight_qmin, SPEC.weight_qmax)
+    return pair_safe(levels, exact), scale
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    scale = weight_scales(w).float()
-    zp = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, SPEC.weight_qmin, SPEC.weight_qmax)
+    """`weight_levels` × scale forward, the identity backward (straight-through: no weight is
+    clipped, the scale is each channel's own max)."""
+    levels, scale = weight_levels(w)
+    return w + (levels * scale.reshape(-1, *([1] * (w.dim() - 1))) - w).detach()
 
 
 def fake_quant_inference(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:

@@ -143,8 +143,10 @@ def cli():
 @contextmanager
 def non_saturating_weights():
     """Quantize weights to −64…64 instead of −127…127 while exporting and simulating (patches the
-    QuantSpec where it is read). With |w| ≤ 64 ONNX Runtime's AVX2 pair sums cannot saturate, so a
-    random model computes the exact integer result on every CPU (derivation: tests/tolerances.py)."""
+    QuantSpec where it is read). QuantSpec v3's pair-safe weights are exact in the layout the
+    exporter writes (after its graph passes); with |w| ≤ 64 no pair can saturate in *any* layout,
+    which tests that export without the passes (or regroup products) need on every CPU
+    (derivation: tests/tolerances.py)."""
     import dataclasses
 
     import qatie.export
@@ -156,6 +158,25 @@ def non_saturating_weights():
         mp.setattr(qatie.quant, "SPEC", spec)
         mp.setattr(qatie.export, "SPEC", spec)
         yield spec
+
+
+@contextmanager
+def saturating_weights():
+    """Export as QuantSpec v2 did — nearest level at max|w| / 127, no pair limit — so a model can
+    saturate the int16 pair sums of CPUs without VNNI: a model from elsewhere (an upload), for the
+    tests of detecting and reporting it."""
+    import torch
+
+    import qatie.export
+    from qatie.quant import SPEC
+
+    def v2_levels(w):
+        scale = (torch.clamp(w.detach().abs().flatten(1).amax(1), min=1e-12) / SPEC.weight_qmax).float()
+        return torch.clamp(torch.round(w / scale.reshape(-1, 1, 1, 1)), SPEC.weight_qmin, SPEC.weight_qmax), scale
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qatie.export, "weight_levels", v2_levels)
+        yield
 
 
 def random_model(width: int = 8, seed: int = 0):

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qatie import int8_reference as ref
 from qatie.cpu import int8_exact, int8_path, machine_summary
-from conftest import REPO_ROOT, conv_counts, make_image, non_saturating_weights
+from conftest import REPO_ROOT, conv_counts, make_image, saturating_weights
 from tolerances import INT8_CONV_VS_PATH_MODEL_LEVELS as TOL
 
 PATH = int8_path()
@@ -118,8 +118,8 @@ def test_weights_within_64_never_saturate():
 
 @pytest.fixture(scope="module")
 def random_int8(tmp_path_factory):
-    """A random width-8 network exported twice: full-range weights (−127…127, the QuantSpec) and
-    weights within −64…64."""
+    """A random width-8 network exported twice: as QuantSpec v2 did (full-range weights, no pair
+    limit: a model from elsewhere) and as QATIE exports it (QuantSpec v3, pair-safe)."""
     import torch
 
     from qatie.export import export_int8
@@ -131,9 +131,9 @@ def random_int8(tmp_path_factory):
     m = build_model(8).eval()
     torch.nn.init.normal_(m.delta.weight, std=0.05)
     ranges = calibrate(m, [make_image(48, 56, seed=i) for i in range(3)], "minmax")
-    full = export_int8(m, ranges, d / "full.onnx", source="ptq-minmax")
-    with non_saturating_weights():
-        bounded = export_int8(m, ranges, d / "bounded.onnx", source="ptq-minmax")
+    with saturating_weights():
+        full = export_int8(m, ranges, d / "full.onnx", source="ptq-minmax")
+    bounded = export_int8(m, ranges, d / "bounded.onnx", source="ptq-minmax")
     return full, bounded
 
 
@@ -155,8 +155,12 @@ def test_full_range_random_model_saturates_only_where_the_path_does(random_int8)
         assert all(r["max_levels_vs_exact"] <= TOL or r["max_levels_vs_avx2"] <= TOL for r in rows)
 
 
-def test_bounded_weights_compute_the_exact_result_on_every_path(random_int8):
-    _, bounded = random_int8
+def test_pair_safe_export_computes_the_exact_result_on_every_path(random_int8):
+    """What QATIE exports: no saturable pair in the file or in the graph ONNX Runtime runs, none
+    clipped, every conv and the whole output the exact integer result."""
+    full, bounded = random_int8
+    assert ref.saturable_pairs(full) > 0  # the same network, rounded without the limit, could saturate
+    assert ref.saturable_pairs(bounded) == 0 and ref.runtime_saturable_pairs(bounded) == 0
     img = make_image(40, 56, seed=9)
     rows = ref.check_convs(bounded, img)
     assert len(rows) == INT8_CONVS

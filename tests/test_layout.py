@@ -19,7 +19,8 @@ APP = REPO_ROOT / "app"
 
 #: Pipeline stages, earliest first; each module belongs to exactly one.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("errors", "util", "paths", "config", "provenance", "cpu", "metrics", "padding", "losses", "imageio", "degrade"),
+    ("errors", "util", "paths", "config", "provenance", "cpu", "pair_safety", "metrics", "padding", "losses", "imageio",
+     "degrade"),
     ("data", "model"),
     ("quant",),
     ("checkpoint",),
