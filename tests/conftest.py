@@ -179,6 +179,24 @@ def saturating_weights():
         yield
 
 
+def assert_exact_on_every_cpu(path) -> None:
+    """The invariant every INT8 model QATIE writes keeps (QuantSpec v3), from its weights alone:
+    no weight pair that can saturate, in the file's layout, in the graph ONNX Runtime runs, and
+    as the sidecar recorded it at export — so on every CPU its output is the exact integer result."""
+    import json
+    from pathlib import Path
+
+    from qatie.int8_reference import int_convs, runtime_saturable_pairs, saturable_pairs
+
+    path = Path(path)
+    assert int_convs(path), f"{path.name} has no INT8 convs"
+    assert saturable_pairs(path) == 0, f"{path.name}: {saturable_pairs(path)} saturable weight pairs (file layout)"
+    assert runtime_saturable_pairs(path) == 0, f"{path.name}: saturable weight pairs in ONNX Runtime's graph"
+    side = path.with_suffix(".json")
+    if side.is_file():
+        assert json.loads(side.read_text())["saturable_pairs"] == 0, f"{side.name} records saturable pairs"
+
+
 def random_model(width: int = 8, seed: int = 0):
     """A small network with every weight random (the delta conv too: not the identity)."""
     import torch
