@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_exact_on_every_cpu
 from tolerances import TOLERANCES
 
 
@@ -32,6 +32,8 @@ def test_readme_api_example_runs(tmp_path):
     assert len(lines) >= 2 and all("(" in ln and "dB" in ln for ln in lines), proc.stdout
     for f in ("best.pt", "ptq.onnx", "ptq.json", "qat.pt", "qat.onnx", "qat.json", "coffee_qat.png"):
         assert (tmp_path / "runs" / "api_demo" / f).is_file(), f
+    for f in ("ptq.onnx", "qat.onnx"):  # what the Python API writes is exact on every CPU
+        assert_exact_on_every_cpu(tmp_path / "runs" / "api_demo" / f)
 
 
 def test_api_names_do_not_shadow_the_stage_modules():

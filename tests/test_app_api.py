@@ -8,6 +8,7 @@ are on shapes, formats, labels, internal consistency and behaviour.
 from __future__ import annotations
 
 import io
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_exact_on_every_cpu, make_image, random_model, saturating_weights
 from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))  # the app package lives at the repository root
@@ -366,6 +367,35 @@ def test_custom_model_upload_replaces_one_slot(client, tmp_path):
     assert np.array_equal(load(r["ptq"]), load(r["qat"])), "same model in both INT8 slots → same output"
 
 
+def test_uploaded_model_that_can_saturate_is_run_and_named_in_the_notice(client, tmp_path):
+    """A model from elsewhere whose int8 weights can overflow the 16-bit pair sums of CPUs without
+    VNNI still runs; the notice says so in plain words, with what this CPU's kernels made of it on
+    the photo shown (measured against the exact result where they saturate). A pair-safe upload
+    (QATIE's own) gets no such line."""
+    from qatie.cpu import int8_exact, int8_path
+    from qatie.export import export_int8
+    from qatie.int8_reference import saturable_pairs
+    from qatie.quant import calibrate
+
+    m = random_model(8, seed=5)
+    ranges = calibrate(m, [make_image(48, 56, seed=2)], "minmax")
+    with saturating_weights():
+        v2 = export_int8(m, ranges, tmp_path / "from_elsewhere.onnx", source="ptq-minmax")
+    pairs = saturable_pairs(v2)
+    assert pairs > 0
+    good = write_png(tmp_path / "ok.png", photo(64, 80, 7))
+    r = compare(client, good, model_set="shipped", custom_qat=handle_file(str(v2)))
+    assert f"from_elsewhere.onnx'**: {pairs:,} of its int8 weight pairs can overflow the 16-bit sums" in r["notice"]
+    path = int8_path()
+    if int8_exact(path):
+        assert f"this CPU's kernels ({path}) add exactly" in r["notice"]
+    else:
+        assert re.search(rf"as this CPU \({re.escape(path)}\) does(: on this photo its output is up to \d+ levels off"
+                         r"|; on this photo its output is still the exact integer result)", r["notice"]), r["notice"]
+    safe = compare(client, good, model_set="shipped", custom_qat=handle_file(str(SHIPPED[1])))
+    assert "weight pairs can overflow" not in safe["notice"]
+
+
 def test_queue_still_works_after_errors(client, tmp_path):
     r = compare(client, write_png(tmp_path / "fine.png", photo(48, 64, 8)))
     assert load(r["fp32"]).shape == (48, 64, 3)
@@ -449,6 +479,9 @@ def test_train_adds_a_model_set_to_this_session_only(server, tmp_path):
     assert "Done" in status, status
     names = sorted(Path(f).name for f in files)
     assert {"fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt"} <= set(names)
+    for f in files:  # what the Train tab writes is exact on every CPU
+        if Path(f).name.startswith("int8_") and Path(f).suffix == ".onnx":
+            assert_exact_on_every_cpu(f)
     assert load(curves).shape[1] >= 800, "the loss / validation curves"
     key = choice["value"] if isinstance(choice, dict) else choice
     assert str(key).startswith("trained-")

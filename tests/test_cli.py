@@ -7,7 +7,7 @@ import tomllib
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, make_image, run_cli
+from conftest import REPO_ROOT, assert_exact_on_every_cpu, make_image, run_cli
 from tolerances import TOLERANCES
 from qatie.cli import main
 from qatie.data import eval_pairs
@@ -77,6 +77,22 @@ def test_enhance_with_checkpoint(tmp_path, trained):
         run_cli("enhance", "--model", trained / "last.pt", "--threads", "1", src, out)
         img = read_image(out)
         assert img.shape == (37, 29, 3)
+
+
+@pytest.mark.slow
+def test_ptq_qat_and_export_write_models_exact_on_every_cpu(tmp_path, trained):
+    """What `qatie ptq`, `qatie qat` and `qatie export` write is pair-safe, and each says so."""
+    ptq = tmp_path / "ptq.onnx"
+    out = run_cli("ptq", "--checkpoint", trained / "best.pt", "--num-calib", "2", "--out", ptq).stdout
+    assert "ptq.onnx: exact on every CPU" in out
+    assert_exact_on_every_cpu(ptq)
+    qat = tmp_path / "qat.pt"
+    out = run_cli("qat", "--checkpoint", trained / "best.pt", "--steps", "2", "--batch-size", "2", "--patch", "32",
+                  "--num-calib", "2", "--threads", "1", "--out", qat).stdout
+    assert "its INT8 export: exact on every CPU" in out
+    out = run_cli("export", "--checkpoint", qat, "--out", tmp_path / "qat.onnx").stdout
+    assert "qat.onnx: exact on every CPU" in out
+    assert_exact_on_every_cpu(tmp_path / "qat.onnx")
 
 
 def test_eval_clean_dir_json(tmp_path, trained, clean_dir):
