@@ -22,7 +22,7 @@ from qatie import runtime as rt
 from qatie.data import EVAL_DEGRADATION
 from qatie.degrade import degrade
 from qatie.errors import ImageReadError, QatieError
-from qatie.imageio import MAX_PIXELS, decode_image_u8, to_uint8
+from qatie.imageio import MAX_PIXELS, decode_image_u8, orientation, to_uint8
 from qatie.metrics import error_levels, psnr, ssim
 
 from . import config
@@ -66,10 +66,10 @@ def _header_notes(data: bytes) -> tuple[list[str], tuple[int, int] | None]:
             im = Image.open(io.BytesIO(data))
         with im:
             size = im.size
-            orientation = im.getexif().get(0x0112, 1)
-            if orientation not in (1, None):
+            turn = orientation(im)  # bounded: never Pillow's getexif() on an upload
+            if turn != 1:
                 notes.append("rotated upright from its EXIF orientation tag")
-                if orientation in (5, 6, 7, 8):
+                if turn in (5, 6, 7, 8):
                     size = (size[1], size[0])
             mode = im.mode
             if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):

@@ -208,11 +208,11 @@ def runtime_saturable_pairs(model: "str | os.PathLike") -> int:
     return total
 
 
-def exactness_note(model: "str | os.PathLike", measured: Optional[dict] = None) -> Optional[str]:
+def exactness_note(model: "str | os.PathLike", measured: Optional[dict] = None, on: str = "this photo") -> Optional[str]:
     """A plain-words warning for an INT8 model that is *not* pair-safe; None when it is (or has no
     INT8 convs). It says how many weight pairs can overflow, whether this CPU's kernels do, and —
-    `measured`, the `levels_apart` of this CPU's output and the exact one on the photo shown — how
-    far off the output is. Models the user brings get it in the app's notice line, in
+    `measured`, the `levels_apart` of this CPU's output and the exact one on `on` (the photo
+    shown) — how far off the output is. Models the user brings get it in the app's notice line, in
     `qatie deviation`, and wherever `qatie` writes an INT8 model (a guard: v3 writes none)."""
     from .cpu import int8_exact, int8_path
 
@@ -230,8 +230,8 @@ def exactness_note(model: "str | os.PathLike", measured: Optional[dict] = None) 
     if measured is None:
         return head + f", as this CPU ({path}) does: its output here can differ from the exact integer result."
     if measured["max_levels"] == 0:
-        return head + f", as this CPU ({path}) does; on this photo its output is still the exact integer result."
-    return (head + f", as this CPU ({path}) does: on this photo its output is up to {measured['max_levels']} levels "
+        return head + f", as this CPU ({path}) does; on {on} its output is still the exact integer result."
+    return (head + f", as this CPU ({path}) does: on {on} its output is up to {measured['max_levels']} levels "
             f"off the exact integer result ({100 * measured['share_off']:.1f} % of values differ, "
             f"{measured['agreement_psnr_db']:.1f} dB agreement).")
 
@@ -403,7 +403,8 @@ def measure(models: list[str], images: dict[str, np.ndarray], threads: int = 1) 
             d.pop("convs")
             mine.append(d | {"model": m, "image": name, "path": str(path), "saturable_pairs": pairs})
         rows += mine
-        note = exactness_note(path, max(mine, key=lambda r: r["max_levels"]))
+        worst = max(mine, key=lambda r: r["max_levels"])
+        note = exactness_note(path, worst, on=worst["image"])
         if note:
             warnings[m] = note
     return {"machine": machine_summary(threads), "results": rows, "warnings": warnings}

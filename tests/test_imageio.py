@@ -185,3 +185,38 @@ def test_list_images_sorted_and_filtered(tmp_path):
         (tmp_path / n).write_bytes(b"x")
     (tmp_path / "e.png").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png", "d.tiff"]
+
+
+def _exif_bomb(entries: int = 60_000, block: int = 200_000, orientation: int = 6, order: str = "<") -> bytes:
+    """A TIFF/EXIF block whose first directory has `entries` tags, all pointing at one `block`-byte
+    value (Pillow's getexif() copies it per tag: ~12 GB), the orientation tag last."""
+    import struct
+
+    head = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
+    data_at = 8 + 2 + 12 * entries + 4
+    ifd = [struct.pack(order + "HHII", 0x9000 + (i % 4000), 7, block, data_at) for i in range(entries - 1)]
+    ifd.append(struct.pack(order + "HHIHH", 0x0112, 3, 1, orientation, 0))
+    return head + struct.pack(order + "H", entries) + b"".join(ifd) + b"\0\0\0\0" + bytes(block)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_exif_bomb_png_decodes_upright_in_bounded_memory(tmp_path, order):
+    """A 0.9 MB PNG whose EXIF would cost Pillow's getexif() gigabytes: its orientation is read
+    in place (the tag is last of 60,000), and decoding stays within a few MB of the pixels."""
+    import tracemalloc
+
+    from qatie.imageio import orientation
+
+    arr = np.zeros((64, 48, 3), np.uint8)
+    arr[:8] = 255  # a white band at the top: after rotating 90° clockwise it is on the right
+    path = tmp_path / "bomb.png"
+    Image.fromarray(arr).save(path, exif=_exif_bomb(order=order))
+    assert path.stat().st_size < 1_000_000
+    tracemalloc.start()
+    with Image.open(path) as im:
+        assert orientation(im) == 6
+    img = read_image(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB"
+    assert img.shape == (48, 64, 3) and img[:, -8:].min() == 1.0 and img[:, :-8].max() == 0.0
