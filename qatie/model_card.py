@@ -103,12 +103,29 @@ def render_markdown(card: dict, figure: Path | None) -> str:
                      f"{tiling_table(card['tiling'])}\n")
     parts.append(f"## Latency (ONNX Runtime {b.get('machine', {}).get('onnxruntime', '')}, {b.get('threads')} threads"
                  f"{machine_line(b)}, median of {b.get('runs', '')} interleaved runs after warm-up)\n\n{bench_table(b)}\n")
+    if card.get("exactness"):
+        parts.append(_exactness_section(card["exactness"], b))
     if card.get("paper"):
         parts.append("## The paper's network\n\n" + paper_report.paper_markdown(card["paper"]) + "\n")
     if figure:
         parts.append(f"## Where the INT8 error is\n\n![crops](../assets/{Path(figure).name})\n\nCrops where minmax PTQ "
                      "differs most from FP32; the two error maps share one colour scale (8-bit levels).\n")
     return "\n".join(parts)
+
+
+def _exactness_section(rows: dict, bench: dict) -> str:
+    """The INT8 models' output is the same on every CPU: the check from the weights, and the
+    output against the exact integer result on the machine the card was made on."""
+    body = "\n".join(f"| `{name}` | {r['saturable_pairs']:,} | {r['runtime_saturable_pairs']:,} | "
+                     f"{r['max_levels_vs_exact']} (on {r['photos']} photos) |" for name, r in rows.items())
+    return ("## Exact on every CPU\n\nCPUs without VNNI (AVX2, AVX-512 without VNNI) add each pair of uint8×int8 "
+            "products into a saturating int16; QuantSpec v3 rounds weights *pair-safe*, so no pair can leave int16 "
+            "and ONNX Runtime computes the exact integer result on every CPU. Checked from the weights alone "
+            "(`qatie.int8_reference.saturable_pairs`: the file's layout; `runtime_saturable_pairs`: the graph ONNX "
+            "Runtime builds), and on the output — each model against the same model on ONNX Runtime's exact "
+            f"uint8-weight kernels, on the bundled example photos{machine_line(bench)}:\n\n"
+            "| model | saturable weight pairs (file) | (ONNX Runtime's graph) | output vs exact, max levels |\n"
+            "|---|---|---|---|\n" + body + "\n")
 
 
 def machine_line(bench: dict) -> str:

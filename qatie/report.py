@@ -306,12 +306,14 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
     goals = check_goals(results)
     paper = (paper_report.paper_section(eval_sets, shared, threads, runs, progress, size=paper_size)
              if paper_report.available() else None)
+    progress("checking that the INT8 models are exact on every CPU …")
+    exact = exactness(ckpt_dir, sorted((REPO / "assets" / "examples").glob("*_input.png")), threads)
     card = {"generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "qatie report --out " + str(out_md),
             "sets": descriptions, "results": {k: {"models": v["models"], "count": v["count"], "summary": v["summary"]}
                                               for k, v in results.items()},
             "per_image": {k: v["images"] for k, v in results.items()},
             "benchmark": bench, "goals": goals, "labels": LABELS, "tiling": tiling, "variant_calibration": variant_calib,
-            "tone_oracle": oracle, "target_tones": tones, "paper": paper,
+            "tone_oracle": oracle, "target_tones": tones, "paper": paper, "exactness": exact,
             "file_bytes": {p.name: p.stat().st_size for p in models.values()}, "wall_s": round(time.time() - t0, 1)}
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.with_suffix(".json").write_text(json.dumps(card, indent=1, default=_json_default))
@@ -321,6 +323,24 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
         sync_readme(readme, card)
     progress(f"→ {out_md}, {out_md.with_suffix('.json')}, {ckpt_dir / 'manifest.json'} ({card['wall_s']:.0f} s)")
     return card
+
+
+def exactness(ckpt_dir: Path, photos: list[Path], threads: int = 2) -> dict:
+    """For every INT8 model in `ckpt_dir`: its saturable weight pairs (the file's layout and the
+    graph ONNX Runtime runs; 0 = exact on every CPU, checked from the weights) and, on this CPU,
+    how far its output is from the exact integer result on `photos` (max 8-bit levels)."""
+    from .imageio import read_image
+    from .int8_reference import exact_enhancer, levels_apart, runtime_saturable_pairs, saturable_pairs
+    from .runtime import OnnxEnhancer
+
+    images = [read_image(p) for p in photos]
+    out = {}
+    for path in sorted(Path(ckpt_dir).glob("*int8*.onnx")):
+        deployed, exact = OnnxEnhancer(path, threads=threads), exact_enhancer(path, threads)
+        worst = max((levels_apart(deployed.enhance(im), exact.enhance(im))["max_levels"] for im in images), default=None)
+        out[path.name] = {"saturable_pairs": saturable_pairs(path), "runtime_saturable_pairs": runtime_saturable_pairs(path),
+                          "photos": len(images), "max_levels_vs_exact": worst}
+    return out
 
 
 def _enhancer(path: Path, threads: int):

@@ -129,3 +129,16 @@ def test_report_syncs_a_readme_block_and_refuses_one_without_markers(card, tmp_p
     with pytest.raises(QatieError, match="model-card block"):
         sync_readme(bare, out)
     assert bare.read_text() == "no markers here\n"
+
+
+def test_report_says_every_int8_model_is_exact_on_every_cpu(card):
+    """The card's exactness table: each INT8 model copied in, pair-safe in the file and in ONNX
+    Runtime's graph, and its output on this CPU the exact integer result on the example photos."""
+    out, ckpt, tmp = card
+    rows = out["exactness"]
+    assert set(rows) == {p.name for p in ckpt.glob("*int8*.onnx")} and rows
+    for name, r in rows.items():
+        assert r["saturable_pairs"] == 0 and r["runtime_saturable_pairs"] == 0, name
+        assert r["photos"] >= 1 and r["max_levels_vs_exact"] == 0, name
+    md = (tmp / "MODEL_CARD.md").read_text()
+    assert "## Exact on every CPU" in md and all(f"| `{n}` | 0 | 0 | 0 (on " in md for n in rows)
