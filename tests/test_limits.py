@@ -259,3 +259,40 @@ def test_training_stops_at_its_deadline_and_leaves_nothing(monkeypatch, tmp_path
     assert not any((tmp_path / "work" / "train").glob("*/*")), "the stopped run's folder is still there"
     assert tt._TRAIN_SLOT.acquire(timeout=5), "the training slot was not given back"
     tt._TRAIN_SLOT.release()
+
+
+def test_upload_checks_refuse_string_tensors_and_tensors_that_outgrow_the_image(tmp_path):
+    """Budgets are in bytes over number types only (a STRING tensor's bytes are unbounded), and
+    the two probe sizes differ in height and width, so a tensor whose size follows the image's
+    height squared cannot hide behind one probe height."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from app import models
+    from qatie.errors import ModelFileError
+
+    assert len({hh for hh, _ in models.PROBE_SIZES}) == 2 and len({ww for _, ww in models.PROBE_SIZES}) == 2
+    c = lambda n, v: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
+    strings = [h.make_node("Concat", ["image"] * 4, ["c"], axis=1), h.make_node("Cast", ["c"], ["s"], to=T.STRING),
+               h.make_node("Cast", ["s"], ["f"], to=T.FLOAT), h.make_node("Slice", ["f", "s0", "e3", "a1"], ["out"])]
+    path = _tiny_onnx(tmp_path / "strings.onnx", strings, [c("s0", [0]), c("e3", [3]), c("a1", [1])])
+    with pytest.raises(ModelFileError, match="not a number type"):
+        models.check_onnx(path)
+    # one column of the image → a conv 57 rows tall → H − 56 values; every pixel times each of them
+    rows = [h.make_node("Slice", ["image", "s00", "e11", "a13"], ["col"]),
+            h.make_node("Conv", ["col", "k"], ["tall"]),
+            h.make_node("Reshape", ["tall", "row"], ["r"]),
+            h.make_node("Reshape", ["image", "column"], ["pix"]),
+            h.make_node("Mul", ["pix", "r"], ["outer"]),
+            h.make_node("Slice", ["outer", "s0", "e1", "a1"], ["one"]),
+            h.make_node("Shape", ["image"], ["shape"]),
+            h.make_node("Reshape", ["one", "shape"], ["out"])]
+    inits = [c("s00", [0, 0]), c("e11", [1, 1]), c("a13", [1, 3]), c("row", [1, -1]), c("column", [-1, 1]),
+             c("s0", [0]), c("e1", [1]), c("a1", [1]), nh.from_array(np.ones((1, 1, 57, 1), np.float32), "k")]
+    path = _tiny_onnx(tmp_path / "rows.onnx", rows, inits)
+    ratios = [models._shape_ratios(onnx.load(str(path)), hh, 64) for hh in (64, 96)]
+    assert ratios[1][0] > 4 * ratios[0][0]  # the outer product grows with the height: 8× → 40× the image
+    with pytest.raises(ModelFileError, match="too large|grow faster"):
+        models.check_onnx(path)
