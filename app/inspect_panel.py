@@ -168,6 +168,18 @@ def _out_dir() -> Path:
     return config.work_dir("inspect", uuid.uuid4().hex[:12])
 
 
+def _without_server_paths(obj):
+    """A download's data with every absolute path reduced to its file name: a visitor learns which
+    model file, not where the server keeps it (or a trained set's scratch folder)."""
+    if isinstance(obj, dict):
+        return {k: _without_server_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_without_server_paths(v) for v in obj]
+    if isinstance(obj, (str, Path)) and Path(obj).is_absolute():
+        return Path(obj).name
+    return obj
+
+
 def analyse(image, paths: dict, threads: int | None = None):
     """Per-tensor SQNR on the photo → (Figure, DataFrame, [csv, json], Dropdown, markdown)."""
     name = _name(image)
@@ -181,7 +193,7 @@ def analyse(image, paths: dict, threads: int | None = None):
     rows = result["layers"]
     out = _out_dir()
     csv_path = qi.write_csv(result, out / "inspect_sqnr.csv")
-    json_path = qi.write_json(result, out / "inspect_sqnr.json", image_name=name)
+    json_path = qi.write_json(_without_server_paths(result), out / "inspect_sqnr.json", image_name=name)
     fig = qi.plot_sqnr(result, worst=WORST)
     worst_ptq, worst_qat = qi.worst_layers(rows, "ptq", 1), qi.worst_layers(rows, "qat", 1)
     default = (qi.worst_layers(rows, "ptq", 1, key="range_sqnr") or [rows[0]["name"]])[0]

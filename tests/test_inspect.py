@@ -365,6 +365,10 @@ def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     fig, df, files, dropdown, note = ip.analyse(img, paths, threads=1)
     assert len(df) == 93 and len(fig.axes[0].get_xticklabels()) == 93
     assert all(str(f).endswith((".csv", ".json")) for f in files)
+    for f in files:  # no server path in a download (the models sit in an absolute temporary folder)
+        text = Path(f).read_text()
+        assert str(small["dir"]) not in text and str(tmp_path) not in text and "/tmp/" not in text, f
+    assert small["int8"].name in Path(files[1]).read_text()
     hfig, md = ip.histogram(img, paths, dropdown.value, threads=1)
     assert "step" in md and hfig.axes[0].get_yscale() == "log"
     with pytest.raises(gr.Error):
