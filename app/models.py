@@ -156,6 +156,10 @@ ALLOWED_OPS = frozenset({
 #: Element-wise custom ops: same output shape as their first input (for the shape check).
 _ELEMENTWISE_CUSTOM = {("com.microsoft", "QLinearSigmoid")}
 MAX_NODES = 4000
+#: Operators that may run on constants alone (weights stored as int8 and dequantized, reshaped):
+#: cheap, one pass over their input. Anything else on constants only is refused.
+FOLDABLE_OK = frozenset({"DequantizeLinear", "QuantizeLinear", "Identity", "Reshape", "Transpose", "Unsqueeze",
+                         "Squeeze", "Cast", "Shape", "Gather", "Slice", "Concat", "Split"})
 #: At a probe size, no tensor may hold more than this many times the input's *bytes* (the shipped
 #: width-32 network: 10.7× in elements, less in bytes since most are uint8), and all of them
 #: together not more than this (shipped: 204×).
@@ -241,6 +245,13 @@ def check_onnx(path: Path) -> None:
         for a in n.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or a.ref_attr_name:
                 raise ModelFileError(f"operator {n.op_type} carries a subgraph; qatie models have none")
+    constant = {i.name for i in g.initializer} | {""}
+    for n in g.node:  # ONNX Runtime folds these while creating the session: before any deadline
+        if n.op_type == "Constant" or (n.op_type in FOLDABLE_OK and n.input and n.input[0] in constant):
+            constant.update(n.output)
+        elif n.input and all(i in constant for i in n.input):
+            raise ModelFileError(f"operator {n.op_type} computes on constants only (ONNX Runtime would run it while "
+                                 "loading the model, outside any time limit); qatie models compute on the image")
     if len(g.input) < 1 or len(g.input[0].type.tensor_type.shape.dim) != 4:
         raise ModelFileError("its input is not an N×3×H×W image tensor")
     ratios = [_shape_ratios(model, h, w) for h, w in PROBE_SIZES]

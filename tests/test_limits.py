@@ -296,3 +296,25 @@ def test_upload_checks_refuse_string_tensors_and_tensors_that_outgrow_the_image(
     assert ratios[1][0] > 4 * ratios[0][0]  # the outer product grows with the height: 8× → 40× the image
     with pytest.raises(ModelFileError, match="too large|grow faster"):
         models.check_onnx(path)
+
+
+def test_upload_checks_refuse_compute_on_constants(tmp_path):
+    """A conv of two stored tensors is folded by ONNX Runtime while it creates the session — before
+    the probe and outside every deadline — so it is refused from the graph; dequantizing stored
+    int8 weights (what every INT8 model does) is not."""
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from app import models
+    from qatie.errors import ModelFileError
+
+    inits = [nh.from_array(np.ones((1, 3, 64, 64), np.float32), "a"), nh.from_array(np.ones((3, 3, 9, 9), np.float32), "k")]
+    nodes = [h.make_node("Conv", ["a", "k"], ["folded"]), h.make_node("Add", ["image", "image"], ["out"])]
+    with pytest.raises(ModelFileError, match="Conv computes on constants only"):
+        models.check_onnx(_tiny_onnx(tmp_path / "fold.onnx", nodes, inits))
+    from qatie.paths import REPO_ROOT
+
+    for name in ("int8_qat", "paper_int8_qat"):
+        path = REPO_ROOT / "checkpoints" / f"{name}.onnx"
+        if path.is_file():
+            models.check_onnx(path)
