@@ -215,10 +215,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
         if key is not None:
             cached = example_cache.get(key)
             if cached is not None:
-                vals = list(cached)
-                vals[0] = cached[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
-                vals[IDX["state"]] = dict(cached[IDX["state"]])  # this session's own copy (the zoom writes into it)
-                yield vals
+                yield example_cache.replay(cached, IDX["state"])
                 return
 
         # 0. Clear the previous result and show the input at once: its transfer overlaps the models.

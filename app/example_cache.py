@@ -24,9 +24,28 @@ def example_rows() -> list[list[str]]:
     return rows
 
 
+#: Request folders of pinned results (the first view's): never removed with an evicted entry.
+_PINNED: set[Path] = set()
+
+
 def _drop_files(_key, result: list) -> None:
-    if isinstance(result[1], str):  # the input picture's path: its request folder holds them all
+    if isinstance(result[1], str) and Path(result[1]).parent not in _PINNED:  # its request folder holds them all
         shutil.rmtree(Path(result[1]).parent, ignore_errors=True)
+
+
+def pin(result: list) -> None:
+    """Keep this result's files for the life of the process (the page-load view serves them)."""
+    if isinstance(result[1], str):
+        _PINNED.add(Path(result[1]).parent)
+
+
+def replay(result: list, state_index: int) -> list:
+    """A kept result as one update for another request: the notice says where it came from, and
+    the session gets its own copy of the state (the zoom writes into it)."""
+    vals = list(result)
+    vals[0] = result[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
+    vals[state_index] = dict(result[state_index])
+    return vals
 
 
 _EXAMPLE_SHAS: set[str] | None = None

@@ -203,3 +203,34 @@ def test_recipe_defaults_are_how_the_shipped_checkpoints_were_made():
     assert (q.learnable, q.calib_method, q.distill) == (qat["learnable"], qat["calib"]["method"], qat["distill"])
     assert (q.steps, q.lr, q.batch_size, q.patch) == (qat["steps"], qat["config"]["lr"], qat["config"]["batch_size"],
                                                       qat["config"]["patch"])
+
+
+@pytest.mark.slow
+def test_page_load_serves_the_pinned_first_view_and_never_computes(monkeypatch):
+    """The page-load handler runs outside the queue, so it must never compare: it serves the
+    start-up comparison, whose files survive however many example results push it out of the
+    cache, with this request's own copy of its state."""
+    from pathlib import Path
+
+    from app import compare, example_cache, first_view
+
+    if first_view.first_example() is None or not (REPO_ROOT / "checkpoints" / "paper_int8_qat.onnx").is_file():
+        pytest.skip("examples or shipped models absent")
+    first_view.start()
+    assert first_view._READY.wait(300) and first_view.state()["result"] is not None, first_view.state()
+    pinned = first_view.state()["result"]
+    for i in range(config.EXAMPLE_CACHE_MAX + 2):  # every cached example result evicted, folders dropped
+        folder = config.work_dir("requests", f"flood{i}")
+        (folder / "input.png").write_bytes(b"x")
+        example_cache.remember(f"flood{i}", ["", str(folder / "input.png")] + [None] * (compare.N_OUT - 2))
+    assert not (config.work_dir("requests") / "flood0" / "input.png").exists()
+
+    def no_compare(*a, **k):
+        raise AssertionError("page load computed a comparison")
+
+    monkeypatch.setattr(compare, "compare", no_compare)
+    vals = first_view.on_load()
+    shown = vals[2:]
+    assert shown[compare.IDX["input"]] == pinned[compare.IDX["input"]] and Path(shown[compare.IDX["input"]]).is_file()
+    assert shown[compare.IDX["state"]] == pinned[compare.IDX["state"]]
+    assert shown[compare.IDX["state"]] is not pinned[compare.IDX["state"]]
