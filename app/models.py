@@ -247,11 +247,12 @@ def check_onnx(path: Path) -> None:
                 raise ModelFileError(f"operator {n.op_type} carries a subgraph; qatie models have none")
     constant = {i.name for i in g.initializer} | {""}
     for n in g.node:  # ONNX Runtime folds these while creating the session: before any deadline
-        if n.op_type == "Constant" or (n.op_type in FOLDABLE_OK and n.input and n.input[0] in constant):
-            constant.update(n.output)
-        elif n.input and all(i in constant for i in n.input):
+        if n.op_type != "Constant" and not (n.input and all(i in constant for i in n.input)):
+            continue  # reads the image
+        if n.op_type != "Constant" and n.op_type not in FOLDABLE_OK:
             raise ModelFileError(f"operator {n.op_type} computes on constants only (ONNX Runtime would run it while "
                                  "loading the model, outside any time limit); qatie models compute on the image")
+        constant.update(n.output)
     if len(g.input) < 1 or len(g.input[0].type.tensor_type.shape.dim) != 4:
         raise ModelFileError("its input is not an N×3×H×W image tensor")
     ratios = [_shape_ratios(model, h, w) for h, w in PROBE_SIZES]

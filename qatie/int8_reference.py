@@ -243,7 +243,7 @@ def exact_enhancer(model: "str | os.PathLike", threads: int = 1):
     with tempfile.TemporaryDirectory() as d:  # the session keeps the graph: the file can go
         ref_path = Path(d) / f"{Path(model).stem}_exact.onnx"
         onnx.save(exact_model(model), str(ref_path))
-        return OnnxEnhancer(ref_path, threads=threads)
+        return OnnxEnhancer(ref_path, threads=threads, arena=False)  # a reference run: memory goes back
 
 
 def levels_apart(deployed: np.ndarray, exact: np.ndarray) -> dict:

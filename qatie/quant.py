@@ -102,7 +102,7 @@ def weight_scales(w: torch.Tensor) -> torch.Tensor:
     """Per-output-channel symmetric int8 scale: max|w| / 127, or the channel's largest same-sign
     pair sum |w0| + |w1| / 128 where that is larger — so every pair rounds to at most 128 levels
     (one level more at worst, which `pair_safe` takes back). Channels without such a pair keep
-    full 8-bit resolution; the others lose less than a bit."""
+    full 8-bit resolution; the others lose at most one bit (the pair sum is at most 2·max|w|)."""
     w = w.detach()
     p = _pairs(w)
     same = p[:, :, 0] * p[:, :, 1] > 0
