@@ -20,6 +20,9 @@ outputs, `exact_model` re-encodes the int8 weights as uint8 with zero point 128 
 same numbers): ONNX Runtime then takes its U8U8 kernels, which widen to int16 before
 multiplying (VPMADDWD) and so sum exactly on every x86 path — a whole-network exact reference
 that `deviation` compares the deployed model with.
+
+Every model QATIE writes is pair-safe (QuantSpec v3, `qatie.pair_safety`): `saturable_pairs` and
+`runtime_saturable_pairs` check it from the weights, `exactness_note` words it for a model that is not.
 """
 from __future__ import annotations
 

@@ -88,10 +88,11 @@ TOLERANCES = {
 # ONNX Runtime's U8S8 conv kernels on `avx2` (and `avx512-core`) add uint8×int8 products in
 # adjacent pairs into a saturating int16 (VPMADDUBSW); the other paths sum exactly in int32.
 # A pair is |a0·w0 + a1·w1| ≤ 255·(|w0| + |w1|), so weights of magnitude ≤ 64 give at most
-# 255·128 = 32640 ≤ 32767: no pair can saturate, whatever the input, on any path. Tests that need
-# bit-exactness (or the tight sim-vs-ORT bounds above) on a *random* model export it with weights
-# in −64…64 (tests/conftest.py: non_saturating_weights); the full-range case is tested separately
-# (tests/test_int8_path.py), per path.
+# 255·128 = 32640 ≤ 32767: no pair can saturate, whatever the input, on any path. QuantSpec v3
+# exports are pair-safe in the layout the exporter writes (tests/test_exact_everywhere.py); tests
+# that export *without* the graph passes (whose padding keeps pairs within one kernel tap) use
+# weights in −64…64 (tests/conftest.py: non_saturating_weights), safe in any layout; the
+# saturating case is tested separately (tests/test_int8_path.py), per path.
 NON_SATURATING_WEIGHT_MAX = 64
 # ONNX Runtime's conv output vs the model of the detected path (qatie.int8_reference.conv_u8:
 # exact int sums, or AVX2's saturating pairs), given the same uint8 input: the model performs the
