@@ -418,9 +418,9 @@ def exactness_warning(role: str, path: str | Path, name: str, deployed_u8: np.nd
     try:
         pairs = ref.saturable_pairs(path)
     except ValueError:  # a conv form the check does not model: exactness_note says so
-        pairs = 0
+        pairs = None
     if pairs and not int8_exact(int8_path()):
         exact_u8 = run(ref.exact_enhancer(path, config.THREADS))
         measured = ref.levels_apart(deployed_u8.astype(np.float32) / 255, exact_u8.astype(np.float32) / 255)
-    note = ref.exactness_note(path, measured)
+    note = ref.exactness_note(path, measured, pairs=pairs)
     return f"⚠️ **Uploaded {ROLE_LABELS[role]} model {name.replace('`', '')!r}**: {note}" if note else None

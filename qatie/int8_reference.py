@@ -211,16 +211,18 @@ def runtime_saturable_pairs(model: "str | os.PathLike") -> int:
     return total
 
 
-def exactness_note(model: "str | os.PathLike", measured: Optional[dict] = None, on: str = "this photo") -> Optional[str]:
+def exactness_note(model: "str | os.PathLike", measured: Optional[dict] = None, on: str = "this photo",
+                   pairs: Optional[int] = None) -> Optional[str]:
     """A plain-words warning for an INT8 model that is *not* pair-safe; None when it is (or has no
     INT8 convs). It says how many weight pairs can overflow, whether this CPU's kernels do, and —
     `measured`, the `levels_apart` of this CPU's output and the exact one on `on` (the photo
-    shown) — how far off the output is. Models the user brings get it in the app's notice line, in
+    shown) — how far off the output is (`pairs`: its `saturable_pairs`, when the caller already
+    counted them). Models the user brings get it in the app's notice line, in
     `qatie deviation`, and wherever `qatie` writes an INT8 model (a guard: v3 writes none)."""
     from .cpu import int8_exact, int8_path
 
     try:
-        pairs = saturable_pairs(model)
+        pairs = saturable_pairs(model) if pairs is None else pairs
     except ValueError as e:  # a conv form the check does not model (grouped, auto_pad)
         return f"its INT8 convs could not be checked for saturation ({e}): its output may differ between CPUs."
     if pairs == 0:
@@ -407,7 +409,7 @@ def measure(models: list[str], images: dict[str, np.ndarray], threads: int = 1) 
             mine.append(d | {"model": m, "image": name, "path": str(path), "saturable_pairs": pairs})
         rows += mine
         worst = max(mine, key=lambda r: r["max_levels"])
-        note = exactness_note(path, worst, on=worst["image"])
+        note = exactness_note(path, worst, on=worst["image"], pairs=pairs)
         if note:
             warnings[m] = note
     return {"machine": machine_summary(threads), "results": rows, "warnings": warnings}
