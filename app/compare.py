@@ -192,6 +192,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
              session_sets):
     request_dir = None
     keep_dir = False
+    enh = None
     t_start = time.perf_counter()
     deadline = guard.Deadline(config.COMPARE_DEADLINE_S, "The comparison")
 
@@ -236,10 +237,10 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                     outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
                 latencies[role] = [ms]
                 shown[role] = render.save_png(_display(outputs[role])[0], request_dir / f"{role}.png")
-            for role, (path, name) in overrides.items():  # a model the user brought: exact on this CPU?
+            for role, (_, name) in overrides.items():  # a model the user brought: exact on this CPU?
                 with deadline.onnx():
-                    warning = models.exactness_warning(role, path, name, outputs[role],
-                                                       lambda e: core.run_model(e, prep.image, prep.tiled)[0])
+                    warning = models.exactness_warning(role, name, enh[role], outputs[role], prep.image,
+                                                       prep.tiled)
                 if warning:
                     prep.notices.append(warning)
         except Exception as exc:
@@ -391,6 +392,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
         yield final
     finally:
         deadline.cancel()
+        models.close_enhancers(enh)
         if request_dir is not None and not keep_dir:
             shutil.rmtree(request_dir, ignore_errors=True)
 

@@ -166,3 +166,9 @@ def work_dir(*parts: str) -> Path:
     path = WORK_DIR.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+#: The box for untrusted work (`app.box`): memory (MB of address space above a worker's imports)
+#: and CPU seconds one request's worker may use, and how many workers wait ready.
+BOX_MEMORY_MB = _env_float("QATIE_BOX_MEMORY_MB", 1536.0)
+BOX_CPU_S = _env_float("QATIE_BOX_CPU_S", 600.0)
+BOX_SPARES = max(0, int(_env_float("QATIE_BOX_SPARES", 2)))

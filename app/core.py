@@ -7,144 +7,23 @@ metrics are computed on exactly those pixels.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from qatie import runtime as rt
 from qatie.data import EVAL_DEGRADATION
 from qatie.degrade import degrade
-from qatie.errors import ImageReadError, QatieError
-from qatie.imageio import MAX_PIXELS, decode_image_u8, orientation, to_uint8
+from qatie.imageio import to_uint8
 from qatie.metrics import error_levels, psnr, ssim
 
 from . import config
 from .models import ROLE_LABELS, ROLES
 from .render import fit_size, resize_u8
-
-
-class AppInputError(QatieError):
-    """A user input the app cannot use (message shown to the user as is)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Reading uploads
-# --------------------------------------------------------------------------------------------
-
-def payload_path(payload) -> tuple[Path, str] | None:
-    """(path, original file name) of a Gradio file payload (FileData dict or model), a path, or None."""
-    if payload is None or payload == "":
-        return None
-    if isinstance(payload, (str, Path)):
-        return Path(payload), Path(payload).name
-    if isinstance(payload, dict):
-        path = payload.get("path")
-        name = payload.get("orig_name") or (Path(path).name if path else None)
-    else:  # a pydantic FileData
-        path = getattr(payload, "path", None)
-        name = getattr(payload, "orig_name", None) or (Path(path).name if path else None)
-    if not path:
-        if isinstance(payload, dict) and str(payload.get("url", "")).startswith("data:"):
-            raise AppInputError("images sent as data: URLs are not supported; upload the file instead")
-        return None
-    return Path(path), str(name)
-
-
-def _header_notes(data: bytes) -> tuple[list[str], tuple[int, int] | None]:
-    """What the decoder will normalise (shown to the user), and the size from the header."""
-    notes: list[str] = []
-    try:
-        with warnings.catch_warnings():  # the app's own pixel limit applies (below)
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-        with im:
-            size = im.size
-            turn = orientation(im)  # bounded: never Pillow's getexif() on an upload
-            if turn != 1:
-                notes.append("rotated upright from its EXIF orientation tag")
-                if turn in (5, 6, 7, 8):
-                    size = (size[1], size[0])
-            mode = im.mode
-            if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-                notes.append("transparent areas shown on white")
-            if mode == "CMYK":
-                notes.append("converted from CMYK to RGB")
-            if mode.startswith("I;16") or mode == "I" or (im.format == "PNG" and im.info.get("bitdepth") == 16):
-                notes.append("16-bit image reduced to 8-bit levels")
-            if mode in ("L", "LA", "1") or mode.startswith("I"):
-                notes.append("grayscale image processed as RGB")
-            return notes, size
-    except Exception:  # the decoder gives the real error message
-        return notes, None
-
-
-@dataclass
-class Upload:
-    image: np.ndarray  # H×W×3 uint8 RGB (never a full-size float copy: see decode_image_u8)
-    name: str
-    notes: list[str]
-    sha256: str
-    original_size: tuple[int, int]  # (w, h), upright, before any reduction on load
-
-
-def read_upload(payload, what: str, max_pixels: float | None = None) -> Upload | None:
-    """Decode an uploaded image; AppInputError / ImageReadError with a clear message if it can't be.
-    With `max_pixels`, a photo more than 4× larger is decoded at a reduced size (see
-    `qatie.imageio.decode_image`); the caller still resizes to the exact target."""
-    found = payload_path(payload)
-    if found is None:
-        return None
-    path, name = found
-    label = f"{what} {name!r}"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise AppInputError(f"{label}: the upload could not be read ({exc.strerror or exc}); upload it again") from None
-    if not data:
-        raise ImageReadError(f"{label}: the file is empty")
-    notes, size = _header_notes(data)
-    if size is not None:
-        w, h = size
-        if min(w, h) < config.MIN_SIDE:
-            raise AppInputError(
-                f"{label} is {w}×{h} pixels — too small: the app needs at least "
-                f"{config.MIN_SIDE}×{config.MIN_SIDE} pixels")
-        if w * h > MAX_PIXELS:
-            raise AppInputError(f"{label} is {_mp(w, h)}: too large to open safely here "
-                                f"(limit {MAX_PIXELS / 1e6:.0f} MP)")
-        check_aspect(label, w, h)
-    image = decode_image_u8(data, label, max_pixels=max_pixels)
-    check_aspect(label, image.shape[1], image.shape[0])
-    reduced = size is not None and max_pixels and size[0] * size[1] > 4 * max_pixels
-    original = size if reduced else (image.shape[1], image.shape[0])
-    return Upload(image, name, notes, hashlib.sha256(data).hexdigest(), original)
-
-
-def check_aspect(label: str, w: int, h: int) -> None:
-    """Refuse strips longer than `config.MAX_ASPECT`:1 — the network pads each side to a multiple
-    of 8 and the figures follow the shape, so a 16×100000 'photo' costs far more than its pixels."""
-    if min(w, h) and max(w, h) / min(w, h) > config.MAX_ASPECT:
-        raise AppInputError(
-            f"{label} is {w}×{h} pixels — an aspect ratio of {max(w, h) / min(w, h):.0f}:1; this app takes "
-            f"pictures up to {config.MAX_ASPECT:g}:1. Crop it to a less extreme shape and upload it again.")
-
-
-def peek_size(payload) -> tuple[int, int] | None:
-    """(w, h) of an upload, upright, from its header alone (None if unreadable or absent)."""
-    found = payload_path(payload)
-    if found is None:
-        return None
-    try:
-        return _header_notes(found[0].read_bytes())[1]
-    except OSError:
-        return None
+from .uploads import (AppInputError, Upload, check_aspect, full_size_refusal, mp_text as _mp,  # noqa: F401 — core's API
+                      payload_path, read_upload)
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,28 +51,19 @@ class Prepared:
         return self.image.shape[0] * self.image.shape[1] / 1e6
 
 
-def _mp(w: int, h: int) -> str:
-    return f"{w}×{h} ({w * h / 1e6:.1f} MP)"
-
-
 def prepare(image_payload, reference_payload=None, simulate: bool = False, seed: int | float | None = 0,
             full_size: bool = False) -> Prepared:
     """Validate and size the inputs; degrade the upload when `simulate` (the clean upload then
     becomes the ground truth)."""
-    def too_big_for_full_size(name: str, w: int, h: int) -> AppInputError:
-        return AppInputError(
-            f"photo {name!r} is {_mp(w, h)}: full-size processing is limited to "
-            f"{config.FULL_SIZE_MAX_MP:g} MP here. Untick 'Full size (tiled)' to process a copy "
-            f"downscaled to {config.MAX_INPUT_MP:g} MP.")
+    from .box import Box
 
-    if full_size:  # refuse from the header, before spending seconds decoding
-        size = peek_size(image_payload)
-        if size and size[0] * size[1] / 1e6 > config.FULL_SIZE_MAX_MP:
-            raise too_big_for_full_size(payload_path(image_payload)[1], *size)
     max_pixels = None if full_size else config.MAX_INPUT_MP * 1e6
-    photo = read_upload(image_payload, "photo", max_pixels)
-    if photo is None:
-        raise AppInputError("no photo: upload an image (or click one of the examples) first")
+    with Box("Reading the photo") as box:  # one worker for both uploads; gone with its memory after
+        photo = read_upload(image_payload, "photo", max_pixels, box=box,
+                            full_size_max_mp=config.FULL_SIZE_MAX_MP if full_size else None)
+        if photo is None:
+            raise AppInputError("no photo: upload an image (or click one of the examples) first")
+        ref = read_upload(reference_payload, "reference", max_pixels, box=box)
     w, h = photo.original_size
     if min(h, w) < config.MIN_SIDE:
         raise AppInputError(f"photo {photo.name!r} is {w}×{h} pixels — too small: the app needs at least "
@@ -204,7 +74,7 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
     target = (w, h)
     if full_size:
         if mp > config.FULL_SIZE_MAX_MP:
-            raise too_big_for_full_size(photo.name, w, h)
+            raise full_size_refusal(photo.name, w, h)
         tiled = mp > config.MAX_INPUT_MP
         if tiled:
             notices.append(f"Full size: {_mp(w, h)} processed in {config.TILE}-pixel tiles with blended seams "
@@ -220,7 +90,6 @@ def prepare(image_payload, reference_payload=None, simulate: bool = False, seed:
     reference = None
     reference_kind = None
     used_seed = None
-    ref = read_upload(reference_payload, "reference", max_pixels)
     if simulate:
         used_seed = int(seed or 0)
         if not 0 <= used_seed < 2 ** 32:
@@ -267,7 +136,8 @@ def run_model(enhancer: rt.OnnxEnhancer, image_u8: np.ndarray, tiled: bool) -> t
     else:
         y = enhancer.enhance(x)
     ms = (time.perf_counter() - t0) * 1000.0
-    return to_uint8(y), ms
+    boxed_ms = getattr(enhancer, "last_ms", None)  # an uploaded model's pass, timed inside its worker
+    return to_uint8(y), (boxed_ms if boxed_ms is not None else ms)
 
 
 def time_model(enhancer: rt.OnnxEnhancer, image_u8: np.ndarray, tiled: bool) -> float:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from qatie.errors import QatieError
 
@@ -57,6 +58,15 @@ def shrinking_options():
     options = ort.RunOptions()
     options.add_run_config_entry(*SHRINK)
     return options
+
+
+_ACTIVE: ContextVar["Deadline | None"] = ContextVar("qatie_deadline", default=None)
+
+
+def active_deadline() -> "Deadline | None":
+    """The deadline of the `Deadline.onnx()` block running now (work in the box takes its time
+    limit from it)."""
+    return _ACTIVE.get()
 
 
 class Deadline:
@@ -111,6 +121,7 @@ class Deadline:
         from qatie.runtime import run_options_scope
 
         self.check()
+        token = _ACTIVE.set(self)
         try:
             with run_options_scope(self.options, self.plain):
                 yield self
@@ -120,6 +131,8 @@ class Deadline:
             if self.fired.is_set():
                 raise self.error() from None
             raise
+        finally:
+            _ACTIVE.reset(token)
         self.check()
 
     def cancel(self) -> None:

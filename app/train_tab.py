@@ -146,6 +146,7 @@ def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
     """Validate uploaded training photos, write them (≤ 1 MP PNG) to `folder`; the data SPEC."""
     from qatie.imageio import to_uint8
 
+    from .box import Box
     from .render import fit_size, resize_u8, save_png
 
     files = [f for f in (files or []) if f]
@@ -154,13 +155,15 @@ def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
     if len(files) > MAX_TRAIN_PHOTOS:
         raise core.AppInputError(f"{len(files)} photos uploaded; the limit is {MAX_TRAIN_PHOTOS}")
     folder.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(files):
-        up = core.read_upload(f, "training photo")
-        h, w = up.image.shape[:2]
-        if min(h, w) < 32:
-            raise core.AppInputError(f"training photo {up.name!r} is {w}×{h}: training photos need at least 32×32 pixels")
-        tw, th = fit_size(w, h, TRAIN_PHOTO_MP * 1e6)
-        save_png(resize_u8(to_uint8(up.image), (tw, th)), folder / f"{i:03d}.png")
+    with Box("Reading the training photos") as box:  # one worker decodes them all (app.box)
+        for i, f in enumerate(files):
+            up = core.read_upload(f, "training photo", max_pixels=TRAIN_PHOTO_MP * 1e6, box=box)
+            h, w = up.image.shape[:2]
+            if min(h, w) < 32:
+                raise core.AppInputError(f"training photo {up.name!r} is {w}×{h}: training photos need at least "
+                                         "32×32 pixels")
+            tw, th = fit_size(w, h, TRAIN_PHOTO_MP * 1e6)
+            save_png(resize_u8(to_uint8(up.image), (tw, th)), folder / f"{i:03d}.png")
     return f"clean:{folder}", len(files)
 
 

@@ -43,6 +43,8 @@ STAGES: tuple[tuple[str, ...], ...] = (
 APP_STAGES: tuple[tuple[str, ...], ...] = (
     ("config", "region", "render", "make_examples"),
     ("guard", "modelcard", "about", "train_progress"),
+    ("box",),
+    ("uploads", "model_check"),
     ("models",),
     ("core", "verdict"),
     ("authors", "example_cache", "zoom", "inspect_panel"),

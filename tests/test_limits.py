@@ -2,6 +2,7 @@
 full-size float copy), multi-page files give their first page, strips and huge zooms are refused
 or clamped with a clear message, and figures stay a bounded number of pixels."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -104,20 +105,20 @@ def _tiny_onnx(path, nodes, inits, out_ch=3):
 
 
 def test_shipped_models_pass_the_upload_checks():
-    from app import models
+    from app import model_check, models
 
     for path in models.shipped_paths().values():
         if not path.is_file():
             pytest.skip("shipped models absent")
-        models.check_onnx(path)
-        models.probe(models.rt.OnnxEnhancer(path, threads=1, arena=False))
+        model_check.check_onnx(path)
+        model_check.probe(model_check.rt.OnnxEnhancer(path, threads=1, arena=False))
 
 
 def test_upload_checks_refuse_loops_shape_allocations_and_blow_ups(tmp_path):
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from app import models
+    from app import model_check
     from qatie.errors import ModelFileError
 
     w = nh.from_array(np.ones((96, 3, 1, 1), np.float32), "w")
@@ -125,21 +126,21 @@ def test_upload_checks_refuse_loops_shape_allocations_and_blow_ups(tmp_path):
     wide = _tiny_onnx(tmp_path / "wide.onnx", [h.make_node("Conv", ["image", "w"], ["t"]),
                                                  h.make_node("Conv", ["t", "w2"], ["out"])], [w, w2])
     with pytest.raises(ModelFileError, match="too large .*32×"):
-        models.check_onnx(wide)
+        model_check.check_onnx(wide)
     cat = [h.make_node("Concat", ["image", "image"], ["c0"], axis=1)]
     cat += [h.make_node("Concat", [f"c{k}", f"c{k}"], [f"c{k + 1}"], axis=1) for k in range(5)]
     cat += [h.make_node("Slice", ["c5", "s", "e", "a"], ["out"])]
     inits = [nh.from_array(np.array([v], np.int64), n) for n, v in (("s", 0), ("e", 3), ("a", 1))]
     with pytest.raises(ModelFileError, match="too large"):
-        models.check_onnx(_tiny_onnx(tmp_path / "cat.onnx", cat, inits))
+        model_check.check_onnx(_tiny_onnx(tmp_path / "cat.onnx", cat, inits))
     shape = nh.from_array(np.array([1, 3, 4096, 4096], np.int64), "shape")
     expand = _tiny_onnx(tmp_path / "expand.onnx", [h.make_node("Expand", ["image", "shape"], ["out"])], [shape])
     with pytest.raises(ModelFileError, match="operators .*Expand"):
-        models.check_onnx(expand)
+        model_check.check_onnx(expand)
     pad = nh.from_array(np.array([0, 0, 0, 0, 0, 0, 5000, 5000], np.int64), "pads")
     big_pad = _tiny_onnx(tmp_path / "pad.onnx", [h.make_node("Pad", ["image", "pads"], ["out"])], [pad])
     with pytest.raises(ModelFileError, match="too large"):
-        models.check_onnx(big_pad)
+        model_check.check_onnx(big_pad)
 
 
 def test_deadline_terminates_a_running_model():
@@ -212,19 +213,22 @@ def test_training_budget_refuses_the_old_maxima_and_fits_the_defaults():
 
 
 def test_uploaded_sessions_run_under_a_deadline():
-    """Uploaded models have no arena: the arena-shrinking run options of shipped sessions would be
-    an error for them, so a deadline carries plain options for these."""
-    from app import guard, models
+    """Uploaded models run in the box (a worker process), with no arena, and give the same output
+    as the shipped session of the same file."""
+    from app import guard, model_check
+    from app.box import Box
     from qatie import runtime as rt
 
     path = rt.REPO_ROOT / rt.SHIPPED_MODELS["ptq"]
     if not path.is_file():
         pytest.skip("shipped models absent")
-    uploaded = models.uploaded_enhancer(path, "uploaded PTQ-INT8 model")
     shipped = rt.get_enhancer(path, threads=1)
     x = np.random.default_rng(1).random((40, 56, 3), dtype=np.float32)
-    with guard.Deadline(60, "The test") as d, d.onnx():
-        a, b = uploaded.enhance(x), shipped.enhance(x)
+    with Box("The test") as box:
+        uploaded = model_check.boxed_enhancer(path, "uploaded PTQ-INT8 model", box)
+        with guard.Deadline(60, "The test") as d, d.onnx():
+            a, b = uploaded.enhance(x), shipped.enhance(x)
+        assert box.proc.pid != os.getpid() and uploaded.last_ms > 0
     assert not uploaded.arena and a.shape == x.shape and np.allclose(a, b, atol=TOLERANCES["ort_session_options"]["max_abs"])
 
 
@@ -270,16 +274,16 @@ def test_upload_checks_refuse_string_tensors_and_tensors_that_outgrow_the_image(
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from app import models
+    from app import model_check
     from qatie.errors import ModelFileError
 
-    assert len({hh for hh, _ in models.PROBE_SIZES}) == 2 and len({ww for _, ww in models.PROBE_SIZES}) == 2
+    assert len({hh for hh, _ in model_check.PROBE_SIZES}) == 2 and len({ww for _, ww in model_check.PROBE_SIZES}) == 2
     c = lambda n, v: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
     strings = [h.make_node("Concat", ["image"] * 4, ["c"], axis=1), h.make_node("Cast", ["c"], ["s"], to=T.STRING),
                h.make_node("Cast", ["s"], ["f"], to=T.FLOAT), h.make_node("Slice", ["f", "s0", "e3", "a1"], ["out"])]
     path = _tiny_onnx(tmp_path / "strings.onnx", strings, [c("s0", [0]), c("e3", [3]), c("a1", [1])])
     with pytest.raises(ModelFileError, match="not a number type"):
-        models.check_onnx(path)
+        model_check.check_onnx(path)
     # one column of the image → a conv 57 rows tall → H − 56 values; every pixel times each of them
     rows = [h.make_node("Slice", ["image", "s00", "e11", "a13"], ["col"]),
             h.make_node("Conv", ["col", "k"], ["tall"]),
@@ -292,10 +296,10 @@ def test_upload_checks_refuse_string_tensors_and_tensors_that_outgrow_the_image(
     inits = [c("s00", [0, 0]), c("e11", [1, 1]), c("a13", [1, 3]), c("row", [1, -1]), c("column", [-1, 1]),
              c("s0", [0]), c("e1", [1]), c("a1", [1]), nh.from_array(np.ones((1, 1, 57, 1), np.float32), "k")]
     path = _tiny_onnx(tmp_path / "rows.onnx", rows, inits)
-    ratios = [models._shape_ratios(onnx.load(str(path)), hh, 64) for hh in (64, 96)]
+    ratios = [model_check._shape_ratios(onnx.load(str(path)), hh, 64) for hh in (64, 96)]
     assert ratios[1][0] > 4 * ratios[0][0]  # the outer product grows with the height: 8× → 40× the image
     with pytest.raises(ModelFileError, match="too large|grow faster"):
-        models.check_onnx(path)
+        model_check.check_onnx(path)
 
 
 def test_upload_checks_refuse_compute_on_constants(tmp_path):
@@ -305,16 +309,16 @@ def test_upload_checks_refuse_compute_on_constants(tmp_path):
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from app import models
+    from app import model_check
     from qatie.errors import ModelFileError
 
     inits = [nh.from_array(np.ones((1, 3, 64, 64), np.float32), "a"), nh.from_array(np.ones((3, 3, 9, 9), np.float32), "k")]
     nodes = [h.make_node("Conv", ["a", "k"], ["folded"]), h.make_node("Add", ["image", "image"], ["out"])]
     with pytest.raises(ModelFileError, match="Conv computes on constants only"):
-        models.check_onnx(_tiny_onnx(tmp_path / "fold.onnx", nodes, inits))
+        model_check.check_onnx(_tiny_onnx(tmp_path / "fold.onnx", nodes, inits))
     from qatie.paths import REPO_ROOT
 
     for name in ("int8_qat", "paper_int8_qat"):
         path = REPO_ROOT / "checkpoints" / f"{name}.onnx"
         if path.is_file():
-            models.check_onnx(path)
+            model_check.check_onnx(path)
