@@ -81,8 +81,8 @@ def _error_result(exc: BaseException):
         return ("raise", cls.__module__, cls.__name__, str(exc))
     if isinstance(exc, QatieError):
         return ("raise", "qatie.errors", "QatieError", str(exc))
-    if isinstance(exc, MemoryError):
-        return ("memory",)
+    if isinstance(exc, MemoryError) or any(m in str(exc) for m in ("bad_alloc", "Failed to allocate memory")):
+        return ("memory",)  # Python's, or ONNX Runtime's C++ allocation failure under RLIMIT_AS
     import traceback
 
     traceback.print_exc()  # the server log (stderr) has the details; the user gets the type

@@ -245,9 +245,65 @@ def bad_output_models(tmp):
     }
 
 
-def _compare_with(client, **models) -> str:
+def strings_model(tmp):
+    """24 copies of the image cast to STRING and back: ~34 bytes an element, not 4."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    nodes = [h.make_node("Concat", ["image"] * 24, ["c"], axis=1), h.make_node("Cast", ["c"], ["s"], to=T.STRING),
+             h.make_node("Cast", ["s"], ["f"], to=T.FLOAT), h.make_node("Slice", ["f", "s0", "e3", "a1"], ["out"])]
+    return _onnx(tmp, "strings", nodes, [_arr("s0", [0], np.int64), _arr("e3", [3], np.int64), _arr("a1", [1], np.int64)])
+
+
+def outer_product_model(tmp, rows: int = 41):
+    """A column of the image through a conv `rows` tall → H − rows + 1 values; every pixel times
+    each of them: a tensor that grows with the height squared, right only where H is small."""
+    from onnx import helper as h
+
+    nodes = [h.make_node("Slice", ["image", "s00", "e11", "a13"], ["col"]), h.make_node("Conv", ["col", "k"], ["tall"]),
+             h.make_node("Reshape", ["tall", "row"], ["r"]), h.make_node("Reshape", ["image", "column"], ["pix"]),
+             h.make_node("Mul", ["pix", "r"], ["outer"]), h.make_node("Slice", ["outer", "s0", "e1", "a1"], ["one"]),
+             h.make_node("Shape", ["image"], ["shape"]), h.make_node("Reshape", ["one", "shape"], ["out"])]
+    i64 = lambda n, v: _arr(n, v, np.int64)  # noqa: E731
+    inits = [i64("s00", [0, 0]), i64("e11", [1, 1]), i64("a13", [1, 3]), i64("row", [1, -1]), i64("column", [-1, 1]),
+             i64("s0", [0]), i64("e1", [1]), i64("a1", [1]), _arr("k", np.ones((1, 1, rows, 1)))]
+    return _onnx(tmp, "outer", nodes, inits)
+
+
+def folding_model(tmp, convs: int = 6):
+    """Convs of stored tensors only (ONNX Runtime would fold them while loading the model)."""
+    from onnx import helper as h
+
+    nodes = [h.make_node("Conv", ["a", "k"], [f"f{i}"]) for i in range(convs)]
+    nodes.append(h.make_node("Add", ["image", "image"], ["out"]))
+    return _onnx(tmp, "folding", nodes, [_arr("a", np.ones((1, 3, 96, 96))), _arr("k", np.ones((3, 3, 31, 31)))])
+
+
+def live_tensors_model(tmp, n: int = 40, copies: int = 8):
+    """Within every static budget (no tensor over 8× the image, 953× in all), but `n` tensors of
+    8× the image stay alive at once: 2 GB of activations for a 0.5-MP photo. Summed forwards and
+    backwards, the result is the image again, so the probe passes."""
+    from onnx import helper as h
+
+    nodes = [h.make_node("Concat", ["image"] * copies, ["c"], axis=1)]
+    nodes += [h.make_node("Mul", ["c", f"k{i}"], [f"t{i}"]) for i in range(n)]
+    forward, backward = "t0", f"t{n - 1}"
+    for i in range(1, n):
+        nodes.append(h.make_node("Add", [forward, f"t{i}"], [f"s{i}"]))
+        forward = f"s{i}"
+    for i in range(n - 2, -1, -1):
+        nodes.append(h.make_node("Add", [backward, f"t{i}"], [f"b{i}"]))
+        backward = f"b{i}"
+    nodes += [h.make_node("Sub", [forward, backward], ["d"]), h.make_node("Slice", ["d", "s0", "e3", "a1"], ["z"]),
+              h.make_node("Add", ["z", "image"], ["out"])]
+    inits = [_arr(f"k{i}", [1.0 + i / 64]) for i in range(n)]
+    inits += [_arr("s0", [0], np.int64), _arr("e3", [3], np.int64), _arr("a1", [1], np.int64)]
+    return _onnx(tmp, "live", nodes, inits)
+
+
+def _compare_with(client, photo: Path | None = None, **models) -> str:
     kw = {f"custom_{role}": handle_file(str(path)) for role, path in models.items()}
-    return _error(lambda: client.predict(handle_file(str(_small_photo())), api_name="/compare", **kw))
+    return _error(lambda: client.predict(handle_file(str(photo or _small_photo())), api_name="/compare", **kw))
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,6 +360,45 @@ def test_corrupt_model_message_has_no_paths(server, client, tmp_path):
         msg = _compare_with(client, ptq=path)
     assert "junk.onnx" in msg, msg
     _clean(msg, server)
+
+
+def test_string_and_outgrowing_models_refused(server, client, tmp_path):
+    for row, path, expected in (("ONNX casting 24 image copies to STRING", strings_model(tmp_path), "not a number type"),
+                                ("ONNX whose tensor grows with the height squared", outer_product_model(tmp_path),
+                                 "too large|grow faster"),
+                                ("ONNX convolving stored tensors only", folding_model(tmp_path), "constants only")):
+        with Watch(server, row):
+            msg = _compare_with(client, ptq=path)
+        assert re.search(expected, msg), (row, msg)
+        _clean(msg, server)
+    _normal_compare_still_works(client)
+
+
+def test_model_past_the_static_checks_meets_the_box(server, client, tmp_path):
+    """The second line: a model every static budget accepts, which needs 2 GB for a 0.5-MP photo,
+    runs in a worker whose address space is limited: the worker dies, the visitor reads why, the
+    server's memory never sees it."""
+    rng = np.random.default_rng(5)
+    photo = write_png(tmp_path / "half_mp.png", rng.integers(0, 255, (700, 700, 3), dtype=np.uint8))  # 0.49 MP
+    with Watch(server, "ONNX keeping 40 tensors of 8× the image alive (2 GB at 0.5 MP)"):
+        msg = _compare_with(client, photo=photo, qat=live_tensors_model(tmp_path))
+    assert "memory" in msg and "MB" in msg, msg
+    _clean(msg, server)
+    _normal_compare_still_works(client)
+
+
+def test_exif_bomb_photo(server, client, tmp_path):
+    """A 0.9 MB PNG whose EXIF block would cost Pillow's getexif() ~12 GB: decoded in the box,
+    its orientation read in place."""
+    from test_imageio import _exif_bomb
+
+    path = tmp_path / "exif_bomb.png"
+    Image.fromarray(np.full((64, 96, 3), 120, np.uint8)).save(path, exif=_exif_bomb())
+    assert path.stat().st_size < 1_000_000
+    with Watch(server, f"PNG with a 60,000-entry EXIF block ({path.stat().st_size // 1000} kB)"):
+        result = client.predict(handle_file(str(path)), api_name="/compare")
+    assert result[13]["size"] == [64, 96] and "rotated upright" in result[0], (result[13], result[0])
+    _normal_compare_still_works(client)
 
 
 def _mode_png(mode: str, w: int, h: int) -> bytes:
