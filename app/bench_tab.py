@@ -141,8 +141,16 @@ def files_for(model_set, session_sets=None) -> str:
         return f"*{exc}*"
 
 
-def run(model_set, session_sets=None, sizes=None, threads=2, runs=3):
+def run(model_set, session_sets=None, sizes=None, threads=2, runs=3, request: gr.Request = None):
     """Time the three models of a set at each chosen size; streams (plot, table, status)."""
+    try:
+        with guard.one_per_session(request, "A benchmark"):
+            yield from _run(model_set, session_sets, sizes, threads, runs)
+    except guard.BusyError as exc:
+        raise gr.Error(str(exc), title="One request at a time") from None
+
+
+def _run(model_set, session_sets, sizes, threads, runs):
     try:
         model_set = models.resolve_set(model_set, session_sets)
         unknown = [s for s in (sizes or []) if s not in SIZES]

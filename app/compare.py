@@ -58,7 +58,8 @@ def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:
     if isinstance(exc, QatieError):
         msg = guard.public_text(str(exc))
         title = ("Model problem" if isinstance(exc, models.ModelFileError) else
-                 "Time limit" if isinstance(exc, guard.DeadlineError) else "Cannot use this input")
+                 "Time limit" if isinstance(exc, guard.DeadlineError) else
+                 "One request at a time" if isinstance(exc, guard.BusyError) else "Cannot use this input")
         return gr.Error(msg[:1].upper() + msg[1:], title=title)
     if isinstance(exc, MemoryError):
         return gr.Error("Out of memory while " + what + ": try a smaller photo, or untick 'Full size'.")
@@ -158,7 +159,7 @@ def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model
 # --------------------------------------------------------------------------------------------
 
 def compare(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
-            custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None):
+            custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None, request: gr.Request = None):
     """Enhance a photo with the FP32, PTQ-INT8 and QAT-INT8 models and compare the outputs.
 
     Returns (streamed): notice, input, FP32, PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider,
@@ -168,8 +169,11 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     else None). `model_set` None means the default set (`models.default_set()`).
     """
     try:
-        yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
-                            custom_qat, session_sets)
+        with guard.one_per_session(request, "A comparison"):
+            yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
+                                custom_qat, session_sets)
+    except guard.BusyError as exc:  # the running request's outputs stay as they are
+        raise user_error(exc) from None
     except Exception as exc:
         err = user_error(exc)
         yield error_outputs(err)
@@ -177,13 +181,13 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
 
 
 def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
-               custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None):
+               custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None, request: gr.Request = None):
     """The Compare button's handler: `compare`, except that an error ends in the notice line (and
     a toast) instead of an exception — the blanked outputs then carry no "Error" badges over the
     message. API callers use `compare`, which raises."""
     try:
         yield from compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
-                           custom_qat, session_sets)
+                           custom_qat, session_sets, request)
     except gr.Error as err:
         gr.Warning(err.message, title=err.title)
 

@@ -76,9 +76,8 @@ COMPARE_DEADLINE_PER_MP_S = _env_float("QATIE_COMPARE_DEADLINE_PER_MP_S", 20.0) 
 BENCH_DEADLINE_S = _env_float("QATIE_BENCH_DEADLINE_S", 300.0)
 INSPECT_DEADLINE_S = _env_float("QATIE_INSPECT_DEADLINE_S", 60.0)
 INSPECT_BUILD_DEADLINE_S = _env_float("QATIE_INSPECT_BUILD_DEADLINE_S", 300.0)
-#: Uploaded models: file size, and the memory budget of their cached sessions (estimated).
+#: Uploaded models: file size (qatie's are 1–4 MB).
 MAX_MODEL_MB = _env_float("QATIE_MAX_MODEL_MB", 32.0)
-UPLOAD_CACHE_MB = _env_float("QATIE_UPLOAD_CACHE_MB", 256.0)
 #: Example results kept for replay (each holds its images in memory — about 13 MB for the bundled
 #: examples — and on disk): the four examples plus a few 'simulate' seeds.
 EXAMPLE_CACHE_MAX = max(1, int(_env_float("QATIE_EXAMPLE_CACHE", 8)))
@@ -172,3 +171,8 @@ def work_dir(*parts: str) -> Path:
 BOX_MEMORY_MB = _env_float("QATIE_BOX_MEMORY_MB", 1536.0)
 BOX_CPU_S = _env_float("QATIE_BOX_CPU_S", 600.0)
 BOX_SPARES = max(0, int(_env_float("QATIE_BOX_SPARES", 2)))
+#: Upload quotas (`app.upload_quota`): MB one visitor, and all visitors together, may upload per
+#: window of this many seconds.
+UPLOAD_QUOTA_MB = _env_float("QATIE_UPLOAD_QUOTA_MB", 400.0)
+UPLOAD_TOTAL_MB = _env_float("QATIE_UPLOAD_TOTAL_MB", 3000.0)
+UPLOAD_WINDOW_S = _env_float("QATIE_UPLOAD_WINDOW_S", 3600.0)

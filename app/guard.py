@@ -149,6 +149,41 @@ class Deadline:
 
 
 # --------------------------------------------------------------------------------------------
+# One heavy request per browser session
+# --------------------------------------------------------------------------------------------
+
+class BusyError(QatieError):
+    """This browser session already has a heavy request running (message shown as is)."""
+
+
+_busy: dict[str, str] = {}
+_busy_lock = threading.Lock()
+
+
+@contextmanager
+def one_per_session(request, what: str):
+    """Run the block only if `request`'s browser session has no other heavy request in flight
+    (BusyError otherwise), so one visitor holds at most one of the `HEAVY` slots and others get
+    the rest. Requests without a session (direct Python calls) are not gated."""
+    key = getattr(request, "session_hash", None)
+    if not key:
+        yield
+        return
+    with _busy_lock:
+        running = _busy.get(key)
+        if running is not None:
+            raise BusyError(f"{running} from this browser session is still running; it must finish (or be "
+                            f"cancelled) before {what[:1].lower() + what[1:]} can start. One request at a time per "
+                            "visitor keeps this public demo fair.")
+        _busy[key] = what
+    try:
+        yield
+    finally:
+        with _busy_lock:
+            _busy.pop(key, None)
+
+
+# --------------------------------------------------------------------------------------------
 # A killable child process
 # --------------------------------------------------------------------------------------------
 

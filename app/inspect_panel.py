@@ -359,17 +359,25 @@ def wire(panel: Panel, image_component, paths_component, to_paths: Callable[[Any
     """Connect the panel's buttons. `paths_component` is one component (e.g. a `gr.State`) whose
     value `to_paths` turns into the {fp32, ptq, qat} paths of the models the Compare tab shows."""
 
-    def run(image, value):
-        return analyse(image, to_paths(value))
+    def gated(what: str, request, fn, *args, **kwargs):
+        try:
+            with guard.one_per_session(request, what):
+                return fn(*args, **kwargs)
+        except guard.BusyError as exc:
+            raise gr.Error(str(exc), title="One request at a time") from None
+
+    def run(image, value, request: gr.Request = None):
+        return gated("The analysis", request, analyse, image, to_paths(value))
 
     def hist(image, tensor, value):
         return histogram(image, to_paths(value), tensor)
 
-    def calib(image, value, progress=gr.Progress()):
-        return calibration(image, to_paths(value), progress=progress)
+    def calib(image, value, progress=gr.Progress(), request: gr.Request = None):
+        return gated("The calibration comparison", request, calibration, image, to_paths(value), progress=progress)
 
-    def mixed_(image, ks, value, progress=gr.Progress()):
-        return mixed_precision(image, to_paths(value), ks, progress=progress)
+    def mixed_(image, ks, value, progress=gr.Progress(), request: gr.Request = None):
+        return gated("The mixed-precision measurement", request, mixed_precision, image, to_paths(value), ks,
+                     progress=progress)
 
     panel.run.click(run, [image_component, paths_component],
                     [panel.bars, panel.table, panel.files, panel.tensor, panel.status], api_name=False,

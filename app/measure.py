@@ -12,6 +12,10 @@
   the timing runs). Each is the median over `--runs` calls on different 1-MP photos.
 * **Training** (`--train`): one `/train` call with the Train tab's defaults (built-in photos,
   from scratch), timed from submit to the final update.
+* **Flood** (`--flood N`): N visitors (N `gradio_client` sessions) each submit a 1-MP compare
+  at once; then one more visitor does: that lone visitor's time to outputs and to the final
+  update, the flooders' outcomes, and (for a server started here) its RSS with children, peak
+  during the flood and once it is over.
 * **First view** (`--first-view`): in headless Chromium (/usr/bin/chromium, Playwright), from
   navigating to the page until the first view's comparison (the example's headline and enlarged
   crops, computed at start-up and cached) is on screen; a fresh browser page each time, median
@@ -165,6 +169,59 @@ def measure(url: str, runs: int, folder: Path) -> dict:
     return {"runs": rows, "median": med}
 
 
+def _rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2 ** 20
+
+
+def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
+    """`n` sessions submit a 1-MP compare each, at once; 0.5 s later a lone visitor submits one.
+    The lone visitor's times (client side) are what fairness means here."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    photos = one_mp_photos(n + 1, folder / "flood")
+    clients = [Client(url, verbose=False) for _ in range(n + 1)]
+    peak, stop = [0.0], threading.Event()
+
+    def watch():
+        while pid and not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb(pid))
+            stop.wait(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    t0 = time.perf_counter()
+    jobs = [c.submit(handle_file(str(p)), api_name="/compare") for c, p in zip(clients[:n], photos[:n])]
+    time.sleep(0.5)
+    lone = time_compare(clients[n], photos[n])
+    outcomes: dict[str, int] = {}
+    for job in jobs:
+        try:
+            job.result()
+            key = "ok"
+        except Exception as exc:  # a full queue, a deadline: counted by kind
+            key = type(exc).__name__ + ": " + str(exc)[:60]
+        outcomes[key] = outcomes.get(key, 0) + 1
+    stop.set()
+    out = {"sessions": n, "lone": lone, "flood_s": round(time.perf_counter() - t0, 1), "outcomes": outcomes}
+    if pid:
+        time.sleep(5)
+        out.update(peak_rss_mb=round(peak[0]), after_rss_mb=round(_rss_mb(pid)))
+    return out
+
+
 def time_train(client) -> dict:
     """One /train call with the Train tab's default settings, timed on the client."""
     from app.train_tab import DATA_SAMPLES, DEFAULTS, INIT_SCRATCH
@@ -208,6 +265,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path, help="write the numbers here")
     ap.add_argument("--train", action="store_true", help="also time one /train call with the Train tab's defaults")
+    ap.add_argument("--flood", type=int, default=0, metavar="N",
+                    help="also measure a lone visitor's 1-MP compare while N other sessions each submit one")
     ap.add_argument("--first-view", action="store_true",
                     help="also time page load → first view's comparison on screen, in headless Chromium")
     args = ap.parse_args(argv)
@@ -219,10 +278,12 @@ def main(argv=None) -> int:
     print(f"CPU: {report['cpu']} ({report['cpus']} usable cores, INT8 kernels: {report['int8_path']}); "
           f"load average before: {report['load_avg_1m']}")
 
-    def run(url: str) -> None:
+    def run(url: str, pid: int | None = None) -> None:
         if args.first_view:  # first: the heavier measurements below would only delay it
             report["first_view"] = time_first_view(url, args.runs)
         report.update(measure(url, args.runs, folder))
+        if args.flood:
+            report["flood"] = flood(url, args.flood, folder, pid)
         if args.train:
             from gradio_client import Client
 
@@ -234,7 +295,7 @@ def main(argv=None) -> int:
         with AppServer() as server:
             report["cold_start_s"] = round(server.startup_s, 2)
             print(f"cold start to usable page: {server.startup_s:.2f} s")
-            run(server.url)
+            run(server.url, server.proc.pid)
     for r in report["runs"]:
         lat = r["latency_ms"] or {}
         print(f"{r['photo']}: outputs on client {r['first_outputs_s']:.2f} s, metrics {r['analysis_s']:.2f} s, "
@@ -243,6 +304,13 @@ def main(argv=None) -> int:
     m = report["median"]
     print(f"median over {len(report['runs'])} 1-MP photos (1224×816 JPEG): three outputs on the client after "
           f"{m['first_outputs_s']:.2f} s, metrics {m['analysis_s']:.2f} s, final (median-of-3 latency) {m['final_s']:.2f} s")
+    if "flood" in report:
+        f = report["flood"]
+        print(f"flood of {f['sessions']} sessions, one 1-MP compare each ({f['outcomes']}, all done after "
+              f"{f['flood_s']:.0f} s): a lone visitor submitting 0.5 s later got the three outputs after "
+              f"{f['lone']['first_outputs_s']:.1f} s, the final update after {f['lone']['final_s']:.1f} s"
+              + (f"; server RSS with children peaked at {f['peak_rss_mb']} MB, {f['after_rss_mb']} MB after"
+                 if "peak_rss_mb" in f else ""))
     if "first_view" in report:
         f = report["first_view"]
         print(f"page load → first view's comparison on screen (Chromium, cached example): median {f['median_s']:.2f} s "

@@ -244,8 +244,18 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
 
     Streams: status, training curves (PNG), files; finally adds the set to this session's model
-    sets.
+    sets. One heavy request per browser session (`guard.one_per_session`).
     """
+    try:
+        with guard.one_per_session(request, "A training"):
+            yield from _train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method,
+                              photos, session_sets, request)
+    except guard.BusyError as exc:
+        raise gr.Error(str(exc), title="One request at a time") from None
+
+
+def _train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos, session_sets,
+           request):
     try:
         s = TrainSettings(data=data, init=init, width=int(width), fp32_steps=int(fp32_steps), qat_steps=int(qat_steps),
                           batch_size=int(batch_size), patch=int(patch), lr=float(lr), qat_lr=float(qat_lr),

@@ -166,7 +166,12 @@ def launch(demo: gr.Blocks, **kwargs):
     models.start_warm_up()
     first_view.start(DEFAULT_SET)  # the page opens with this example's comparison, computed now
     demo.queue(default_concurrency_limit=1, max_size=64)
-    options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True)
+    from starlette.middleware import Middleware
+
+    from .upload_quota import UploadQuota
+
+    options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True,
+                   app_kwargs={"middleware": [Middleware(UploadQuota)]})
     options.update(kwargs)
     log.info("launching (warm-up started in %.2f s)", time.perf_counter() - t0)
     return demo.launch(**options)

@@ -43,6 +43,7 @@ AFTER_MB = 1500.0  # … and once it is done
 INSPECT_DEADLINE_S = 6  # the test server's deadline for the Inspect panel's slow handlers
 EXAMPLE_CACHE = 1
 MAX_MP = 0.5  # the server's downscale threshold: the huge files' point is their decode, not 2-MP inference
+UPLOAD_QUOTA_MB = 100.0  # per sender per hour: the rows' own uploads stay far below it
 FULL_SIZE_MAX_MP = 1.0  # "Full size (tiled)" accepts up to this: the tiled path is tested on a small photo
 REPORT: list[dict] = []
 
@@ -67,7 +68,8 @@ def server(work_root):
     env = {"QATIE_APP_WORK_DIR": str(work_root), "QATIE_LOG_LEVEL": "WARNING", "QATIE_TRAIN_THREADS": "1",
            "QATIE_EXAMPLE_CACHE": str(EXAMPLE_CACHE), "QATIE_INSPECT_BUILD_DEADLINE_S": str(INSPECT_DEADLINE_S),
            "QATIE_TIMING_RUNS": "1", "QATIE_MAX_MP": str(MAX_MP),
-           "QATIE_FULL_SIZE_MAX_MP": str(FULL_SIZE_MAX_MP), "QATIE_TILE": "512"}
+           "QATIE_FULL_SIZE_MAX_MP": str(FULL_SIZE_MAX_MP), "QATIE_TILE": "512",
+           "QATIE_UPLOAD_QUOTA_MB": str(UPLOAD_QUOTA_MB)}
     with AppServer(env=env, timeout=120) as srv:
         yield srv
     if REPORT:
@@ -492,6 +494,28 @@ def _upload(server, path: Path) -> dict:
         r = httpx.post(server.url + "gradio_api/upload", files={"files": (path.name, fh, "image/png")}, timeout=30)
     r.raise_for_status()
     return {"path": r.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_upload_quota_per_sender(server, tmp_path):
+    """One sender (a session_hash of its own) uploads 24-MB files until refused: the quota stops it
+    with a 429 and a message before the body is stored, and other senders still upload."""
+    import httpx
+
+    blob = tmp_path / "noise.bin"
+    blob.write_bytes(os.urandom(24_000_000))
+    codes, messages = [], []
+    with Watch(server, f"24-MB uploads from one sender until refused (quota {UPLOAD_QUOTA_MB:g} MB)", requests=6):
+        for _ in range(6):
+            with open(blob, "rb") as fh:
+                r = httpx.post(server.url + "gradio_api/upload", files={"files": ("noise.png", fh, "image/png")},
+                               headers={"session_hash": "hostile-uploader"}, timeout=60)
+            codes.append(r.status_code)
+            messages.append(r.text)
+    accepted = int(UPLOAD_QUOTA_MB * 1e6 // blob.stat().st_size)
+    assert codes[:accepted] == [200] * accepted and set(codes[accepted:]) == {429}, codes
+    assert "Upload quota reached" in messages[-1] and "Try again in" in messages[-1], messages[-1]
+    _clean(messages[-1], server)
+    assert _upload(server, _small_photo())["path"]  # another sender is not affected
 
 
 def _fn_index(client, button_label: str) -> int:

@@ -43,7 +43,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
 APP_STAGES: tuple[tuple[str, ...], ...] = (
     ("config", "region", "render", "make_examples"),
     ("guard", "modelcard", "about", "train_progress"),
-    ("box",),
+    ("box", "upload_quota"),
     ("uploads", "model_check"),
     ("models",),
     ("core", "verdict"),
