@@ -14,7 +14,7 @@ import pandas as pd
 
 from qatie import bench
 
-from . import config, guard, models, render
+from . import config, guard, models, render, slots
 from .compare import user_error
 
 SIZES = {
@@ -144,9 +144,9 @@ def files_for(model_set, session_sets=None) -> str:
 def run(model_set, session_sets=None, sizes=None, threads=2, runs=3, request: gr.Request = None):
     """Time the three models of a set at each chosen size; streams (plot, table, status)."""
     try:
-        with guard.one_per_session(request, "A benchmark"):
+        with slots.one_per_session(request, "A benchmark"), slots.heavy_slot(request, "The benchmark"):
             yield from _run(model_set, session_sets, sizes, threads, runs)
-    except guard.BusyError as exc:
+    except (slots.BusyError, slots.SlotWaitError) as exc:
         raise gr.Error(str(exc), title="One request at a time") from None
 
 

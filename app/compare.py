@@ -32,7 +32,7 @@ import pandas as pd
 from qatie.cpu import int8_path
 from qatie.errors import QatieError
 
-from . import authors, config, core, example_cache, models, region, render
+from . import authors, config, core, example_cache, models, region, render, slots
 from .zoom import DEFAULT_WINDOW, crop_slider, render_zoom
 from .verdict import headline, verdict
 from . import guard
@@ -59,7 +59,8 @@ def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:
         msg = guard.public_text(str(exc))
         title = ("Model problem" if isinstance(exc, models.ModelFileError) else
                  "Time limit" if isinstance(exc, guard.DeadlineError) else
-                 "One request at a time" if isinstance(exc, guard.BusyError) else "Cannot use this input")
+                 "One request at a time" if isinstance(exc, (slots.BusyError, slots.SlotWaitError)) else
+                 "Cannot use this input")
         return gr.Error(msg[:1].upper() + msg[1:], title=title)
     if isinstance(exc, MemoryError):
         return gr.Error("Out of memory while " + what + ": try a smaller photo, or untick 'Full size'.")
@@ -169,15 +170,31 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     else None). `model_set` None means the default set (`models.default_set()`).
     """
     try:
-        with guard.one_per_session(request, "A comparison"):
-            yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
-                                custom_qat, session_sets)
-    except guard.BusyError as exc:  # the running request's outputs stay as they are
+        with slots.one_per_session(request, "A comparison"):
+            ticket = slots.SLOTS.ticket(slots.visitor(request))
+            try:
+                waited = time.monotonic()
+                while not ticket.wait(1.0):  # visitors are served in turn (app.slots)
+                    if time.monotonic() - waited > config.SLOT_WAIT_S:
+                        raise slots.SlotWaitError(slots.wait_message("The comparison"))
+                    yield _waiting(ticket.ahead())
+                yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
+                                    custom_qat, session_sets)
+            finally:
+                ticket.release()
+    except slots.BusyError as exc:  # the running request's outputs stay as they are
         raise user_error(exc) from None
     except Exception as exc:
         err = user_error(exc)
         yield error_outputs(err)
         raise err from None
+
+
+def _waiting(ahead: int) -> list:
+    vals = [SKIP()] * N_OUT
+    vals[IDX["notice"]] = (f"⏳ Waiting for a free slot — {ahead} request(s) ahead of yours. Visitors are served in "
+                           "turn; your comparison starts as soon as a slot frees.")
+    return vals
 
 
 def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
@@ -315,7 +332,8 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
 
         total_first = sum(latencies[r][0] for r in models.ROLES) / 1000.0
         more = config.TIMING_RUNS - 1
-        skip_timing = total_first > 8.0 and more > 0
+        too_big, others_waiting = total_first > 8.0, slots.SLOTS.waiting() > 0  # latency under load means little
+        skip_timing = more > 0 and (too_big or others_waiting)
         frame, text, js = measured(final=(more == 0 or skip_timing))
         vals = [SKIP()] * N_OUT
         vals[0] = note("Timing more runs…" if more and not skip_timing else "")
@@ -377,7 +395,8 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
             yield vals
 
         if skip_timing:
-            final_notice = note("Latency is from a single pass: extra timing runs are skipped for a photo this large.")
+            final_notice = note("Latency is from a single pass: extra timing runs are skipped "
+                                + ("for a photo this large." if too_big else "while other visitors wait."))
         else:
             final_notice = note()
         # The last update carries every output (already-sent files are not copied again), so an

@@ -67,6 +67,10 @@ TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))
 #: together: one Gradio concurrency group (`app.guard.HEAVY`). A 2-vCPU Space gains nothing from
 #: more, and training holds one slot for its whole run.
 HEAVY_SLOTS = max(1, int(_env_float("QATIE_HEAVY_SLOTS", 2)))
+#: Heavy requests Gradio lets in at once; beyond the slots they wait in `app.slots`, which serves
+#: visitors in turn (Gradio's own queue is first-come-first-served), for at most SLOT_WAIT_S.
+HEAVY_ADMIT = max(HEAVY_SLOTS, int(_env_float("QATIE_HEAVY_ADMIT", 32)))
+SLOT_WAIT_S = _env_float("QATIE_SLOT_WAIT_S", 600.0)
 #: Deadlines (seconds) enforced by `app.guard`: a compare (a base plus a share per megapixel: a
 #: 12-MP tiled compare is ~30 s on an idle 2 vCPU and was measured several times slower on a busy
 #: one), a benchmark, the Inspect panel's quick (analysis, histogram) and slow (calibration

@@ -8,8 +8,8 @@
   torch) runs in a child process that is killed when its deadline passes.
 
 Gradio's own `time_limit` does not stop a click handler that is busy in C code, which is why
-these exist. The one shared concurrency budget for heavy work is Gradio's `concurrency_id`
-`HEAVY` (see `app/ui.py`), sized by `config.HEAVY_SLOTS`.
+these exist. Heavy work shares Gradio's `concurrency_id` `HEAVY` (admission, `config.HEAVY_ADMIT`)
+and then `app.slots` (who runs, `config.HEAVY_SLOTS` at a time, visitors in turn).
 """
 from __future__ import annotations
 
@@ -146,41 +146,6 @@ class Deadline:
 
     def __exit__(self, *exc) -> None:
         self.cancel()
-
-
-# --------------------------------------------------------------------------------------------
-# One heavy request per browser session
-# --------------------------------------------------------------------------------------------
-
-class BusyError(QatieError):
-    """This browser session already has a heavy request running (message shown as is)."""
-
-
-_busy: dict[str, str] = {}
-_busy_lock = threading.Lock()
-
-
-@contextmanager
-def one_per_session(request, what: str):
-    """Run the block only if `request`'s browser session has no other heavy request in flight
-    (BusyError otherwise), so one visitor holds at most one of the `HEAVY` slots and others get
-    the rest. Requests without a session (direct Python calls) are not gated."""
-    key = getattr(request, "session_hash", None)
-    if not key:
-        yield
-        return
-    with _busy_lock:
-        running = _busy.get(key)
-        if running is not None:
-            raise BusyError(f"{running} from this browser session is still running; it must finish (or be "
-                            f"cancelled) before {what[:1].lower() + what[1:]} can start. One request at a time per "
-                            "visitor keeps this public demo fair.")
-        _busy[key] = what
-    try:
-        yield
-    finally:
-        with _busy_lock:
-            _busy.pop(key, None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import pandas as pd
 from qatie import analysis as qi
 from qatie.errors import QatieError
 
-from . import config, core, guard
+from . import config, core, guard, slots
 
 WORST = 5
 DEFAULT_K = "0,1,2,4,8,16,35"
@@ -361,16 +361,20 @@ def wire(panel: Panel, image_component, paths_component, to_paths: Callable[[Any
 
     def gated(what: str, request, fn, *args, **kwargs):
         try:
-            with guard.one_per_session(request, what):
+            with slots.one_per_session(request, what), slots.heavy_slot(request, what):
                 return fn(*args, **kwargs)
-        except guard.BusyError as exc:
+        except (slots.BusyError, slots.SlotWaitError) as exc:
             raise gr.Error(str(exc), title="One request at a time") from None
 
     def run(image, value, request: gr.Request = None):
         return gated("The analysis", request, analyse, image, to_paths(value))
 
-    def hist(image, tensor, value):
-        return histogram(image, to_paths(value), tensor)
+    def hist(image, tensor, value, request: gr.Request = None):
+        try:
+            with slots.heavy_slot(request, "The histogram"):  # follows the tensor choice: no session gate
+                return histogram(image, to_paths(value), tensor)
+        except slots.SlotWaitError as exc:
+            raise gr.Error(str(exc)) from None
 
     def calib(image, value, progress=gr.Progress(), request: gr.Request = None):
         return gated("The calibration comparison", request, calibration, image, to_paths(value), progress=progress)
@@ -381,13 +385,13 @@ def wire(panel: Panel, image_component, paths_component, to_paths: Callable[[Any
 
     panel.run.click(run, [image_component, paths_component],
                     [panel.bars, panel.table, panel.files, panel.tensor, panel.status], api_name=False,
-                    concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, preprocess=False)
+                    concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, preprocess=False)
     panel.tensor.change(hist, [image_component, panel.tensor, paths_component], [panel.hist, panel.hist_note],
-                        api_name=False, concurrency_limit=config.HEAVY_SLOTS,
+                        api_name=False, concurrency_limit=config.HEAVY_ADMIT,
                         concurrency_id=guard.HEAVY, preprocess=False)
     panel.calib_run.click(calib, [image_component, paths_component], [panel.calib_table, panel.calib_note],
-                          api_name=False, concurrency_limit=config.HEAVY_SLOTS,
+                          api_name=False, concurrency_limit=config.HEAVY_ADMIT,
                           concurrency_id=guard.HEAVY, preprocess=False)
     panel.mixed_run.click(mixed_, [image_component, panel.k_values, paths_component],
                           [panel.mixed_plot, panel.mixed_table, panel.mixed_note], api_name=False,
-                          concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, preprocess=False)
+                          concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, preprocess=False)

@@ -12,8 +12,8 @@
   the timing runs). Each is the median over `--runs` calls on different 1-MP photos.
 * **Training** (`--train`): one `/train` call with the Train tab's defaults (built-in photos,
   from scratch), timed from submit to the final update.
-* **Flood** (`--flood N`): N visitors (N `gradio_client` sessions) each submit a 1-MP compare
-  at once; then one more visitor does: that lone visitor's time to outputs and to the final
+* **Flood** (`--flood N`): one visitor's N sessions (`gradio_client` clients sharing an
+  X-Forwarded-For address) each submit a 1-MP compare at once; then another visitor does: that lone visitor's time to outputs and to the final
   update, the flooders' outcomes, and (for a server started here) its RSS with children, peak
   during the flood and once it is over.
 * **First view** (`--first-view`): in headless Chromium (/usr/bin/chromium, Playwright), from
@@ -193,7 +193,9 @@ def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
     from gradio_client import Client, handle_file
 
     photos = one_mp_photos(n + 1, folder / "flood")
-    clients = [Client(url, verbose=False) for _ in range(n + 1)]
+    # the flood comes from one address, the lone visitor from another (as a Space's proxy reports them)
+    clients = [Client(url, verbose=False, headers={"X-Forwarded-For": "10.0.0.66"}) for _ in range(n)]
+    clients.append(Client(url, verbose=False, headers={"X-Forwarded-For": "10.0.0.7"}))
     peak, stop = [0.0], threading.Event()
 
     def watch():

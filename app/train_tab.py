@@ -28,7 +28,7 @@ import gradio as gr
 
 from qatie.errors import QatieError
 
-from . import config, core, guard, models
+from . import config, core, guard, models, slots
 from .compare import user_error
 from .train_progress import QAT_STEP_COST, plot_curves, progress_md
 
@@ -244,13 +244,13 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
 
     Streams: status, training curves (PNG), files; finally adds the set to this session's model
-    sets. One heavy request per browser session (`guard.one_per_session`).
+    sets. One heavy request per browser session, in a fair slot (`app.slots`).
     """
     try:
-        with guard.one_per_session(request, "A training"):
+        with slots.one_per_session(request, "A training"), slots.heavy_slot(request, "The training"):
             yield from _train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method,
                               photos, session_sets, request)
-    except guard.BusyError as exc:
+    except (slots.BusyError, slots.SlotWaitError) as exc:
         raise gr.Error(str(exc), title="One request at a time") from None
 
 

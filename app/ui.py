@@ -171,7 +171,8 @@ def launch(demo: gr.Blocks, **kwargs):
     from .upload_quota import UploadQuota
 
     options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True,
-                   app_kwargs={"middleware": [Middleware(UploadQuota)]})
+                   app_kwargs={"middleware": [Middleware(UploadQuota)]},
+                   max_threads=config.HEAVY_ADMIT + 40)  # admitted heavy requests wait in app.slots on a thread
     options.update(kwargs)
     log.info("launching (warm-up started in %.2f s)", time.perf_counter() - t0)
     return demo.launch(**options)

@@ -65,16 +65,16 @@ LEDGER = Ledger(config.UPLOAD_QUOTA_MB * 1e6, config.UPLOAD_TOTAL_MB * 1e6, conf
 
 
 def sender(scope) -> str:
-    """Who uploads: the session_hash header where the client sends one, else the first address of
-    X-Forwarded-For (a Space's proxy), else the peer address. A forged header only moves a sender
-    to another per-sender bucket: the total quota still counts every byte."""
+    """Who uploads: the session_hash header where the client sends one, else the last address of
+    X-Forwarded-For (added by a Space's proxy), else the peer address. A forged header only moves
+    a sender to another per-sender bucket: the total quota still counts every byte."""
     headers = dict(scope.get("headers") or [])
     session = headers.get(b"session_hash", b"").decode("latin-1").strip()[:64]
     if session:
         return "session:" + session
-    forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",")[0].strip()[:64]
-    if forwarded:
-        return "client:" + forwarded
+    hops = [h.strip() for h in headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",") if h.strip()]
+    if hops:  # the last entry: what the proxy in front of the app saw (earlier ones the client wrote)
+        return "client:" + hops[-1][:64]
     client = scope.get("client") or ("?", 0)
     return "client:" + str(client[0])
 

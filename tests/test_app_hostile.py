@@ -389,6 +389,25 @@ def test_model_past_the_static_checks_meets_the_box(server, client, tmp_path):
     _normal_compare_still_works(client)
 
 
+def test_one_heavy_request_per_session(server, client, tmp_path):
+    """Two compares from one session at once: the second is refused at once with a message (the
+    first holds one heavy slot, not both); the first completes; another session is served."""
+    rng = np.random.default_rng(6)
+    photo = write_png(tmp_path / "slow.png", rng.integers(0, 255, (700, 700, 3), dtype=np.uint8))
+    with Watch(server, "two compares at once from one session", requests=2):
+        first = client.submit(handle_file(str(photo)), api_name="/compare", full_size=True)  # ~seconds of work
+        while first.status().code.name not in ("PROCESSING", "ITERATING", "FINISHED"):
+            time.sleep(0.02)
+        t0 = time.perf_counter()
+        msg = _error(lambda: client.predict(handle_file(str(_small_photo())), api_name="/compare"))
+        refused_s = time.perf_counter() - t0
+        assert first.result()[13]["size"] == [700, 700]
+    assert "still running" in msg and "A comparison from this browser session" in msg, msg
+    assert refused_s < 10, f"the second request took {refused_s:.1f} s to be refused"
+    _clean(msg, server)
+    _normal_compare_still_works(Client(server.url, verbose=False))
+
+
 def test_exif_bomb_photo(server, client, tmp_path):
     """A 0.9 MB PNG whose EXIF block would cost Pillow's getexif() ~12 GB: decoded in the box,
     its orientation read in place."""

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from app import box, guard
+from app import box, guard, slots
 from app.upload_quota import Ledger
 from qatie.errors import ImageReadError, QatieError
 
@@ -66,15 +66,15 @@ class _Request:
 
 def test_one_heavy_request_per_session():
     a, b = _Request("session-a"), _Request("session-b")
-    with guard.one_per_session(a, "A comparison"):
-        with pytest.raises(guard.BusyError, match="A comparison from this browser session is still running.*a benchmark"):
-            with guard.one_per_session(a, "A benchmark"):
+    with slots.one_per_session(a, "A comparison"):
+        with pytest.raises(slots.BusyError, match="A comparison from this browser session is still running.*a benchmark"):
+            with slots.one_per_session(a, "A benchmark"):
                 pass
-        with guard.one_per_session(b, "A comparison"):  # another visitor is not held up
+        with slots.one_per_session(b, "A comparison"):  # another visitor is not held up
             pass
-        with guard.one_per_session(None, "A direct call"):  # Python callers have no session
+        with slots.one_per_session(None, "A direct call"):  # Python callers have no session
             pass
-    with guard.one_per_session(a, "A benchmark"):  # free again once the first has ended
+    with slots.one_per_session(a, "A benchmark"):  # free again once the first has ended
         pass
 
 
@@ -86,3 +86,48 @@ def test_upload_ledger_per_sender_total_and_window():
     assert "received its upload allowance" in ledger.refusal("d", 20, now=4)  # 240 + 20 > 250
     assert ledger.refusal("a", 10, now=5) is None  # refused bytes were not counted: 250 in all
     assert ledger.refusal("a", 60, now=3600.5) is None  # the first 60 left the window
+
+
+def test_slots_serve_visitors_in_turn():
+    """30 requests of one visitor ahead of a lone visitor's: the lone one gets the next free slot."""
+    fair = slots.FairSlots(2)
+    flood = [fair.ticket("10.0.0.66") for _ in range(30)]
+    lone = fair.ticket("10.0.0.7")
+    assert [t.granted for t in flood[:3]] == [True, True, False] and not lone.granted
+    assert lone.ahead() == 0 and flood[2].ahead() == 1
+    flood[0].release()
+    assert lone.wait(0) and not flood[2].granted  # not the flooder's third
+    flood[1].release()
+    assert flood[2].wait(0)
+    lone.release()
+    assert flood[3].wait(0) and fair.busy() == 2 + 26
+    for t in flood:
+        t.release()
+    assert fair.busy() == 0
+
+
+def test_a_waiting_ticket_given_up_frees_its_place():
+    fair = slots.FairSlots(1)
+    first, second, third = fair.ticket("a"), fair.ticket("b"), fair.ticket("c")
+    second.release()  # the visitor left while waiting
+    first.release()
+    assert third.wait(0) and fair.busy() == 1
+
+
+def test_visitor_is_the_proxys_view_of_the_client():
+    class R:
+        def __init__(self, headers, host):
+            self.headers, self.client = headers, type("C", (), {"host": host})()
+
+    assert slots.visitor(R({"x-forwarded-for": "1.2.3.4, 10.9.8.7"}, "127.0.0.1")) == "10.9.8.7"
+    assert slots.visitor(R({}, "192.168.0.5")) == "192.168.0.5"
+    assert slots.visitor(None) == "local"
+
+
+def test_waiting_counts_only_tickets_without_a_slot():
+    fair = slots.FairSlots(1)
+    a, b = fair.ticket("a"), fair.ticket("b")
+    assert fair.waiting() == 1 and fair.busy() == 2
+    a.release()
+    assert fair.waiting() == 0 and b.granted
+    b.release()

@@ -43,7 +43,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
 APP_STAGES: tuple[tuple[str, ...], ...] = (
     ("config", "region", "render", "make_examples"),
     ("guard", "modelcard", "about", "train_progress"),
-    ("box", "upload_quota"),
+    ("box", "upload_quota", "slots"),
     ("uploads", "model_check"),
     ("models",),
     ("core", "verdict"),

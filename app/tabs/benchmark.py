@@ -58,7 +58,7 @@ def wire(tab: BenchmarkTab, session_sets: gr.State) -> None:
     """Run (the public /benchmark endpoint) and the file list that follows the chosen set."""
     tab.run.click(bench_tab.run, [tab.model_set, session_sets, tab.sizes, tab.threads, tab.runs],
                   [tab.plot, tab.table, tab.status],
-                  api_name="benchmark", concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY,
+                  api_name="benchmark", concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY,
                   time_limit=900)
     tab.model_set.change(bench_tab.files_for, [tab.model_set, session_sets], tab.files, api_visibility="private",
                          queue=False)

@@ -181,12 +181,12 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
                        tab.heatmap_ref, tab.out_authors, result_state]
     assert len(compare_outputs) == compare.N_OUT
     tab.run_btn.click(compare.compare_ui, compare_inputs, compare_outputs, api_visibility="private",
-                      preprocess=False, concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY,
+                      preprocess=False, concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY,
                       time_limit=600, show_progress="minimal")
     # The public /compare endpoint (raises on bad input, so API callers get an exception) hangs
     # off an invisible button: the visible one reports errors in the notice line instead.
     tab.api_btn.click(compare.compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
-                      concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=600)
+                      concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, time_limit=600)
     # The page opens with the first example's (cached) comparison.
     def first_load():
         return first_view.on_load(default_set)
@@ -201,7 +201,7 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
         tab.gallery.select(first_view.pick, None, [tab.image_in, tab.reference_in], queue=False,
                            api_visibility="private").then(
             compare.compare_ui, compare_inputs, compare_outputs, preprocess=False,
-            concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=600,
+            concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, time_limit=600,
             api_visibility="private", show_progress="minimal", trigger_mode="always_last")
     # A reference that came with an example never scores the user's own photo.
     for event in (tab.image_in.upload, tab.image_in.clear):

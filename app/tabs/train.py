@@ -85,7 +85,7 @@ def wire(tab: TrainTab, session_sets: gr.State, model_dropdowns: Sequence[gr.Dro
         [tab.data, tab.init, tab.width, tab.fp32, tab.qat, tab.batch, tab.patch, tab.lr, tab.qat_lr, tab.method,
          tab.photos, session_sets],
         [tab.status, tab.curves, tab.files, session_sets, *model_dropdowns],
-        api_name="train", concurrency_limit=config.HEAVY_SLOTS, concurrency_id=guard.HEAVY, time_limit=3600,
+        api_name="train", concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, time_limit=3600,
         show_progress="hidden",  # one progress display: the status line (no overlay on the curves)
     )
     tab.cancel.click(train_tab.cancel, None, tab.status, cancels=[t_evt], queue=False, api_visibility="private")
