@@ -556,7 +556,9 @@ def test_inspect_handler_stopped_at_deadline(server, client):
     assert f"stopped after {INSPECT_DEADLINE_S} s" in msg, msg
     _clean(msg, server)
     time.sleep(0.5)
-    assert not psutil.Process(server.proc.pid).children(recursive=True), "the Inspect child process was not killed"
+    inspect_children = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                        if "_child()" in " ".join(p.cmdline())]  # (the box's spare workers stay)
+    assert not inspect_children, "the Inspect child process was not killed"
     _normal_compare_still_works(client)
 
 
