@@ -418,6 +418,7 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
         models.close_enhancers(enh)
         if request_dir is not None and not keep_dir:
             shutil.rmtree(request_dir, ignore_errors=True)
+        guard.give_back_memory()
 
 
 # --------------------------------------------------------------------------------------------

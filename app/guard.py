@@ -69,6 +69,19 @@ def active_deadline() -> "Deadline | None":
     return _ACTIVE.get()
 
 
+def give_back_memory() -> None:
+    """Return the C heap's free pages to the system (glibc's `malloc_trim`). A request's numpy
+    arrays are freed when it ends, but glibc keeps the pages of its per-thread arenas: after 12
+    concurrent 1-MP compares the server stayed at 964 MB instead of ~420 (measured)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 class Deadline:
     """A watchdog for one request: `seconds` from now it terminates the ONNX Runtime runs started
     in `onnx()` blocks and makes `check()` raise."""
