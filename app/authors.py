@@ -23,7 +23,7 @@ from qatie.imageio import to_uint8
 from qatie.metrics import error_levels, psnr, ssim
 
 from . import config, models
-from .core import _f, _num
+from .core import PERCEPTUAL_HEADERS, _f, _num, perceptual_cells, rate
 
 FILE_NAME = "qatie_official_int8_100x100.tflite"
 PATH = Path(os.environ.get("QATIE_AUTHORS_TFLITE") or REPO_ROOT.parent / "shared" / "reference" / FILE_NAME)
@@ -94,8 +94,8 @@ def table_row(headers: list[str], metrics: dict, ms: float) -> list[str]:
             return _num(metrics["mean_levels"], ".2f")
         if h.startswith("Max error vs FP32"):
             return _num(metrics["max_levels"], ".0f")
-        if h.startswith("Pixels > 2"):
-            return _num(100 * metrics["share_over_2_levels"], ".2f") + " %"
+        if h in PERCEPTUAL_HEADERS:
+            return perceptual_cells(metrics)[PERCEPTUAL_HEADERS.index(h)]
         if h.startswith("PSNR vs reference"):
             return _num(metrics.get("psnr_db"), ".2f")
         if h.startswith("SSIM vs reference"):
@@ -109,13 +109,16 @@ def table_row(headers: list[str], metrics: dict, ms: float) -> list[str]:
     return [cell(h) for h in headers]
 
 
-def measure(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.ndarray | None) -> dict:
-    """Agreement with the paper FP32 output (the same numbers the INT8 rows show), and the
-    score against the reference when there is one."""
+def measure(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.ndarray | None, result: dict | None = None) -> dict:
+    """Agreement with the paper FP32 output (the same numbers the INT8 rows show, the perceptual
+    rating on the same scale when the comparison's `result` is given), and the score against
+    the reference when there is one."""
     out, fp = _f(out_u8), _f(fp32_u8)
     err = error_levels(out, fp)
     m = {"agreement_psnr_db": psnr(out, fp), "agreement_ssim": ssim(out, fp), "max_levels": float(err.max()),
          "mean_levels": float(err.mean()), "share_over_2_levels": float((err > 2).mean())}
+    if result is not None and "fp32_lab" in result:
+        m["perceptual"] = rate(result["fp32_lab"], out_u8, result["jpeg_ladder"])[0]
     if reference_u8 is not None:
         ref = _f(reference_u8)
         m.update(psnr_db=psnr(out, ref), ssim=ssim(out, ref))

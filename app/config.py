@@ -63,6 +63,10 @@ TILE_OVERLAP = min(64, TILE // 8)
 #: Latency shown = median of this many timed passes per model (the first is the pass that
 #: produced the outputs; the rest stream in afterwards).
 TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))
+#: …as long as the compare's stream ends within this many seconds: a round of three passes is
+#: timed only when it fits (a 2-core machine without VNNI fits none for a 1-MP photo; one with
+#: VNNI fits both extra rounds).
+TIMING_BUDGET_S = _env_float("QATIE_TIMING_BUDGET_S", 6.0)
 #: Heavy requests (compare, benchmark, training, the Inspect panel) that run at once, all kinds
 #: together: one Gradio concurrency group (`app.guard.HEAVY`). A 2-vCPU Space gains nothing from
 #: more, and training holds one slot for its whole run.

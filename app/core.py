@@ -225,16 +225,49 @@ def analyse(prep: Prepared, outputs: dict[str, np.ndarray]) -> dict:
             maps[f"{role}_vs_ref"] = err
             models[role].update({"psnr_db": psnr(out, ref), "ssim": ssim(out, ref),
                                  "max_levels_vs_ref": float(err.max())})
-    worst_role = max(("ptq", "qat"), key=lambda r: models[r]["mean_levels"])
-    x, y = worst_point(maps[f"{worst_role}_vs_fp32"])
-    result["worst"] = {"role": worst_role, "x": x, "y": y}
+    _perceptual(outputs, models, maps, masks, result)
     result["maps"] = maps
     return result
 
 
+def rate(fp_lab: np.ndarray, out_u8: np.ndarray, ladder: list[dict], masks: dict | None = None) -> tuple[dict, np.ndarray]:
+    """One picture's perceptual rating against the FP32 output (its CIELAB on the measuring grid):
+    ({mean_de00, share_visible, p99_de00, class, class_name, jpeg, where}, ΔE00 map)."""
+    from qatie.analysis import perceptual as pc
+
+    de = pc.delta_e00_lab(fp_lab, pc.lab(out_u8))
+    summary = pc.summarise(de)
+    cls = pc.visibility(summary)
+    rating = {**summary, "class": cls.rank, "class_name": cls.name, "jpeg": pc.jpeg_equivalent(summary, ladder)}
+    if masks is not None:
+        rating["where"] = where(de, masks, threshold=pc.JND_DE00)
+    return rating, de
+
+
+def _perceptual(outputs: dict[str, np.ndarray], models: dict, maps: dict, masks: dict, result: dict) -> None:
+    """What a viewer would notice (`qatie.analysis.perceptual`): per INT8 model the ΔE00 summary,
+    its visibility class, where its visible pixels are, its place on this photo's JPEG ladder; the
+    ΔE00 maps (on the measuring grid) and the worst visible region."""
+    from qatie.analysis import perceptual as pc
+
+    h, w = outputs["fp32"].shape[:2]
+    k = pc.grid_factor(h, w)
+    fp_lab = pc.lab(outputs["fp32"])
+    ladder = pc.jpeg_ladder(outputs["fp32"], pc.JPEG_QUALITIES, fp_lab)
+    small = {name: m[:fp_lab.shape[0] * k:k, :fp_lab.shape[1] * k:k] for name, m in masks.items()}
+    for role in ("ptq", "qat"):
+        models[role]["perceptual"], maps[f"{role}_de00"] = rate(fp_lab, outputs[role], ladder, small)
+    result["jpeg_ladder"] = ladder
+    result["fp32_lab"] = fp_lab  # for rating another picture of the same photo (the authors' model)
+    result["perceptual_grid"] = {"factor": k, "jnd_de00": pc.JND_DE00}
+    worst_role = max(("ptq", "qat"), key=lambda r: models[r]["perceptual"]["mean_de00"])
+    x, y = worst_point(maps[f"{worst_role}_de00"], block=max(4, 32 // k))
+    result["worst"] = {"role": worst_role, "x": min(w - 1, x * k), "y": min(h - 1, y * k)}
+
+
 def public(result: dict) -> dict:
     """The analysis without the arrays (for JSON output)."""
-    return {k: v for k, v in result.items() if k != "maps"}
+    return {k: v for k, v in result.items() if k not in ("maps", "fp32_lab")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,38 +295,51 @@ def _latency_cell(samples: list[float]) -> str:
     return f"{s['median_ms']:.0f} ({what})"
 
 
+PERCEPTUAL_HEADERS = ["Looks (vs FP32)", "Noticeable pixels (ΔE00 > 2.3)", "Mean ΔE00", "Like a JPEG at"]
+
+
+def perceptual_cells(m: dict | None) -> list[str]:
+    """The table's perceptual cells of one INT8 picture (dashes for FP32 itself)."""
+    p = (m or {}).get("perceptual")
+    if not p:
+        return ["—"] * len(PERCEPTUAL_HEADERS)
+    jpeg = p["jpeg"]
+    like = {"about": f"≈ quality {jpeg['quality']}", "better than": f"better than quality {jpeg['quality']}",
+            "worse than": f"worse than quality {jpeg['quality']}"}[jpeg["relation"]]
+    return [p["class_name"], _num(100 * p["share_visible"], ".1f") + " %", _num(p["mean_de00"], ".2f"), like]
+
+
 def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows) of the metrics table, always 8 columns; PSNR/SSIM vs the reference when
-    there is one, else vs FP32 ("agreement with full precision")."""
+    """(headers, rows) of the metrics table, always 9 columns: the perceptual columns (what a
+    viewer would notice, `qatie.analysis.perceptual`) first, then PSNR/SSIM vs the reference when
+    there is one (else agreement with full precision), the level error, latency and file size."""
     models = result["models"]
     lat_head = "Latency (ms)"
     if result["reference"]:
-        headers = ["Model", "PSNR vs reference (dB)", "SSIM vs reference", "Agreement with FP32 (dB)",
-                   "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32", lat_head, "File (MB)"]
+        headers = (["Model", "PSNR vs reference (dB)", "SSIM vs reference"] + PERCEPTUAL_HEADERS[:2]
+                   + ["Agreement with FP32 (dB)", "Max error vs FP32 (levels)", lat_head, "File (MB)"])
         inp = result["input"]
-        rows = [["Input (unprocessed)", _num(inp["psnr_db"], ".2f"), _num(inp["ssim"], ".4f"), "—", "—", "—", "—", "—"]]
+        rows = [["Input (unprocessed)", _num(inp["psnr_db"], ".2f"), _num(inp["ssim"], ".4f")] + ["—"] * 6]
         for role in ROLES:
             m = models[role]
             rows.append([
                 ROLE_LABELS[role], _num(m["psnr_db"], ".2f"), _num(m["ssim"], ".4f"),
+                *perceptual_cells(m)[:2],
                 _num(m.get("agreement_psnr_db"), ".2f") if role != "fp32" else "(full precision)",
                 _num(m.get("max_levels"), ".0f"),
-                _num(100 * m["share_over_2_levels"], ".2f") + " %" if role != "fp32" else "—",
                 _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}",
             ])
     else:
-        headers = ["Model", "Agreement with full precision: PSNR (dB)", "Agreement with full precision: SSIM",
-                   "Mean error vs FP32 (levels)", "Max error vs FP32 (levels)", "Pixels > 2 levels off FP32",
-                   lat_head, "File (MB)"]
+        headers = (["Model"] + PERCEPTUAL_HEADERS + ["Agreement with full precision: PSNR (dB)",
+                                                     "Max error vs FP32 (levels)", lat_head, "File (MB)"])
         rows = []
         for role in ROLES:
             m = models[role]
             if role == "fp32":
-                rows.append([ROLE_LABELS[role], "(full precision)", "—", "—", "—", "—",
+                rows.append([ROLE_LABELS[role], "(full precision)", "—", "—", "—", "—", "—",
                              _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}"])
             else:
-                rows.append([ROLE_LABELS[role], _num(m["agreement_psnr_db"], ".2f"), _num(m["agreement_ssim"], ".4f"),
-                             _num(m["mean_levels"], ".2f"), _num(m["max_levels"], ".0f"),
-                             _num(100 * m["share_over_2_levels"], ".2f") + " %",
-                             _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}"])
+                rows.append([ROLE_LABELS[role], *perceptual_cells(m), _num(m["agreement_psnr_db"], ".2f"),
+                             _num(m["max_levels"], ".0f"), _latency_cell(latencies.get(role, [])),
+                             f"{sizes_mb[role]:.2f}"])
     return headers, rows

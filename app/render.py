@@ -89,7 +89,8 @@ def colorize(levels: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vmax: float | None = None,
-                panel_px: int = 520, cols: int | None = None, title: str | None = None) -> str:
+                panel_px: int = 520, cols: int | None = None, title: str | None = None, bar_label: str | None = None,
+                ticks: tuple[float, ...] | None = None) -> str:
     """One figure: each (title, H×W levels) map in a grid (None leaves a slot empty) on one shared
     colour scale, with one colour bar in 8-bit levels. Maps larger than `panel_px` are block-max
     reduced for display, so a single bad pixel still shows."""
@@ -129,19 +130,46 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
     cax = fig.add_subplot(grid[:, cols])
     over = any(float(m.max()) > vmax for _, m in real)
     bar = fig.colorbar(image, cax=cax, extend="max" if over else "neither")
-    bar.set_label("absolute difference, 8-bit levels (max over R,G,B)"
+    bar.set_label((bar_label or "absolute difference, 8-bit levels (max over R,G,B)")
                   + (f"; scale capped at the {SCALE_PERCENTILE:g}th percentile" if over and capped else "")
-                  + (f"; brighter than {vmax:g} shows as {vmax:g}" if over and not capped else ""), fontsize=9)
+                  + (f"; above {vmax:g} shows as {vmax:g}" if over and not capped else ""), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=13)
-    ticks = [t for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 255) if t <= vmax]
-    if vmax - ticks[-1] > 0.15 * vmax:
-        ticks.append(round(vmax))
-    bar.set_ticks(ticks)
+    if ticks is None:
+        ticks = [t for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 255) if t <= vmax]
+        if vmax - ticks[-1] > 0.15 * vmax:
+            ticks.append(round(vmax))
+    bar.set_ticks(list(ticks))
     bar.ax.tick_params(labelsize=8)
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     return save_png(rgba[..., :3].copy(), path)
+
+
+#: Colour scale of the perceptual map (ΔE00): 0 to twice one just-noticeable difference.
+DE00_SCALE = 6.0
+
+
+def perceptual_map_png(maps: dict[str, np.ndarray], path: str | Path) -> str:
+    """'Where a viewer would notice': each INT8 model's ΔE00 map against FP32 (CIEDE2000; 2.3 is
+    one just-noticeable difference), on a fixed 0–6 scale."""
+    from qatie.analysis.perceptual import JND_DE00
+
+    panels = [(f"{label}  ({100 * (maps[f'{role}_de00'] > JND_DE00).mean():.1f}% noticeable)", maps[f"{role}_de00"])
+              for role, label in (("ptq", "PTQ-INT8 vs FP32"), ("qat", "QAT-INT8 vs FP32"))]
+    return heatmap_png(panels, path, vmax=DE00_SCALE, cols=2, panel_px=420,
+                       title=f"Where a viewer would notice: colour difference ΔE00 (over {JND_DE00:g} = noticeable)",
+                       bar_label="CIEDE2000 colour difference (ΔE00)", ticks=(0, 1, 2, JND_DE00, 4, 6))
+
+
+def stack_pngs(paths: list[str], path: str | Path) -> str:
+    """Figures one above the other (left-aligned on white) in one PNG."""
+    from PIL import Image
+
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    width = max(im.shape[1] for im in images)
+    rows = [np.pad(im, ((0, 0), (0, width - im.shape[1]), (0, 0)), constant_values=255) for im in images]
+    return save_png(np.concatenate(rows, axis=0), path)
 
 
 def _font(size: int):

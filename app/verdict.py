@@ -1,14 +1,18 @@
 """A plain-language verdict generated from the numbers of one comparison.
 
-Written for someone who does not know what PSNR is: how close each INT8 model's picture is to
-the full-precision one (in 8-bit levels: 1 level is the smallest step a PNG can store), where
-the differences are, what INT8 buys (time, size), and — with a ground truth — whether the
-enhancement helped. Every sentence comes from a measured number; nothing is canned.
+Written for someone who does not know what PSNR is: whether a viewer would tell each INT8
+model's picture from the full-precision one — its visibility class from CIEDE2000 colour
+differences (`qatie.analysis.perceptual`), placed on this photo's own JPEG-quality ladder — where
+the noticeable pixels are, what INT8 buys (time, size), and — with a ground truth — whether the
+enhancement helped. Level counts (1 level = the smallest step a PNG stores) are given for
+engineers, never used for the rating. Every sentence comes from a measured number.
 """
 from __future__ import annotations
 
 import math
 import statistics
+
+from qatie.analysis.perceptual import CLASSES, jpeg_phrase
 
 from .models import ROLE_LABELS
 
@@ -49,27 +53,26 @@ def concentration(where: dict) -> str | None:
 
 
 def rating(m: dict) -> tuple[int, str]:
-    """(0 = invisible … 3 = clearly visible, phrase) from the share of pixels > 2 levels off."""
-    over2, maxl = m["share_over_2_levels"], m["max_levels"]
-    if over2 < 0.001 and maxl <= 4:
-        return 0, "you will not see a difference"
-    if over2 < 0.01:
-        return 1, "differences show only when zoomed in"
-    if over2 < 0.10:
-        return 2, "differences are visible when you zoom in — see the heatmap"
-    return 3, "it looks visibly different from full precision"
+    """(0 = indistinguishable … 3 = visibly different, sentence) from the perceptual class."""
+    c = CLASSES[m["perceptual"]["class"]]
+    return c.rank, c.sentence
+
+
+def _where_noticeable(m: dict) -> str | None:
+    return concentration(m["perceptual"].get("where") or {}) if m["perceptual"]["share_visible"] >= 0.001 else None
 
 
 def _model_sentence(role: str, m: dict) -> str:
-    label = ROLE_LABELS[role]
-    s = (f"**{label}** is within 1 level of full precision on {pct(m['share_within_1_level'])} of pixels "
-         f"(at most {levels(m['max_levels'])} off)")
-    if m["share_over_2_levels"] >= 0.0005:
-        s += f"; {pct(m['share_over_2_levels'])} of pixels are more than 2 levels off"
-        where = concentration(m["where"])
-        if where:
-            s += f", {where}"
-    return s + f" — {rating(m)[1]}."
+    p = m["perceptual"]
+    s = (f"**{ROLE_LABELS[role]}**: {rating(m)[1]} — {pct(p['share_visible'])} of pixels differ from full "
+         f"precision by more than one just-noticeable colour difference (mean ΔE00 {p['mean_de00']:.2f})")
+    where = _where_noticeable(m)
+    if where:
+        s += f", {where}"
+    s += f"; {jpeg_phrase(p['jpeg'])} of the full-precision picture."
+    s += (f" In 8-bit levels: within 1 level on {pct(m['share_within_1_level'])} of pixels, at most "
+          f"{levels(m['max_levels'])} off.")
+    return s
 
 
 def _median(samples: list[float] | None) -> float | None:
@@ -79,59 +82,54 @@ def _median(samples: list[float] | None) -> float | None:
 SHORT_NAMES = {"ptq": "PTQ", "qat": "QAT"}
 
 
-def _closer(ap: float, aq: float) -> tuple[str | None, float]:
-    """(role numerically closer to full precision by agreement PSNR, gap in dB); None when tied."""
-    if math.isinf(ap) and math.isinf(aq):
-        return None, 0.0
-    if math.isinf(ap) or math.isinf(aq):
-        return ("ptq" if math.isinf(ap) else "qat"), math.inf
-    if abs(aq - ap) < 0.1:
-        return None, abs(aq - ap)
-    return ("qat" if aq > ap else "ptq"), abs(aq - ap)
-
-
-def _not_worse(a: dict, b: dict) -> bool:
-    """`a` is at least as good as `b` on the numbers the table shows besides PSNR."""
-    return a["share_over_2_levels"] <= b["share_over_2_levels"] and a["max_levels"] <= b["max_levels"]
+def _ratio(worse: float, better: float) -> str:
+    """'7× more' / 'far more' for shares of noticeable pixels."""
+    if better <= 0:
+        return "far more" if worse > 0 else "as many"
+    return f"{worse / better:.0f}× more" if worse / better >= 1.95 else f"{worse / better:.1f}× as many"
 
 
 def bottom_line(ptq: dict, qat: dict) -> str:
-    """Which INT8 model is closer to full precision — only claimed when no number in the table
-    says otherwise (a model with more pixels off or a larger max error is never "better")."""
+    """Which INT8 model a viewer would take for full precision — from the perceptual classes and
+    the share of noticeable pixels, the numbers the table shows first."""
     rp, rq = rating(ptq)[0], rating(qat)[0]
-    by_role = {"ptq": ptq, "qat": qat}
-    closer, gap = _closer(ptq["agreement_psnr_db"], qat["agreement_psnr_db"])
-    gap_s = "" if math.isinf(gap) else f" by {gap:.1f} dB"
-    if rp <= 1 and rq <= 1:
-        s = ("Both INT8 models look the same as full precision on this photo (indistinguishable at normal "
-             "viewing size)")
-        if closer is None:
-            return s + "; numerically they are equally close."
-        other = "ptq" if closer == "qat" else "qat"
-        s += f"; {ROLE_LABELS[closer]} is numerically closer{gap_s} (agreement PSNR)"
-        if not _not_worse(by_role[closer], by_role[other]):
-            s += f", while {ROLE_LABELS[other]} has fewer pixels off or a smaller maximum error"
-        return s + "."
+    sp, sq = ptq["perceptual"]["share_visible"], qat["perceptual"]["share_visible"]
     if rp != rq:
         best, worst = ("ptq", "qat") if rp < rq else ("qat", "ptq")
-        s = f"**{SHORT_NAMES[best]} is the better INT8 model here**: fewer pixels more than 2 levels off"
-        if closer == best:
-            s += f" and closer to full precision{gap_s}"
+        by = {"ptq": ptq, "qat": qat}
+        s = (f"**{SHORT_NAMES[best]} is the better INT8 model here**: {CLASSES[by[best]['perceptual']['class']].sentence}"
+             f", while {ROLE_LABELS[worst]} has {_ratio(by[worst]['perceptual']['share_visible'], by[best]['perceptual']['share_visible'])} "
+             "pixels a viewer would notice")
         if best == "qat":
-            s += ": training with simulated INT8 taught the network to live with it"
+            s += " — training with simulated INT8 taught the network to live with it"
         return s + "."
-    # Same visibility class: crown one only if it wins on every count.
-    if closer is not None and (gap >= 1.0) and _not_worse(by_role[closer], by_role["ptq" if closer == "qat" else "qat"]):
-        return f"**{SHORT_NAMES[closer]} is the better INT8 model here**: closer to full precision{gap_s}."
-    s = "PTQ and QAT are about equally close to full precision on this photo"
-    if closer is not None:
-        other = "ptq" if closer == "qat" else "qat"
-        s += f": {ROLE_LABELS[closer]} is closer on average{gap_s}"
-        if by_role[other]["share_over_2_levels"] < by_role[closer]["share_over_2_levels"]:
-            s += f", but {ROLE_LABELS[other]} has fewer pixels more than 2 levels off"
-        elif by_role[other]["max_levels"] < by_role[closer]["max_levels"]:
-            s += f", but {ROLE_LABELS[other]} has the smaller maximum error"
-    return s + "."
+    if rp <= 1:
+        s = "Both INT8 models " + ("are indistinguishable from" if rp == 0 else "would pass for") + " full precision"
+    else:
+        s = f"Both INT8 models are in the same class here ({CLASSES[rp].name})"
+    if max(sp, sq) > 0 and max(sp, sq) >= 2 * max(min(sp, sq), 1e-4) and max(sp, sq) >= 0.005:
+        better = "ptq" if sp < sq else "qat"
+        other = "qat" if better == "ptq" else "ptq"
+        return s + (f"; {ROLE_LABELS[other]} has {_ratio(max(sp, sq), min(sp, sq))} noticeable pixels than "
+                    f"{ROLE_LABELS[better]}.")
+    return s + "; neither has markedly more noticeable pixels."
+
+
+def speedup(fp32_ms: float, int8_ms: float) -> str:
+    """One way of saying speed everywhere: 'N× faster' / 'N× slower' than full precision."""
+    r = fp32_ms / int8_ms
+    if 0.95 <= r <= 1.05:
+        return "as fast"
+    return f"{r:.1f}× faster" if r > 1 else f"{1 / r:.1f}× slower"
+
+
+def authors_rating(metrics: dict) -> str:
+    """The authors' TFLite picture on the INT8 models' scale (one clause)."""
+    p = metrics.get("perceptual")
+    if not p:
+        return "not rated"
+    return (f"{CLASSES[p['class']].sentence} ({pct(p['share_visible'])} noticeable pixels; "
+            f"{jpeg_phrase(p['jpeg'])}).")
 
 
 def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float], final: bool = True) -> str:
@@ -174,10 +172,8 @@ def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str,
     if all(med.values()):
         runs = min(len(latencies[r]) for r in ("fp32", "ptq", "qat"))
         how = "one run each" if runs == 1 else f"median of {runs} runs"
-        ratio_p, ratio_q = med["ptq"] / med["fp32"], med["qat"] / med["fp32"]
-        faster = "faster" if max(ratio_p, ratio_q) < 1 else "not faster"
         s = (f"Speed on this machine ({how}): full precision {med['fp32']:.0f} ms, PTQ {med['ptq']:.0f} ms "
-             f"({ratio_p:.2f}×), QAT {med['qat']:.0f} ms ({ratio_q:.2f}×) — INT8 is {faster} here")
+             f"({speedup(med['fp32'], med['ptq'])}), QAT {med['qat']:.0f} ms ({speedup(med['fp32'], med['qat'])})")
         small = sizes_mb["fp32"] / max(1e-9, (sizes_mb["ptq"] + sizes_mb["qat"]) / 2)
         s += f", and its files are {small:.1f}× smaller."
         if not final:
@@ -195,43 +191,53 @@ def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str,
 # The one-line headline on top of the Compare tab
 # --------------------------------------------------------------------------------------------
 
-#: Colour per rating (0 invisible … 3 clearly visible): green, green, amber, red.
+#: Colour per visibility class (0 indistinguishable … 3 visibly different): green, green, amber, red.
 COLOURS = {0: "#15803d", 1: "#15803d", 2: "#b45309", 3: "#b91c1c"}
-SHORT = {0: "looks the same as full precision",
-         1: "looks the same as full precision (tiny differences when zoomed in)",
-         2: "differences visible when zoomed in",
-         3: "visibly different from full precision"}
+SHORT = {0: "indistinguishable from full precision", 1: "looks the same as full precision",
+         2: "close to full precision; differences show when flipping", 3: "visibly different from full precision"}
 SHORT_REGION = {"smooth": "in smooth areas", "textured": "along edges and texture",
                 "shadows": "in dark areas", "highlights": "in bright areas"}
 
 
-def _short(m: dict) -> str:
-    r = rating(m)[0]
-    s = SHORT[r]
-    if r >= 2:
-        region = concentration(m["where"])
-        name = next((k for k, v in REGION_PHRASES.items() if v == region), None)
-        if name:
-            s += ", mostly " + SHORT_REGION[name]
-    return s
+def _region_short(m: dict) -> str | None:
+    region = _where_noticeable(m)
+    name = next((k for k, v in REGION_PHRASES.items() if v == region), None)
+    return SHORT_REGION[name] if name else None
+
+
+def _jpeg_short(m: dict) -> str:
+    j = m["perceptual"]["jpeg"]
+    return {"about": f"like a JPEG at quality {j['quality']}", "better than": f"closer than a JPEG at quality {j['quality']}",
+            "worse than": f"further off than a JPEG at quality {j['quality']}"}[j["relation"]]
 
 
 def headline(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float]) -> str:
-    """One line of HTML: each INT8 model's visibility class (colour-coded) and what INT8 buys.
-    Worded from the same ratings as the verdict below it, so the two never disagree."""
+    """One line of HTML: the comparison — the INT8 model a viewer would take for full precision
+    first, then the other with how many times more noticeable pixels it has and where, each
+    colour-coded by class and placed on the JPEG ladder — and what INT8 buys. From the same
+    ratings as the verdict and the table's first columns, so the three never disagree."""
     import html
 
     models = result["models"]
+    order = sorted(("qat", "ptq"), key=lambda r: (rating(models[r])[0], models[r]["perceptual"]["share_visible"]))
     bits = []
-    for role in ("ptq", "qat"):
+    first = models[order[0]]["perceptual"]["share_visible"]
+    for i, role in enumerate(order):
         m = models[role]
-        colour = COLOURS[rating(m)[0]]
-        bits.append(f'<span style="color:{colour}"><b>{ROLE_LABELS[role]}</b>: {html.escape(_short(m))}</span>')
+        rank = rating(m)[0]
+        text = SHORT[rank]
+        if i == 1 and rank > rating(models[order[0]])[0]:
+            text += f" — {_ratio(m['perceptual']['share_visible'], first)} noticeable pixels"
+            where = _region_short(m)
+            if where:
+                text += f", mostly {where}"
+        text += f" ({_jpeg_short(m)})"
+        bits.append(f'<span style="color:{COLOURS[rank]}"><b>{ROLE_LABELS[role]}</b>: {html.escape(text)}</span>')
     med = {r: _median(latencies.get(r)) for r in ("fp32", "ptq", "qat")}
     if all(med.values()):
-        speed = med["fp32"] / min(med["ptq"], med["qat"])
         small = sizes_mb["fp32"] / max(1e-9, (sizes_mb["ptq"] + sizes_mb["qat"]) / 2)
-        fast = f"INT8 {speed:.1f}× faster" if speed >= 1.05 else "INT8 not faster here"
+        fastest = min(med["ptq"], med["qat"])
+        fast = (f"INT8 {speedup(med['fp32'], fastest)}" if med["fp32"] / fastest > 1.05 else "INT8 not faster here")
         busy = any(len(v) >= 3 and (max(v) - min(v)) > 0.5 * statistics.median(v)
                    for v in (latencies.get(r) or [] for r in ("fp32", "ptq", "qat")))
         note = " (timings vary a lot: the server is busy, so the speed-up is rough)" if busy else ""

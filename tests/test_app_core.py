@@ -84,31 +84,37 @@ def test_worst_point_finds_the_bad_block():
 # Verdict
 # --------------------------------------------------------------------------------------------
 
-def _model(over2, maxl, within1, psnr_db, where=None):
+def _model(share_visible, mean_de00, maxl, within1, psnr_db, where=None):
+    from qatie.analysis.perceptual import visibility
+
     where = where or {k: {"area": 0.25, "share_of_bad": 0.25} for k in ("smooth", "textured", "shadows", "highlights")}
+    p = {"share_visible": share_visible, "mean_de00": mean_de00}
+    cls = visibility(p)
+    p.update({"class": cls.rank, "class_name": cls.name, "jpeg": {"quality": 90, "relation": "about"}, "where": where})
     return {"agreement_psnr_db": psnr_db, "agreement_ssim": 0.99, "max_levels": maxl, "mean_levels": 0.5,
-            "share_over_2_levels": over2, "share_within_1_level": within1, "where": where}
+            "share_over_2_levels": 0.1, "share_within_1_level": within1, "where": where, "perceptual": p}
 
 
 def test_verdict_says_what_the_numbers_say():
     smooth = {"smooth": {"area": 0.4, "share_of_bad": 0.9}, "textured": {"area": 0.6, "share_of_bad": 0.1},
               "shadows": {"area": 0.1, "share_of_bad": 0.1}, "highlights": {"area": 0.0, "share_of_bad": 0.0}}
     result = {"reference": None, "input": None, "worst": {"role": "ptq", "x": 10, "y": 20},
-              "models": {"fp32": {}, "ptq": _model(0.12, 14, 0.7, 33.0, smooth), "qat": _model(0.0, 2, 0.998, 46.0)}}
+              "models": {"fp32": {}, "ptq": _model(0.35, 2.5, 14, 0.7, 33.0, smooth),
+                         "qat": _model(0.0, 0.5, 2, 0.998, 46.0)}}
     lat = {"fp32": [600.0, 610.0, 590.0], "ptq": [300.0] * 3, "qat": [310.0] * 3}
     text = verdict(result, lat, {"fp32": 3.7, "ptq": 1.0, "qat": 1.0})
     assert "at most 14 levels off" in text and "mostly in smooth areas" in text
-    assert "QAT is the better INT8 model here" in text and "13.0 dB" in text
-    assert "median of 3 runs" in text and "0.50×" in text and "3.7× smaller" in text
+    assert "QAT is the better INT8 model here" in text and "35.0% of pixels" in text
+    assert "median of 3 runs" in text and "2.0× faster" in text and "3.7× smaller" in text
     assert "x = 10, y = 20" in text
     same = {"reference": None, "input": None, "worst": {"role": "ptq", "x": 1, "y": 1},
-            "models": {"fp32": {}, "ptq": _model(0.0, 1, 1.0, 58.0), "qat": _model(0.0, 1, 1.0, 57.0)}}
+            "models": {"fp32": {}, "ptq": _model(0.0, 0.3, 1, 1.0, 58.0), "qat": _model(0.0, 0.3, 1, 1.0, 57.0)}}
     assert "indistinguishable" in verdict(same, lat, {"fp32": 3.7, "ptq": 1.0, "qat": 1.0})
     assert concentration({"smooth": {"area": 0.5, "share_of_bad": 0.5}}) is None
     untouched = dict(same, reference="simulated", input={"psnr_db": float("inf"), "ssim": 1.0})
     untouched["models"] = {"fp32": {"psnr_db": 40.0, "ssim": 0.99},
-                           "ptq": dict(_model(0.0, 1, 1.0, 58.0), psnr_db=40.0, ssim=0.99),
-                           "qat": dict(_model(0.0, 1, 1.0, 57.0), psnr_db=40.0, ssim=0.99)}
+                           "ptq": dict(_model(0.0, 0.3, 1, 1.0, 58.0), psnr_db=40.0, ssim=0.99),
+                           "qat": dict(_model(0.0, 0.3, 1, 1.0, 57.0), psnr_db=40.0, ssim=0.99)}
     assert "identical to the clean original" in verdict(untouched, lat, {"fp32": 3.7, "ptq": 1.0, "qat": 1.0})
 
 

@@ -213,3 +213,35 @@ def test_api_first_example_is_cached_on_the_default_set(client):
     r = api_compare(client, photo, **kw)
     assert "cached" in r["notice"], r["notice"]
     assert r["metrics_json"]["model_set_key"] == models.default_set()
+
+
+@needs_paper
+def test_timing_rounds_stay_within_the_compare_time_budget(monkeypatch, tmp_path):
+    """No budget left: latency from the single pass that made the pictures, and the notice says
+    why; a generous budget: every round."""
+    from app import config as app_config
+
+    def final(budget):
+        monkeypatch.setattr(app_config, "TIMING_BUDGET_S", budget)
+        vals = None
+        for vals in app_compare.compare(str(small_photo(tmp_path)), model_set=models.PAPER_KEY):
+            pass
+        return dict(zip(app_compare.OUTPUT_NAMES, vals))
+
+    tight = final(0.0)
+    assert {v["runs"] for v in tight["metrics_json"]["latency_ms"].values()} == {1}
+    assert "extra timing runs are skipped when they would take this compare past 0 s" in tight["notice"]
+    roomy = final(600.0)
+    assert {v["runs"] for v in roomy["metrics_json"]["latency_ms"].values()} == {app_config.TIMING_RUNS}
+
+
+@needs_paper
+def test_paper_set_is_not_scored_against_a_restoration_reference(tmp_path):
+    """The paper network re-grades colour on purpose: a simulated phone photo's clean original is
+    not its target, so it is rated by agreement with full precision only, and the notice says so."""
+    vals = None
+    for vals in app_compare.compare(str(small_photo(tmp_path)), simulate=True, seed=3, model_set=models.PAPER_KEY):
+        pass
+    r = dict(zip(app_compare.OUTPUT_NAMES, vals))
+    assert r["metrics_json"]["reference"] is None and "PSNR vs reference (dB)" not in list(r["metrics"].columns)
+    assert "scored by agreement with full precision only" in r["notice"]

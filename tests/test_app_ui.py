@@ -22,9 +22,16 @@ SIZES = {"fp32": 3.7, "ptq": 1.0, "qat": 1.0}
 EVEN = {k: {"area": 0.25, "share_of_bad": 0.25} for k in ("smooth", "textured", "shadows", "highlights")}
 
 
-def _model(over2, maxl, psnr_db, within1=0.99, where=None):
+def _model(share_visible, mean_de00, psnr_db=40.0, maxl=10, where=None, jpeg=(95, "about")):
+    """An INT8 model's numbers as `core.analyse` gives them; its class from the real boundaries."""
+    from qatie.analysis.perceptual import visibility
+
+    p = {"share_visible": share_visible, "mean_de00": mean_de00, "p99_de00": 3 * mean_de00}
+    cls = visibility(p)
+    p.update({"class": cls.rank, "class_name": cls.name, "jpeg": {"quality": jpeg[0], "relation": jpeg[1]},
+              "where": where or EVEN})
     return {"agreement_psnr_db": psnr_db, "agreement_ssim": 0.99, "max_levels": maxl, "mean_levels": 0.5,
-            "share_over_2_levels": over2, "share_within_1_level": within1, "where": where or EVEN}
+            "share_over_2_levels": 0.5, "share_within_1_level": 0.3, "where": EVEN, "perceptual": p}
 
 
 def _result(ptq, qat):
@@ -32,33 +39,44 @@ def _result(ptq, qat):
             "models": {"fp32": {}, "ptq": ptq, "qat": qat}}
 
 
-def test_verdict_never_crowns_a_model_the_table_shows_worse():
-    # Both invisible at normal viewing; QAT has the higher agreement PSNR but the larger max error
-    # and more pixels > 2 levels off: neither is "better".
-    r = _result(_model(0.0003, 3, 49.0), _model(0.0009, 6, 51.5))
+def test_verdict_rates_by_what_a_viewer_would_notice_not_by_level_counts():
+    """Paper-set-like numbers: both INT8 models have half their pixels more than 2 levels off
+    (the old rule called both 'visibly different'); by ΔE00 QAT passes for full precision and
+    PTQ does not, and headline, verdict and table say the same."""
+    r = _result(_model(0.485, 2.74, 35.8, jpeg=(50, "about")), _model(0.074, 1.04, 42.5, jpeg=(98, "about")))
     text = V.verdict(r, LAT, SIZES)
-    assert "better" not in text.lower()
-    assert "look the same as full precision" in text and "QAT-INT8 is numerically closer by 2.5 dB" in text
+    assert "QAT is the better INT8 model here" in text and "7× more pixels a viewer would notice" in text
+    assert "about as different as a JPEG at quality 98" in text and "about as different as a JPEG at quality 50" in text
     head = V.headline(r, LAT, SIZES)
-    assert "better" not in head.lower() and head.count("looks the same as full precision") == 2
+    assert head.index("QAT-INT8") < head.index("PTQ-INT8"), "the model that passes comes first"
+    assert "looks the same as full precision" in head and "visibly different from full precision" in head
+    assert "7× more noticeable pixels" in head and "like a JPEG at quality 50" in head
+    from app import core
+
+    headers, rows = core.table(r, LAT, SIZES)
+    looks = headers.index("Looks (vs FP32)")
+    assert [row[looks] for row in rows[1:]] == ["visibly different", "looks the same"]
 
 
-def test_verdict_crowns_only_a_model_that_is_better_on_every_count():
-    clear = _result(_model(0.12, 14, 33.0), _model(0.0, 2, 46.0))
-    assert "QAT is the better INT8 model here" in V.verdict(clear, LAT, SIZES)
-    # Same visibility class, QAT closer by PSNR but with more pixels off: mixed, says so.
-    mixed = _result(_model(0.05, 10, 40.0), _model(0.08, 12, 42.0))
-    text = V.verdict(mixed, LAT, SIZES)
-    assert "better" not in text.lower() and "PTQ-INT8 has fewer pixels more than 2 levels off" in text
+def test_verdict_crowns_no_model_in_the_same_class_without_a_clear_gap():
+    same = _result(_model(0.05, 1.1), _model(0.06, 1.2))
+    text = V.verdict(same, LAT, SIZES)
+    assert "better" not in text.lower() and "would pass for full precision" in text
+    assert "neither has markedly more noticeable pixels" in text
+    gap = _result(_model(0.02, 0.9), _model(0.10, 1.3))
+    assert "QAT-INT8 has 5× more noticeable pixels than PTQ-INT8" in V.verdict(gap, LAT, SIZES)
+    tiny = _result(_model(0.0, 0.4), _model(0.0, 0.5))
+    assert "indistinguishable from full precision" in V.verdict(tiny, LAT, SIZES)
 
 
 def test_headline_is_one_coloured_line_from_the_numbers():
     where = dict(EVEN, shadows={"area": 0.1, "share_of_bad": 0.8})
-    r = _result(_model(0.2, 30, 33.0, where=where), _model(0.0, 1, 55.0))
+    r = _result(_model(0.4, 3.0, where=where, jpeg=(70, "about")), _model(0.004, 0.6, jpeg=(98, "better than")))
     head = V.headline(r, LAT, SIZES)
     assert "\n" not in head
     assert "PTQ-INT8" in head and "visibly different" in head and "dark areas" in head
-    assert "QAT-INT8" in head and "looks the same as full precision" in head
+    assert "QAT-INT8" in head and "indistinguishable from full precision" in head
+    assert "closer than a JPEG at quality 98" in head and "100× more noticeable pixels" in head
     assert "INT8 2.0× faster" in head and "3.7× smaller" in head
     assert V.COLOURS[3] in head and V.COLOURS[0] in head
     slow = {"fp32": [100.0], "ptq": [120.0], "qat": [130.0]}
@@ -66,27 +84,24 @@ def test_headline_is_one_coloured_line_from_the_numbers():
     assert "busy" not in head
     noisy = {"fp32": [450.0, 1020.0, 1120.0], "ptq": [140.0, 190.0, 270.0], "qat": [149.0] * 3}
     assert "the server is busy" in V.headline(r, noisy, SIZES)
+    assert "PTQ 300 ms (2.0× faster)" in V.verdict(r, LAT, SIZES)  # one way of saying speed
 
 
-def test_worst_region_is_where_the_error_can_be_seen():
-    from app.region import visible_worst_point
+def test_worst_region_is_where_a_viewer_would_notice():
+    """The crop goes where the perceptual (ΔE00) difference is largest, not the raw level error:
+    9 levels in near-black shadows are less visible than 4 in mid-tones."""
+    from app import core
 
-    rng = np.random.default_rng(0)
-    img = np.zeros((128, 256, 3), np.uint8)          # left half black
-    img[:, 128:] = (110 + 60 * rng.random((128, 128, 1))).astype(np.uint8)  # right half: textured mid-tones
-    err = np.zeros((128, 256), np.float32)
-    err[:, :128] = 9.0                                # the largest error hides in the black half
-    err[:, 128:] = 3.0
-    x, _ = visible_worst_point(err, img)
-    assert x >= 128
-    # Mid-tones both sides; left flat (blurred), right textured, same error: the texture wins.
-    img[:, :128] = 128
-    err[:, :128] = 3.0
-    x, _ = visible_worst_point(err, img)
-    assert x >= 128
-    # Nothing visible anywhere (all black): falls back to the plain largest error.
-    err[:32, :32] = 20.0
-    assert visible_worst_point(err, np.zeros_like(img)) == (16, 16)
+    img = np.zeros((128, 256, 3), np.uint8)
+    img[:, 128:] = 120                                 # left half near black, right half mid-grey
+    other = img.astype(np.int16)
+    other[:, :128] += 9                                # the largest level error hides in the dark half
+    other[:, 128:, 2] += 4                             # a smaller, bluish shift on the grey
+    outputs = {"fp32": img, "ptq": other.astype(np.uint8), "qat": img.copy()}
+    prep = core.Prepared(img, None, None, [], (256, 128), False)
+    result = core.analyse(prep, outputs)
+    assert result["worst"]["role"] == "ptq" and result["worst"]["x"] >= 128
+    assert result["models"]["ptq"]["max_levels"] == 9 and result["models"]["qat"]["perceptual"]["class"] == 0
 
 
 def test_metrics_table_has_real_headers_before_any_result_and_after_an_error():

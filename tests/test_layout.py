@@ -41,7 +41,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
 #: handlers each tab calls, the tabs' layouts and events (app/tabs/), and the page that composes them
 #: (ui; measure drives it from outside). Only app → app imports count here.
 APP_STAGES: tuple[tuple[str, ...], ...] = (
-    ("config", "region", "render", "make_examples"),
+    ("config", "render", "make_examples"),
     ("guard", "modelcard", "about", "train_progress"),
     ("box", "upload_quota", "slots"),
     ("uploads", "model_check"),
