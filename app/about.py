@@ -25,13 +25,15 @@ in **full precision (FP32)**, and as two **8-bit integer (INT8)** models — one
 **post-training quantization (PTQ)**, one by **quantization-aware training (QAT)**. INT8 models are
 about 4× smaller and faster on CPUs and phones; the question is what they cost in picture quality.
 
-- **The line on top** says, for each INT8 model, whether its picture looks different from full
-  precision (green: no; amber: only when zoomed in; red: yes), and what INT8 buys in speed and size.
-- **The enlarged crops** show the spot where an INT8 model differs most *visibly* from FP32 (mid-tones
-  and texture, where the eye notices), every square one real pixel, with its error underneath.
+- **The line on top** says which INT8 model a viewer would take for full precision and which not
+  (green: no visible difference; amber: shows when you flip between the pictures; red: visible side
+  by side), how many times more noticeable pixels the other has and where, how far each is on this
+  photo's JPEG scale ("like a JPEG at quality 95"), and what INT8 buys in speed and size.
+- **The enlarged crops** show the spot where a viewer would notice an INT8 model's difference most
+  (largest colour difference ΔE00), every square one real pixel, with its error underneath.
   The slider next to them wipes between FP32 and that INT8 model.
-- **The heatmaps** show the difference for every pixel, in 8-bit levels on a fixed scale:
-  1–2 levels are invisible, tens of levels are obvious.
+- **The maps** show, for every pixel, where a viewer would notice (colour difference ΔE00; above
+  2.3 is noticeable) and, below, the difference in 8-bit levels on a fixed scale.
 - **Details** has the table of measurements and the full explanation.
 """
 
@@ -66,6 +68,23 @@ is installed, their INT8 model also runs as released, as a fourth picture. QATIE
 **restoration models** (the same network trained here for noise, blur and JPEG) are the other
 built-in set, under *Advanced › Models*.
 
+## How the pictures are rated
+
+- **Noticeable pixels**: each pixel's colour difference from full precision as people judge it,
+  **CIEDE2000 (ΔE00)**; about 2.3 is one just-noticeable difference. Measured pixel for pixel on
+  the picture at its processing size (photos over 0.6 MP on a copy averaged over 2×2 or more
+  pixels, about what a screen shows beside other pictures).
+- **Looks**: *indistinguishable* (under 1 % of pixels noticeable, mean ΔE00 under 1.2), *looks the
+  same* (under 20 %, under 1.6 — a viewer would take it for full precision, like a quality-95 JPEG),
+  *close* (under 30 %, under 2.2 — shows when you flip between the pictures), *visibly different*
+  (more). The boundaries come from a ladder of known differences — noise of ±1 level, a +4-level
+  brightening, JPEG qualities 95 / 90 / 80, a blue cast, the authors' released files — that a test
+  keeps in place.
+- **Like a JPEG at**: the same measure for JPEG copies of this photo's full-precision picture at
+  qualities 98 to 50; each INT8 picture is placed at the nearest one (mean ΔE00).
+- Level counts (below) are for engineers: a re-grading network moves most pixels by many levels,
+  so a few levels of INT8 error are often invisible — which is why they do not set the rating.
+
 ## How to read the heatmaps
 
 - Each map shows, for every pixel, how far one picture is from another in **8-bit levels**: the
@@ -89,16 +108,19 @@ built-in set, under *Advanced › Models*.
 - **PSNR / SSIM vs the reference**: the usual image-quality scores (higher is better; PSNR in
   dB). Without a reference the table shows **agreement with full precision** — the same scores
   computed against the FP32 output: how much of the full-precision picture survives INT8.
-- **Max error / pixels > 2 levels off**: from the |INT8 − FP32| map.
+- **Max error (levels)**: from the |INT8 − FP32| map; **Looks / Noticeable pixels / Mean ΔE00 /
+  Like a JPEG at**: the perceptual rating above.
 - All metrics are computed on the 8-bit images you see and download (PNG — lossless; WebP or
   JPEG would add artifacts of their own).
 - **Latency**: one model pass in ONNX Runtime on this server's CPU ({config.THREADS} thread(s)), sessions
-  created once and warm; the first pass produced the outputs, more passes stream in and the table
+  created once and warm; the first pass produced the outputs, more passes stream in while they fit
+  the compare's time budget ({config.TIMING_BUDGET_S:g} s) and no other visitor waits, and the table
   shows their median. Photos above {config.MAX_INPUT_MP:g} MP are downscaled unless you tick *Full size
   (tiled)*.
 """
 
-HEATMAP_HELP = ("Per-pixel difference between each INT8 model and FP32 in 8-bit levels (max over R, G, B), "
-                "on a fixed colour scale of 0–16 levels: 1–2 levels are invisible, 16 or more are obvious.")
-ZOOM_HELP = ("The crops start where an INT8 model differs most *visibly* from FP32. Click any of the full "
+HEATMAP_HELP = ("Top: where a viewer would notice — each INT8 model's colour difference from FP32 (CIEDE2000 "
+                "ΔE00; above 2.3 is noticeable). Below: the difference in 8-bit levels (max over R, G, B) on a "
+                "fixed 0–16 scale, for engineers.")
+ZOOM_HELP = ("The crops start where a viewer would notice an INT8 model's difference most (ΔE00). Click any of the full "
              "pictures below (or use these sliders) to look elsewhere; every square is one real pixel.")

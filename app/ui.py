@@ -42,6 +42,14 @@ CSS = """
   #tabs .tab-container button { padding: 0 8px; }
   #examples .caption-label { font-size: 0.75em; padding: 1px 4px; }
   #photo { max-height: 230px; }
+  /* The answer first: headline, notice and the enlarged crops above the examples and the upload. */
+  #compare-row { flex-direction: column !important; }
+  #compare-inputs, #compare-results { display: contents !important; }
+  #compare-row > div > * { order: 10; }
+  #compare-row #headline { order: 1; } #compare-row #notice { order: 2; } #compare-row #zoom { order: 3; }
+  #compare-row #examples-label { order: 4; } #compare-row #examples { order: 5; }
+  #compare-row #photo { order: 6; } #compare-row #ref-note { order: 7; } #compare-row #compare-btn { order: 8; }
+  #zoom img { max-height: 330px; object-fit: contain; }
 }
 """
 

@@ -65,8 +65,8 @@ class CompareTab:
 def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab:
     """The tab's components, in the current Tab context. `examples`: show the example gallery;
     `authors_visible`: show the authors' TFLite picture for `default_set`."""
-    with gr.Row():
-        with gr.Column(scale=1, min_width=300):
+    with gr.Row(elem_id="compare-row"):
+        with gr.Column(scale=1, min_width=300, elem_id="compare-inputs"):
             gr.Markdown("**Examples** (phone-camera photos with their clean originals): click one",
                         elem_id="examples-label")
             gallery = gr.Gallery([(p, label) for p, _, label in first_view.examples()],
@@ -100,7 +100,7 @@ def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab
                 custom_fp32 = gr.File(label="FP32 model", file_types=[".onnx"], type="filepath")
                 custom_ptq = gr.File(label="PTQ-INT8 model", file_types=[".onnx"], type="filepath")
                 custom_qat = gr.File(label="QAT-INT8 model", file_types=[".onnx"], type="filepath")
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, elem_id="compare-results"):
             headline_html = gr.HTML("", elem_id="headline")
             notice = gr.Markdown("Loading an example comparison… (or upload a photo and press "
                                  "**Compare**)", elem_id="notice")
@@ -130,8 +130,9 @@ def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab
                               elem_id="details"):
                 verdict_md = gr.Markdown(elem_id="verdict")
                 metrics_df = gr.Dataframe(compare.empty_table(),
-                                          label="Metrics (latency: one pass of the model in ONNX Runtime "
-                                                "on this server's CPU)", interactive=False, wrap=True,
+                                          label="Metrics (scroll sideways for every column; latency: one pass of "
+                                                "the model in ONNX Runtime on this server's CPU)", interactive=False,
+                                          wrap=True,
                                           elem_id="metrics")
                 with gr.Accordion("All numbers (JSON)", open=False):
                     metrics_json = gr.JSON(label="Metrics")
