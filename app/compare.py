@@ -34,7 +34,7 @@ from qatie.errors import QatieError
 
 from . import authors, config, core, example_cache, models, render, slots
 from .zoom import DEFAULT_WINDOW, crop_slider, render_zoom
-from .verdict import authors_rating, headline, verdict
+from .verdict import authors_rating, authors_short, headline, verdict
 from . import guard
 
 log = logging.getLogger("qatie.app")
@@ -198,9 +198,8 @@ def _drop_reference(prep: core.Prepared) -> None:
     prep.reference, prep.reference_kind = None, None
     prep.notices = [n.replace(" the upload itself is the ground truth.", " it is not scored against the upload.")
                     for n in prep.notices]
-    prep.notices.append(f"The paper set is scored by agreement with full precision only: its network re-grades colour "
-                        f"and exposure on purpose, so {what} (a restoration target) does not fit its task. Choose the "
-                        "restoration set to score against a reference.")
+    prep.notices.append(f"Rated against full precision only: the paper network re-grades colour, so {what} is not "
+                        "its target.")
 
 
 def _waiting(ahead: int) -> list:
@@ -335,7 +334,10 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                 rows.append(authors.table_row(headers, tflite["metrics"], tflite["ms"]))
                 js["authors_tflite"] = {"label": authors.LABEL, "file": authors.PATH.name, "how": tflite["how"],
                                         **tflite["metrics"], "latency_ms": round(tflite["ms"], 1)}
-            return _frame(headers, rows), verdict(result, latencies, sizes, final=final), js
+            text = verdict(result, latencies, sizes, final=final)
+            if tflite.get("details"):
+                text += "\n\n" + tflite["details"]
+            return _frame(headers, rows), text, js
 
         def note(extra: str = "") -> str:
             return _notice(prep, model_set, overrides, extra, tflite["note"])
@@ -376,9 +378,10 @@ def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32
                 tflite["path"] = render.save_png(_display(out)[0], request_dir / "authors.png")
                 if downloads is not None:  # full-size mode: its full-size output too
                     downloads.append(render.save_png(out, request_dir / "full_authors_tflite.png"))
-                tflite["note"] = (f"**{authors.LABEL}**: {tflite['how']}; agreement with the paper FP32 "
-                                  f"{core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB; "
-                                  + authors_rating(tflite["metrics"]))
+                tflite["note"] = f"**{authors.LABEL}**: {authors_short(tflite['metrics'])} (see *Details*)."
+                tflite["details"] = (f"**{authors.LABEL}**: {tflite['how']}; agreement with the paper FP32 "
+                                     f"{core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB; "
+                                     + authors_rating(tflite["metrics"]))
             except guard.DeadlineError as exc:
                 raise user_error(exc, "running the authors' TFLite model") from None
             except Exception as exc:  # an optional extra: the comparison stands without it

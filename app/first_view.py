@@ -145,8 +145,11 @@ def drop_example_reference(reference):
     return None if is_example_reference(reference) else gr.skip()
 
 
-def reference_note(reference, simulate=False) -> str:
+def reference_note(reference, simulate=False, model_set=None) -> str:
     """The line under the Compare button saying what the scores are measured against."""
+    if (model_set or models.default_set()) == models.PAPER_KEY and (simulate or core.payload_path(reference)):
+        return ("The paper set is rated by agreement with full precision: its network re-grades colour on purpose, "
+                "so a restoration target is not used.")
     if simulate:
         return "Scores are against your clean upload (*simulate a phone photo* is on, under **Advanced**)."
     found = core.payload_path(reference)

@@ -26,7 +26,7 @@ CSS = """
 #notice p { margin: 0.2em 0; }
 #header h2 { margin: 0 0 0.2em 0; }
 #header p { margin: 0; }
-#headline .headline { font-size: 1.15em; line-height: 1.5; padding: 0.35em 0.6em; border-radius: 6px;
+#headline .headline { font-size: 1.05em; line-height: 1.4; padding: 0.3em 0.6em; border-radius: 6px;
   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 .error-notice { color: #b91c1c; }
 #ref-note p { margin: 0; font-size: 0.9em; }
@@ -42,11 +42,12 @@ CSS = """
   #tabs .tab-container button { padding: 0 8px; }
   #examples .caption-label { font-size: 0.75em; padding: 1px 4px; }
   #photo { max-height: 230px; }
-  /* The answer first: headline, notice and the enlarged crops above the examples and the upload. */
+  /* The answer first: headline, the enlarged crops and the notice above the examples and the upload. */
   #compare-row { flex-direction: column !important; }
   #compare-inputs, #compare-results { display: contents !important; }
   #compare-row > div > * { order: 10; }
-  #compare-row #headline { order: 1; } #compare-row #notice { order: 2; } #compare-row #zoom { order: 3; }
+  #compare-row #headline { order: 1; } #compare-row #zoom { order: 2; } #compare-row #notice { order: 3; }
+  #notice { font-size: 0.9em; }
   #compare-row #examples-label { order: 4; } #compare-row #examples { order: 5; }
   #compare-row #photo { order: 6; } #compare-row #ref-note { order: 7; } #compare-row #compare-btn { order: 8; }
   #zoom img { max-height: 330px; object-fit: contain; }

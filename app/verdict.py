@@ -132,6 +132,14 @@ def authors_rating(metrics: dict) -> str:
             f"{jpeg_phrase(p['jpeg'])}).")
 
 
+def authors_short(metrics: dict) -> str:
+    """The authors' TFLite picture's class and JPEG place, for the notice line."""
+    p = metrics.get("perceptual")
+    if not p:
+        return "not rated"
+    return f"{CLASSES[p['class']].name} ({_jpeg_short(metrics)})"
+
+
 def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float], final: bool = True) -> str:
     models = result["models"]
     parts = [_model_sentence("ptq", models["ptq"]), _model_sentence("qat", models["qat"])]
@@ -194,7 +202,7 @@ def verdict(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str,
 #: Colour per visibility class (0 indistinguishable … 3 visibly different): green, green, amber, red.
 COLOURS = {0: "#15803d", 1: "#15803d", 2: "#b45309", 3: "#b91c1c"}
 SHORT = {0: "indistinguishable from full precision", 1: "looks the same as full precision",
-         2: "close to full precision; differences show when flipping", 3: "visibly different from full precision"}
+         2: "close (shows when flipping)", 3: "visibly different"}
 SHORT_REGION = {"smooth": "in smooth areas", "textured": "along edges and texture",
                 "shadows": "in dark areas", "highlights": "in bright areas"}
 

@@ -158,7 +158,10 @@ def test_first_view_on_a_phone(server, browser):
         tabs = pg.evaluate("() => [...document.querySelectorAll('#tabs [role=tab]')].map(b => b.innerText)")
         assert tabs == ["Compare", "Train", "Benchmark", "About"], tabs
         assert not pg.locator("#tabs .overflow-menu button").is_visible()
-        assert box(pg, "#compare-btn")["bottom"] <= h
+        # The answer on the first screen, above the examples and the upload box.
+        assert box(pg, "#headline")["top"] < box(pg, "#zoom img")["top"] < h, "the crops are not on the first screen"
+        assert box(pg, "#zoom img")["bottom"] <= h + 40 and box(pg, "#zoom")["bottom"] <= box(pg, "#examples")["top"]
+        assert box(pg, "#examples")["bottom"] <= box(pg, "#photo")["top"] <= box(pg, "#compare-btn")["top"]
         assert pg.evaluate("() => document.documentElement.scrollWidth") <= w, "the page scrolls sideways"
         # The metrics table: each column wide enough to read (no 2–3 letters per line).
         pg.get_by_text("Details: the measurements").click()
@@ -182,8 +185,9 @@ def _photo(tmp_path: Path, name: str, h: int, w: int) -> Path:
 
 def test_an_examples_reference_never_scores_your_own_photo(server, browser, tmp_path):
     with opened_page(browser, server, DESKTOP) as pg:
-        # The first view is an example, scored against its clean original.
-        assert "example's clean photo" in pg.inner_text("#ref-note")
+        # The first view is an example of the paper set: rated against full precision, not against the
+        # example's clean original (a restoration target), and the line under the button says so.
+        assert "rated by agreement with full precision" in pg.inner_text("#ref-note")
         mine = _photo(tmp_path, "my_cat.png", 200, 300)
         pg.locator("#photo input[type=file]").set_input_files(str(mine))
         pg.wait_for_function("() => document.querySelector('#ref-note').innerText.trim() === ''")
@@ -200,10 +204,10 @@ def test_an_examples_reference_never_scores_your_own_photo(server, browser, tmp_
         pg.get_by_text("Advanced: full size").click()
         ref = _photo(tmp_path, "my_reference.png", 200, 300)
         pg.locator("#reference input[type=file]").set_input_files(str(ref))
-        pg.wait_for_function("() => document.querySelector('#ref-note').innerText.includes('my_reference.png')")
+        pg.wait_for_function("() => document.querySelector('#ref-note').innerText.includes('rated by agreement')")
         pg.locator("#photo input[type=file]").set_input_files(str(_photo(tmp_path, "my_dog.png", 200, 300)))
         time.sleep(1.0)  # give a (wrong) clearing handler the time to run
-        assert "my_reference.png" in pg.inner_text("#ref-note")
+        assert "rated by agreement" in pg.inner_text("#ref-note")
         assert pg.locator("#reference img").count() == 1
 
 
@@ -232,7 +236,7 @@ def test_example_gallery_click_runs_that_example(server, browser):
         thumbs.nth(target).click()
         pg.wait_for_function(f"() => document.querySelector('#notice').innerText.includes({names[target]!r})")
         assert pg.inner_text("#notice") != first
-        # On a phone the result is below the inputs: the click brings it into view.
+        # On a phone the result is above the examples: the click brings it back into view.
         pg.wait_for_function("() => { const r = document.querySelector('#headline').getBoundingClientRect();"
                              " return r.top >= -1 && r.top < window.innerHeight; }")
 
