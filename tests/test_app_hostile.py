@@ -38,6 +38,7 @@ pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
                                 reason="shipped ONNX models (checkpoints/*.onnx) are not present")
 
 DEADLINE_S = 30.0  # every row ends within this
+NORMAL_COMPARE_S = 15.0  # …and a normal compare answers within this after it
 PEAK_MB = 3000.0  # server RSS (with children) while a row runs
 AFTER_MB = 1500.0  # … and once it is done
 INSPECT_DEADLINE_S = 6  # the test server's deadline for the Inspect panel's slow handlers
@@ -176,7 +177,9 @@ def _small_photo() -> Path:
 
 
 def _normal_compare_still_works(client) -> None:
+    t0 = time.perf_counter()
     result = client.predict(handle_file(str(_small_photo())), api_name="/compare")
+    assert time.perf_counter() - t0 < NORMAL_COMPARE_S, "a normal compare after the attack was slow"
     js = result[13]
     assert isinstance(js, dict) and js["size"] == [256, 256], js
     assert all(isinstance(result[i], str) and result[i].endswith(".png") for i in (2, 3, 4))

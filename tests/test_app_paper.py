@@ -178,7 +178,7 @@ def test_api_authors_tflite_as_released(client, tmp_path):
     r = api_compare(client, image)
     src, fp32, out = load(image), load(r["fp32"]), load(r["authors"])
     assert out.shape == src.shape
-    assert "as released" in r["notice"] and "100×100 tiles" in r["notice"], r["notice"]
+    assert "as released" in r["notice"] and "100×100 tiles" in r["verdict"], (r["notice"], r["verdict"])
     js = r["metrics_json"]["authors_tflite"]
     assert js["label"] == authors.LABEL and js["file"] == authors.PATH.name
     # Scored on exactly the pixels shown, like the INT8 rows.
@@ -244,4 +244,4 @@ def test_paper_set_is_not_scored_against_a_restoration_reference(tmp_path):
         pass
     r = dict(zip(app_compare.OUTPUT_NAMES, vals))
     assert r["metrics_json"]["reference"] is None and "PSNR vs reference (dB)" not in list(r["metrics"].columns)
-    assert "scored by agreement with full precision only" in r["notice"]
+    assert "Rated against full precision only" in r["notice"]
