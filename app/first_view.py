@@ -140,6 +140,16 @@ def is_example_reference(payload) -> bool:
     return _sha(found[0]) in _REF_SHAS
 
 
+#: The headline while a newly uploaded photo waits for Compare (the result below is the old one).
+NEW_PHOTO_HEADLINE = ('<div class="headline">📷 <b>New photo loaded</b> — press <b>Compare</b> to rate it; '
+                      "the result below is still the previous photo's.</div>")
+
+
+def photo_changed(with_gallery: bool):
+    """A photo of the user's own replaced the input: say the result is stale, unmark the example."""
+    return (NEW_PHOTO_HEADLINE, gr.update(selected_index=None)) if with_gallery else NEW_PHOTO_HEADLINE
+
+
 def drop_example_reference(reference):
     """The user put in a photo of their own (or cleared it): an example's reference goes."""
     return None if is_example_reference(reference) else gr.skip()

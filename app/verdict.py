@@ -248,6 +248,6 @@ def headline(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str
         fast = (f"INT8 {speedup(med['fp32'], fastest)}" if med["fp32"] / fastest > 1.05 else "INT8 not faster here")
         busy = any(len(v) >= 3 and (max(v) - min(v)) > 0.5 * statistics.median(v)
                    for v in (latencies.get(r) or [] for r in ("fp32", "ptq", "qat")))
-        note = " (timings vary a lot: the server is busy, so the speed-up is rough)" if busy else ""
+        note = " (rough: the server is busy)" if busy else ""
         bits.append(f"<span>{fast}, {small:.1f}× smaller{note}</span>")
     return '<div class="headline">' + " · ".join(bits) + "</div>"

@@ -147,6 +147,10 @@ def test_first_view_shows_the_answer_at_desktop_size(server, browser):
         pg.wait_for_function(f"() => document.querySelector('#zoom img').src !== {before!r}")
         assert not pg.outside, f"the page fetched resources from outside the app: {pg.outside[:5]}"
         pg.get_by_text("Details: the measurements").click()  # closed again for the screenshot
+        # Every picture says what it shows (screen readers).
+        alts = pg.evaluate("() => [...document.querySelectorAll('#zoom img, #heatmap img, #out-input img, "
+                           "#out-fp32 img, #out-ptq img, #out-qat img')].map(i => i.alt)")
+        assert len(alts) == 6 and all(len(a) > 15 for a in alts), alts
         save_screenshot(pg, SCREENSHOT)
         print(f"desktop: page load → comparison on screen {pg.load_s:.2f} s")
 
@@ -191,9 +195,12 @@ def test_an_examples_reference_never_scores_your_own_photo(server, browser, tmp_
         mine = _photo(tmp_path, "my_cat.png", 200, 300)
         pg.locator("#photo input[type=file]").set_input_files(str(mine))
         pg.wait_for_function("() => document.querySelector('#ref-note').innerText.trim() === ''")
+        # The old result is marked as such until Compare runs on the new photo.
+        pg.wait_for_function("() => document.querySelector('#headline').innerText.includes('New photo loaded')")
         pg.click("#compare-btn")
         pg.wait_for_function("() => document.querySelector('#notice').innerText.includes('my_cat.png')")
         pg.wait_for_function("() => !document.querySelector('#notice').innerText.includes('Running')")
+        pg.wait_for_function("() => !document.querySelector('#headline').innerText.includes('New photo loaded')")
         notice = pg.inner_text("#notice")
         assert "Reference" not in notice and "reference" not in notice, notice
         pg.get_by_text("Details: the measurements").click()

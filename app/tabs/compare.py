@@ -106,6 +106,9 @@ def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab
                                  "**Compare**)", elem_id="notice")
             zoom_img = gr.Image(label="Where INT8 differs most from FP32 (enlarged crops)", format="png",
                                 show_label=False, interactive=False, elem_id="zoom",
+                                alt_text="Enlarged crops of the spot where a viewer would notice an INT8 model's "
+                                         "difference most: FP32, PTQ-INT8 and QAT-INT8 side by side, with the input "
+                                         "and each INT8 model's error map below",
                                 buttons=["fullscreen"])
             with gr.Row():
                 slider_crop = gr.ImageSlider(label="Before/after at that spot (drag the handle)",
@@ -120,11 +123,13 @@ def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab
                                               label="Zoom window (pixels)")
             gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
             heatmap = gr.Image(label="Error heatmaps (INT8 vs FP32, 0–16 levels)", show_label=False,
-                               format="png", interactive=False, elem_id="heatmap", buttons=["fullscreen"])
+                               format="png", interactive=False, elem_id="heatmap", buttons=["fullscreen"],
+                               alt_text="Maps of where each INT8 model differs from FP32: colour difference ΔE00 on top, 8-bit levels below")
             with gr.Accordion("Error against the reference (with a ground truth)", open=False,
                               elem_id="vs-ref"):
                 heatmap_ref = gr.Image(label="Each model vs the reference (0–64 levels)", show_label=False,
                                        format="png", interactive=False, elem_id="heatmap-ref",
+                                       alt_text="Maps of each model's difference from the reference, in 8-bit levels",
                                        buttons=["fullscreen"])
             with gr.Accordion("Details: the measurements and what they mean", open=False,
                               elem_id="details"):
@@ -141,17 +146,17 @@ def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab
                     downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
             gr.Markdown("**The full pictures** — click one to zoom there.")
             with gr.Row(equal_height=True):
-                out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input",
+                out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input", alt_text="The input photo as the models received it",
                                      buttons=["fullscreen"], min_width=120)
-                out_fp32 = gr.Image(label="FP32", format="png", interactive=False, elem_id="out-fp32",
+                out_fp32 = gr.Image(label="FP32", format="png", interactive=False, elem_id="out-fp32", alt_text="The full-precision (FP32) model's output",
                                     buttons=["fullscreen"], min_width=120)
-                out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq",
+                out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq", alt_text="The PTQ-INT8 model's output",
                                    buttons=["fullscreen"], min_width=120)
-                out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat",
+                out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat", alt_text="The QAT-INT8 model's output",
                                    buttons=["fullscreen"], min_width=120)
                 # The authors' own INT8 TFLite (paper set, with ai-edge-litert installed).
                 out_authors = gr.Image(label=authors.LABEL, format="png", interactive=False,
-                                       elem_id="out-authors", buttons=["fullscreen"], min_width=120,
+                                       elem_id="out-authors", alt_text="The authors' INT8 TFLite model's output, run as released", buttons=["fullscreen"], min_width=120,
                                        visible=authors_visible)
             with gr.Row():
                 slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
@@ -204,6 +209,11 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
             compare.compare_ui, compare_inputs, compare_outputs, preprocess=False,
             concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, time_limit=600,
             api_visibility="private", show_progress="minimal", trigger_mode="always_last")
+    # A photo of the user's own: the headline says the result shown is the previous photo's.
+    with_gallery = tab.gallery is not None
+    tab.image_in.upload(lambda: first_view.photo_changed(with_gallery), None,
+                        [tab.headline_html, tab.gallery] if with_gallery else tab.headline_html, queue=False,
+                        api_visibility="private")
     # A reference that came with an example never scores the user's own photo.
     for event in (tab.image_in.upload, tab.image_in.clear):
         event(first_view.drop_example_reference, tab.reference_in, tab.reference_in, queue=False,
