@@ -34,13 +34,16 @@ def plot_curves(points: list[dict], fp32_steps: int, total_steps: int, path: Pat
                 ax_loss.plot(steps[k - 1:], smooth, color=colour, lw=1.8, label=f"{stage} (mean of {k})")
             else:
                 ax_loss.plot(steps, loss, color=colour, lw=1.8, label=stage)
-        vals = [(p["step"], v) for p in pts for v in (p.get("val") or {}).values()]
-        if vals:
-            ax_val.plot([s_ for s_, _ in vals], [v["psnr"] for _, v in vals], "o-", color=colour,
-                        label=f"{stage} model")
-    inputs = [(p["step"], v["input_psnr"]) for p in points for v in (p.get("val") or {}).values()]
-    if inputs:
-        ax_val.plot([s_ for s_, _ in inputs], [v for _, v in inputs], "--", color="#7f7f7f", label="unprocessed input")
+    series = validation_series(points)
+    several = len({name for _, name in series if name}) > 1
+    markers = {}
+    for (stage, name), pts in series.items():
+        marker = markers.setdefault(name, "os^dv"[len(markers) % 5])
+        suffix = f" · {name}" if several else ""
+        if stage == "input":  # drawn over the model's lines, thin, so neither hides the other
+            ax_val.plot(*zip(*pts), "--", color="#7f7f7f", lw=1.2, zorder=3, label="unprocessed input" + suffix)
+        else:
+            ax_val.plot(*zip(*pts), marker + "-", color=colours[stage], ms=4, label=f"{stage} model" + suffix)
     for ax, title, ylabel in ((ax_loss, "Training loss", "loss"),
                               (ax_val, "Validation PSNR (dB)", "PSNR vs clean (dB)")):
         ax.set_title(title, fontsize=10)
@@ -57,6 +60,19 @@ def plot_curves(points: list[dict], fp32_steps: int, total_steps: int, path: Pat
     fig.tight_layout()
     fig.canvas.draw()
     return save_png(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), path)
+
+
+def validation_series(points: list[dict]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """One line per (stage, validation set) — and per set for the unprocessed input (stage
+    "input") — each in step order: points from two validation sets never join into one zigzag."""
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for p in points:
+        for name, v in (p.get("val") or {}).items():
+            out.setdefault((p["stage"], name), []).append((p["step"], v["psnr"]))
+            inputs = out.setdefault(("input", name), [])
+            if not inputs or inputs[-1][0] != p["step"]:
+                inputs.append((p["step"], v["input_psnr"]))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _mmss(seconds: float) -> str:

@@ -194,3 +194,20 @@ def test_inspect_calibration_falls_back_to_sample_photos_when_the_sets_photos_ar
     (tmp_path / "absent").mkdir()
     st = ip.calib_settings(paths)
     assert st["calib_spec"] == meta["calib"] and "as the set's PTQ model" in ip.calib_source(st, paths)
+
+
+def test_training_chart_draws_one_line_per_validation_set(tmp_path):
+    """Two validation sets at ~29 and ~32 dB: one line each (and one input line each), never a
+    zigzag joining them; the chart renders."""
+    from app.train_progress import plot_curves, validation_series
+
+    points = [{"stage": stage, "step": step, "loss": 0.1,
+               "val": {"samples": {"psnr": 29.0 + step / 1000, "input_psnr": 27.0},
+                       "photos": {"psnr": 32.0 + step / 1000, "input_psnr": 30.0}}}
+              for stage, step in (("FP32", 100), ("FP32", 200), ("QAT", 300))]
+    series = validation_series(points)
+    assert set(series) == {("FP32", "samples"), ("FP32", "photos"), ("QAT", "samples"), ("QAT", "photos"),
+                           ("input", "samples"), ("input", "photos")}
+    assert series[("FP32", "samples")] == [(100, 29.1), (200, 29.2)] and series[("input", "photos")][0] == (100, 30.0)
+    assert all(max(v for _, v in pts) - min(v for _, v in pts) < 1 for pts in series.values())
+    assert plot_curves(points, 200, 300, tmp_path / "curves.png").endswith(".png")

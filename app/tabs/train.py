@@ -68,8 +68,11 @@ def build() -> TrainTab:
                 t_cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
         with gr.Column(scale=2):
             t_status = gr.Markdown("Press **Train and quantize** to start.", elem_id="train-status")
-            t_curves = gr.Image(label="Training curves (live)", format="png", interactive=False,
-                                elem_id="train-curves")
+            gr.Markdown("**Training curves** (live)")
+            t_curves = gr.Image(label="Training curves (live)", show_label=False, format="png", interactive=False,
+                                elem_id="train-curves",
+                                alt_text="Training loss and validation PSNR of the model and of the unprocessed "
+                                         "input, by step, FP32 then QAT")
             t_files = gr.File(label="Download the models (.onnx, .pt, INT8 sidecars)",
                               file_count="multiple", interactive=False)
     return TrainTab(data=t_data, photos=t_photos, init=t_init, width=t_width, fp32=t_fp32, qat=t_qat,
