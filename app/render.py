@@ -109,12 +109,15 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
     # most about (cols·panel_px) × (rows·panel_px) pixels (a tall strip must not make it huge).
     box = panel_px / dpi
     panel_w, panel_h = (box, box * h / w) if w >= h else (max(box * w / h, 1.6), box)
-    extra = 0.35 if title else 0.0  # inches for the figure title
-    fig_h = rows * (panel_h + 0.45) + 0.2 + extra
+    narrow = panel_w < 3.6  # a portrait panel: its title on two lines, the figure's title wrapped
+    extra = (0.6 if narrow else 0.35) if title else 0.0  # inches for the figure title
+    title_h = 0.65 if narrow else 0.45  # inches above each row for the panels' titles
+    fig_h = rows * (panel_h + title_h) + 0.2 + extra
     fig = Figure(figsize=(cols * panel_w + 1.2, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.045], wspace=0.06, hspace=0.18,
-                            left=0.01, right=0.93, top=1 - (0.3 + extra) / fig_h, bottom=0.03)
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.045], wspace=0.06,
+                            hspace=title_h / panel_h, left=0.01, right=0.93,
+                            top=1 - (title_h - 0.15 + extra) / fig_h, bottom=0.03)
     norm = _norm(vmax)
     image = None
     for i, entry in enumerate(maps):
@@ -124,7 +127,7 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
         ax = fig.add_subplot(grid[i // cols, i % cols])
         shown = block_max(levels, panel_px)
         image = ax.imshow(shown, cmap=CMAP, norm=norm, interpolation="nearest")
-        ax.set_title(entry[0], fontsize=12)
+        ax.set_title(entry[0].replace("  (", "\n(") if narrow else entry[0], fontsize=12 if not narrow else 11)
         ax.set_xticks([])
         ax.set_yticks([])
     cax = fig.add_subplot(grid[:, cols])
@@ -134,7 +137,7 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
                   + (f"; scale capped at the {SCALE_PERCENTILE:g}th percentile" if over and capped else "")
                   + (f"; above {vmax:g} shows as {vmax:g}" if over and not capped else ""), fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=13)
+        fig.suptitle(title.replace(": ", ":\n", 1) if narrow and len(title) > 45 else title, fontsize=13 if not narrow else 12)
     if ticks is None:
         ticks = [t for t in (0, 1, 2, 4, 8, 16, 32, 64, 128, 255) if t <= vmax]
         if vmax - ticks[-1] > 0.15 * vmax:
