@@ -86,7 +86,8 @@ def test_heatmap_figure_size_is_capped_in_pixels(tmp_path, shape):
     m = np.random.default_rng(0).random(shape).astype(np.float32) * 8
     path = render.heatmap_png([("a", m), ("b", m), None, ("c", m), ("d", m), ("e", m)], tmp_path / "h.png", cols=3)
     w, h = Image.open(path).size
-    assert w <= 3 * 520 + 130 and h <= 2 * 565 + 30, (w, h)
+    # per row: a 520-pixel panel and its title (two lines, 65 px, on a portrait panel)
+    assert w <= 3 * 520 + 130 and h <= 2 * (520 + 65) + 30, (w, h)
 
 
 # ---------------------------------------------------------------------------- uploaded models, deadlines, disk
