@@ -43,10 +43,12 @@ def build(default_set: str, card) -> BenchmarkTab:
                                  label="ONNX Runtime threads")
             b_runs = gr.Slider(1, 10, value=3, step=1, label="Timed runs per model and size")
             b_run = gr.Button("Run benchmark", variant="primary")
-            b_files = gr.Markdown(bench_tab.files_md(models.shipped_set(default_set)))
+            b_files = gr.Markdown(bench_tab.files_md(models.shipped_set(default_set)), elem_id="bench-files",
+                                  elem_classes="card-tables")
         with gr.Column(scale=2):
             b_status = gr.Markdown()
-            b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False)
+            b_plot = gr.Image(label="Latency vs resolution", format="png", interactive=False,
+                              alt_text="Latency of the FP32, PTQ-INT8 and QAT-INT8 models at each image size")
             b_table = gr.Dataframe(bench_tab.empty_table(), label="Results", interactive=False)
     gr.Markdown("### The model card's numbers\n\n" + card.tables_md(("latency", "median ms", "bench")),
                 elem_classes=["card-tables"])

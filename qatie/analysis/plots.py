@@ -85,8 +85,14 @@ def plot_sqnr(rows_or_result, worst: int = 5, title: str | None = None, labels: 
             if vals:
                 ax.annotate(_short(r["name"]), (i, max(vals)), xytext=(0, 3), textcoords="offset points",
                             ha="center", va="bottom", fontsize=6.5, color="#c00000", rotation=90)
-    ax.set_xticks(xs)
-    ax.set_xticklabels([_short(r["name"]) for r in rows], rotation=90, fontsize=6)
+    if len(rows) <= 40:
+        ax.set_xticks(xs)
+        ax.set_xticklabels([_short(r["name"]) for r in rows], rotation=90, fontsize=6)
+    else:  # a hundred names at 6 pt cannot be read: numbers in network order, the worst named above
+        step = 10
+        ax.set_xticks(xs[::step])
+        ax.set_xticklabels([str(i) for i in xs[::step]], fontsize=8)
+        ax.set_xlabel("tensor number, in network order (stages shaded; the lowest named above their bars)", fontsize=8)
     ax.set_xlim(-0.7, len(rows) - 0.3)
     ax.set_ylim(bottom, top)
     ax.set_ylabel("SQNR vs FP32 (dB, higher = closer)")
