@@ -133,9 +133,10 @@ def heatmap_png(maps: list[tuple[str, np.ndarray] | None], path: str | Path, vma
     cax = fig.add_subplot(grid[:, cols])
     over = any(float(m.max()) > vmax for _, m in real)
     bar = fig.colorbar(image, cax=cax, extend="max" if over else "neither")
-    bar.set_label((bar_label or "absolute difference, 8-bit levels (max over R,G,B)")
-                  + (f"; scale capped at the {SCALE_PERCENTILE:g}th percentile" if over and capped else "")
-                  + (f"; above {vmax:g} shows as {vmax:g}" if over and not capped else ""), fontsize=9)
+    # short enough for the bar of a wide, shallow figure (a longer label is cut at both ends)
+    bar.set_label((bar_label or "difference, 8-bit levels (max of R,G,B)")
+                  + (f"; capped at p{SCALE_PERCENTILE:g}" if over and capped else "")
+                  + (f"; ≥ {vmax:g} shown as {vmax:g}" if over and not capped else ""), fontsize=9)
     if title:
         fig.suptitle(title.replace(": ", ":\n", 1) if narrow and len(title) > 45 else title, fontsize=13 if not narrow else 12)
     if ticks is None:
@@ -162,7 +163,7 @@ def perceptual_map_png(maps: dict[str, np.ndarray], path: str | Path) -> str:
               for role, label in (("ptq", "PTQ-INT8 vs FP32"), ("qat", "QAT-INT8 vs FP32"))]
     return heatmap_png(panels, path, vmax=DE00_SCALE, cols=2, panel_px=420,
                        title=f"Where a viewer would notice: colour difference ΔE00 (over {JND_DE00:g} = noticeable)",
-                       bar_label="CIEDE2000 colour difference (ΔE00)", ticks=(0, 1, 2, JND_DE00, 4, 6))
+                       bar_label="colour difference ΔE00", ticks=(0, 1, 2, JND_DE00, 4, 6))
 
 
 def stack_pngs(paths: list[str], path: str | Path) -> str:
