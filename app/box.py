@@ -24,6 +24,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import weakref
 
 from qatie.errors import QatieError
 
@@ -147,6 +148,7 @@ def _start_worker() -> subprocess.Popen:
 
 _spares: list[subprocess.Popen] = []
 _spares_lock = threading.Lock()
+_filling = threading.Lock()
 
 
 def _take_worker() -> subprocess.Popen:
@@ -155,19 +157,33 @@ def _take_worker() -> subprocess.Popen:
             proc = _spares.pop()
             if proc.poll() is None:
                 return proc
+            _close_pipes(proc)
     return _start_worker()
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
 
 
 def replenish() -> None:
     """Start spare workers up to `config.BOX_SPARES` (in the background: imports take ~0.3 s)."""
     def fill():
-        with _spares_lock:
-            _spares[:] = [p for p in _spares if p.poll() is None]
-            missing = config.BOX_SPARES - len(_spares)
-        for _ in range(max(0, missing)):
-            proc = _start_worker()
+        if not _filling.acquire(blocking=False):  # one filler at a time: never more than BOX_SPARES
+            return
+        try:
             with _spares_lock:
-                _spares.append(proc)
+                _spares[:] = [p for p in _spares if p.poll() is None]
+                missing = config.BOX_SPARES - len(_spares)
+            for _ in range(max(0, missing)):
+                proc = _start_worker()
+                with _spares_lock:
+                    _spares.append(proc)
+        finally:
+            _filling.release()
 
     threading.Thread(target=fill, name="qatie-box-spares", daemon=True).start()
 
@@ -178,7 +194,7 @@ def live_workers() -> int:
         return sum(p.poll() is None for p in _spares) + sum(b.alive() for b in list(_open_boxes))
 
 
-_open_boxes: "set[Box]" = set()
+_open_boxes: "weakref.WeakSet[Box]" = weakref.WeakSet()  # weak: an abandoned box's __del__ still ends its worker
 
 
 class Box:
@@ -228,10 +244,11 @@ class Box:
                     self._send((fn, args, kwargs))
                     result = _load_result(proc.stdout)
                 except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+                    proc.kill()  # a worker that sent something unreadable is not trusted with more
+                    proc.wait()
+                    _close_pipes(proc)
                     if fired.is_set():
                         raise (timeout_error or DeadlineError(deadline_message(self.what, seconds))) from None
-                    proc.kill()
-                    proc.wait()
                     raise self._died(proc.returncode, exc) from None
             finally:
                 timer.cancel()
@@ -263,11 +280,7 @@ class Box:
         if proc is not None:
             proc.kill()
             proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+            _close_pipes(proc)
             replenish()
 
     def __enter__(self) -> "Box":
