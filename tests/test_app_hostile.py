@@ -479,7 +479,7 @@ TRAIN_KW = dict(data="Built-in sample photos (scikit-image)", init="Scratch (a n
 
 
 def test_training_over_budget_refused(server, client):
-    with Watch(server, "Train at the old maxima", requests=2):
+    with Watch(server, "Train beyond the step limits, and over the budget within them", requests=2):
         old_max = _error(lambda: client.predict(api_name="/train", width=32, fp32_steps=3000, qat_steps=1000,
                                                 batch_size=32, patch=256, **TRAIN_KW))
         in_range = _error(lambda: client.predict(api_name="/train", width=32, fp32_steps=2000, qat_steps=500,
