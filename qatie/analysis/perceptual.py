@@ -130,13 +130,16 @@ def jpeg_ladder(reference_u8: np.ndarray, qualities=JPEG_QUALITIES, reference_la
     ref_lab = lab(reference_u8) if reference_lab is None else reference_lab
     flat = ref_lab.reshape(-1, 3)
     pick = np.random.default_rng(0).choice(len(flat), size=min(sample, len(flat)), replace=False)
-    out = []
-    for q in qualities:
+    def rung(q: int) -> dict:
         copy = _reduced(jpeg_copy(reference_u8, q)).reshape(-1, 3)[pick]
         copy = copy.astype(np.float32) / 255.0 if copy.dtype == np.uint8 else copy
-        s = summarise(delta_e00_lab(flat[pick], rgb2lab(copy[:, None, :])[:, 0, :].astype(np.float32)))
-        out.append({"quality": int(q), **s})
-    return out
+        return {"quality": int(q), **summarise(delta_e00_lab(flat[pick], rgb2lab(copy[:, None, :])[:, 0, :]
+                                                             .astype(np.float32)))}
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # JPEG coding and numpy release the GIL: both cores
+        return list(pool.map(rung, qualities))
 
 
 def jpeg_equivalent(summary: dict, ladder: list[dict]) -> dict:
