@@ -325,6 +325,7 @@ def _train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_
                 kind, payload = None, None
             if kind == "stage":
                 stage = payload
+                latest = None  # the previous stage's "step n of n" does not describe this one
             elif kind in ("fp32", "qat"):
                 offset = 0 if kind == "fp32" else s.fp32_steps
                 point = {"step": payload["step"] + offset, "loss": payload["loss"], "stage": kind.upper()}
