@@ -170,6 +170,7 @@ def measure(url: str, runs: int, folder: Path) -> dict:
 
 
 def _rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` and all its children (the box's workers), in MiB."""
     import psutil
 
     try:

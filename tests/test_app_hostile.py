@@ -29,7 +29,7 @@ gradio_client = pytest.importorskip("gradio_client")
 psutil = pytest.importorskip("psutil")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app.measure import AppServer  # noqa: E402
+from app.measure import AppServer, _rss_mb  # noqa: E402  (RSS of the server with its workers)
 from test_app_api import compare, load, write_png  # noqa: E402  (the API tests' client helpers)
 
 SHIPPED = [REPO_ROOT / "checkpoints" / n for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")]
@@ -86,21 +86,6 @@ def client(server):
     c = Client(server.url, verbose=False)
     c.predict(handle_file(str(_small_photo())), api_name="/compare")  # warm: rows measure their own work
     return c
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2 ** 20
 
 
 class Watch:
