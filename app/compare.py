@@ -1,20 +1,10 @@
 """The Compare tab's event handlers (Gradio side of `app.core`). No torch.
 
-`compare` is a generator, and what it yields is the design:
-
-1. blank the previous result (the user sees at once that work started) — and show the input:
-   the input image is sent with it, so its transfer overlaps the models;
-2. after ONE pass of each model: the three outputs — that pass is each model's first latency
-   sample;
-3. the analysis: metrics table, verdict, heatmaps, zoom, the two before/after sliders (latency
-   from that single pass);
-4. `TIMING_RUNS - 1` more interleaved timing rounds, each yielding the table and verdict again,
-   so the latency shown ends as the median of `TIMING_RUNS` passes.
-
-Images are written by `render.save_png` (zlib level 1) into a per-request folder and returned as
-paths; Gradio copies them into its cache, and the folder is removed when the generator ends.
-Results for the bundled examples are kept (keyed by file contents, options and the model files'
-signature) and replayed on the next click: examples are cached lazily, per model set.
+`compare` streams named updates ({output name: value}, `OUTPUT_NAMES`) from a `CompareRun`,
+whose stages are the design: the input at once; one pass of each model (the three outputs, and
+each model's first latency sample); the analysis, with the authors' TFLite picture computed
+beside it; more timing rounds while they fit the time budget; a final update carrying every
+output. `as_slots` turns an update into Gradio's list of event outputs.
 """
 from __future__ import annotations
 
@@ -39,16 +29,24 @@ from . import guard
 
 log = logging.getLogger("qatie.app")
 
+#: The Compare tab's outputs, by name: handlers yield {name: value} updates (names left out stay
+#: as they are); `as_slots` lays one out in this order for Gradio's event outputs (app/tabs/compare.py).
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
                 "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
                 "heatmap_ref", "authors", "state")
-N_OUT = len(OUTPUT_NAMES)
-IDX = {name: i for i, name in enumerate(OUTPUT_NAMES)}
 #: Fixed colour scales (8-bit levels) of the error displays, so a colour means the same on every
 #: photo: quantization error (INT8 vs FP32) and each model against the reference.
 QUANT_SCALE = 16.0
 REF_SCALE = 64.0
 SKIP = gr.skip
+
+
+def as_slots(update: dict) -> list:
+    """A named update as Gradio's list of event outputs (a name left out: unchanged)."""
+    unknown = set(update) - set(OUTPUT_NAMES)
+    if unknown:
+        raise KeyError(f"not a Compare output: {sorted(unknown)}")
+    return [update[name] if name in update else SKIP() for name in OUTPUT_NAMES]
 
 
 def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:
@@ -100,23 +98,18 @@ def empty_table() -> pd.DataFrame:
                                  "Pixels > 2 levels off FP32", "Latency (ms)", "File (MB)"])
 
 
-def _empty_outputs(notice: str) -> list:
-    vals = [None] * N_OUT
-    vals[0] = notice
-    vals[IDX["metrics"]] = empty_table()
-    vals[IDX["headline"]] = ""
-    vals[IDX["verdict"]] = ""
-    vals[IDX["zoom_x"]] = SKIP()
-    vals[IDX["zoom_y"]] = SKIP()
-    vals[IDX["state"]] = None
-    return vals
+def empty_outputs(notice: str) -> dict:
+    """Every output blanked, with `notice` in the notice line."""
+    blank = {name: None for name in OUTPUT_NAMES}
+    blank.update(notice=notice, metrics=empty_table(), headline="", verdict="", zoom_x=SKIP(), zoom_y=SKIP())
+    return blank
 
 
-def error_outputs(err: gr.Error) -> list:
+def error_outputs(err: gr.Error) -> dict:
     """Every output blanked, the message kept in the notice line (a toast alone vanishes, and the
     previous photo's result must not stay on screen under an error)."""
     title = getattr(err, "title", None) or "Error"
-    return _empty_outputs(f'<span class="error-notice">⚠️ <b>{title}:</b> {getattr(err, "message", str(err))}</span>')
+    return empty_outputs(f'<span class="error-notice">⚠️ <b>{title}:</b> {getattr(err, "message", str(err))}</span>')
 
 
 def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, extra: str = "",
@@ -138,10 +131,6 @@ def _notice(prep: core.Prepared, model_set: models.ModelSet, overrides: dict, ex
     return "\n\n".join(lines)
 
 
-def _frame(headers: list[str], rows: list[list[str]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=headers)
-
-
 def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model_set: models.ModelSet) -> dict:
     out = core.public(result)
     out["latency_ms"] = {r: core.latency_summary(latencies[r]) for r in models.ROLES if latencies.get(r)}
@@ -153,41 +142,6 @@ def _json(result: dict, latencies: dict, sizes: dict, prep: core.Prepared, model
     out["original_size"] = list(prep.original_size)
     out["seed"] = prep.seed
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# The compare generator
-# --------------------------------------------------------------------------------------------
-
-def compare(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
-            custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None, request: gr.Request = None):
-    """Enhance a photo with the FP32, PTQ-INT8 and QAT-INT8 models and compare the outputs.
-
-    Returns (streamed): notice, input, FP32, PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider,
-    verdict, metrics table, heatmaps (INT8 vs FP32), zoom (worst-region crops), zoom x %, zoom y %,
-    metrics (JSON), downloads, headline (one line of HTML), worst-region FP32↔INT8 slider,
-    heatmaps vs the reference, the authors' INT8 TFLite output (paper set with ai-edge-litert;
-    else None). `model_set` None means the default set (`models.default_set()`).
-    """
-    try:
-        with slots.one_per_session(request, "A comparison"):
-            ticket = slots.SLOTS.ticket(slots.visitor(request))
-            try:
-                waited = time.monotonic()
-                while not ticket.wait(1.0):  # visitors are served in turn (app.slots)
-                    if time.monotonic() - waited > config.SLOT_WAIT_S:
-                        raise slots.SlotWaitError(slots.wait_message("The comparison"))
-                    yield _waiting(ticket.ahead())
-                yield from _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
-                                    custom_qat, session_sets)
-            finally:
-                ticket.release()
-    except slots.BusyError as exc:  # the running request's outputs stay as they are
-        raise user_error(exc) from None
-    except Exception as exc:
-        err = user_error(exc)
-        yield error_outputs(err)
-        raise err from None
 
 
 def _drop_reference(prep: core.Prepared) -> None:
@@ -202,11 +156,54 @@ def _drop_reference(prep: core.Prepared) -> None:
                         "its target.")
 
 
-def _waiting(ahead: int) -> list:
-    vals = [SKIP()] * N_OUT
-    vals[IDX["notice"]] = (f"⏳ Waiting for a free slot — {ahead} request(s) ahead of yours. Visitors are served in "
-                           "turn; your comparison starts as soon as a slot frees.")
-    return vals
+def _waiting(ahead: int) -> dict:
+    return {"notice": f"⏳ Waiting for a free slot — {ahead} request(s) ahead of yours. Visitors are served in "
+                      "turn; your comparison starts as soon as a slot frees."}
+
+
+# --------------------------------------------------------------------------------------------
+# The compare generator
+# --------------------------------------------------------------------------------------------
+
+def compare(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
+            custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None, request: gr.Request = None):
+    """Enhance a photo with the FP32, PTQ-INT8 and QAT-INT8 models and compare the outputs.
+
+    Yields Gradio's list of outputs (`as_slots`; by name, `OUTPUT_NAMES`): notice, input, FP32,
+    PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider, verdict, metrics table, heatmaps (INT8
+    vs FP32), zoom (worst-region crops), zoom x %, zoom y %, metrics (JSON), downloads, headline
+    (one line of HTML), worst-region FP32↔INT8 slider, heatmaps vs the reference, the authors' INT8
+    TFLite output (paper set with ai-edge-litert; else None), the result state. `model_set` None
+    means the default set (`models.default_set()`).
+    """
+    for update in compare_named(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
+                                custom_qat, session_sets, request):
+        yield as_slots(update)
+
+
+def compare_named(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
+                  custom_fp32=None, custom_ptq=None, custom_qat=None, session_sets=None, request: gr.Request = None):
+    """`compare` as {output name: value} updates (the last one carries every output)."""
+    try:
+        with slots.one_per_session(request, "A comparison"):
+            ticket = slots.SLOTS.ticket(slots.visitor(request))
+            try:
+                waited = time.monotonic()
+                while not ticket.wait(1.0):  # visitors are served in turn (app.slots)
+                    if time.monotonic() - waited > config.SLOT_WAIT_S:
+                        raise slots.SlotWaitError(slots.wait_message("The comparison"))
+                    yield _waiting(ticket.ahead())
+                run = CompareRun(image, reference, simulate, seed, full_size, model_set,
+                                 (custom_fp32, custom_ptq, custom_qat), session_sets)
+                yield from run.stream()
+            finally:
+                ticket.release()
+    except slots.BusyError as exc:  # the running request's outputs stay as they are
+        raise user_error(exc) from None
+    except Exception as exc:
+        err = user_error(exc)
+        yield error_outputs(err)
+        raise err from None
 
 
 def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, model_set=None,
@@ -221,229 +218,285 @@ def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, m
         gr.Warning(err.message, title=err.title)
 
 
-def _compare(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq, custom_qat,
-             session_sets):
-    request_dir = None
-    keep_dir = False
-    enh = None
-    t_start = time.perf_counter()
-    deadline = guard.Deadline(config.COMPARE_DEADLINE_S, "The comparison")
+class CompareRun:
+    """One comparison, stage by stage; `stream()` yields the named updates:
 
-    def mark(what: str) -> None:
-        log.debug("compare: %s at %.3f s", what, time.perf_counter() - t_start)
+    1. blank the previous result and show the input (its transfer overlaps the models);
+    2. ONE pass of each model: the three outputs, and each model's first latency sample;
+    3. the analysis (table, verdict, maps, zoom, sliders) — the authors' TFLite picture (paper set)
+       is computed beside it and follows;
+    4. more interleaved timing rounds while they fit the time budget, so the latency shown ends as
+       the median of the passes.
 
-    try:
+    Images are written by `render.save_png` (zlib level 1) into a per-request folder and returned
+    as paths; Gradio copies them into its cache, and the folder is removed when the run ends.
+    Results for the bundled examples are kept (keyed by file contents, options and the model
+    files' signature) and replayed on the next click."""
+
+    def __init__(self, image, reference, simulate, seed, full_size, model_set, custom, session_sets):
+        self.t_start = time.perf_counter()
+        self.deadline = guard.Deadline(config.COMPARE_DEADLINE_S, "The comparison")
+        self.enh = None
+        self.request_dir: Path | None = None
+        self.keep_dir = False
+        self.beside = None  # the authors' picture, computed beside the analysis
+        self.tflite = {"note": "", "path": None, "metrics": None, "ms": None}
+        self.shown: dict[str, object] = {}
+        self.outputs: dict[str, np.ndarray] = {}
+        self.latencies: dict[str, list[float]] = {}
+        self.downloads = None
+        self.skip_note = ""
         try:
-            prep = core.prepare(image, reference, bool(simulate), seed, bool(full_size))
-            deadline.extend(config.COMPARE_DEADLINE_PER_MP_S * prep.megapixels)
-            overrides = _overrides(custom_fp32, custom_ptq, custom_qat)
-            model_set = models.resolve_set(model_set, session_sets)
-            if model_set.key == models.PAPER_KEY and prep.reference is not None:
-                _drop_reference(prep)
-            if model_set.key in models.BUILTIN_SETS and not overrides:
+            self.prep = core.prepare(image, reference, bool(simulate), seed, bool(full_size))
+            self.deadline.extend(config.COMPARE_DEADLINE_PER_MP_S * self.prep.megapixels)
+            self.overrides = _overrides(*custom)
+            self.model_set = models.resolve_set(model_set, session_sets)
+            if self.model_set.key == models.PAPER_KEY and self.prep.reference is not None:
+                _drop_reference(self.prep)
+            if self.model_set.key in models.BUILTIN_SETS and not self.overrides:
                 models.wait_warm()
-            enh = models.enhancers(model_set, overrides)
         except Exception as exc:
             raise user_error(exc, "reading the inputs") from None
-        sizes = {r: models.file_mb(e) for r, e in enh.items()}
 
-        key = example_cache.key(prep, model_set, bool(overrides))
-        if key is not None:
-            cached = example_cache.get(key)
-            if cached is not None:
-                yield example_cache.replay(cached, IDX["state"])
-                return
+    def mark(self, what: str) -> None:
+        log.debug("compare: %s at %.3f s", what, time.perf_counter() - self.t_start)
 
-        # 0. Clear the previous result and show the input at once: its transfer overlaps the models.
-        request_dir = config.work_dir("requests", uuid.uuid4().hex)
-        shown = {}
-        disp, scale = _display(prep.image)
-        shown["input"] = render.save_png(disp, request_dir / "input.png")
-        vals = _empty_outputs(_notice(prep, model_set, overrides, "Running FP32, PTQ-INT8 and QAT-INT8…"))
-        vals[1] = shown["input"]
-        mark("input ready")
-        yield vals
-
-        # 1. One pass of each model = the outputs and the first latency sample.
+    def stream(self):
         try:
-            outputs, latencies = {}, {}
-            for role in models.ROLES:
-                with deadline.onnx():
-                    outputs[role], ms = core.run_model(enh[role], prep.image, prep.tiled)
-                latencies[role] = [ms]
-                shown[role] = render.save_png(_display(outputs[role])[0], request_dir / f"{role}.png")
-            for role, (_, name) in overrides.items():  # a model the user brought: exact on this CPU?
-                with deadline.onnx():
-                    warning = models.exactness_warning(role, name, enh[role], outputs[role], prep.image,
+            try:
+                self.enh = models.enhancers(self.model_set, self.overrides)
+            except Exception as exc:
+                raise user_error(exc, "reading the inputs") from None
+            self.sizes = {r: models.file_mb(e) for r, e in self.enh.items()}
+            self.cache_key = example_cache.key(self.prep, self.model_set, bool(self.overrides))
+            cached = example_cache.get(self.cache_key) if self.cache_key is not None else None
+            if cached is not None:
+                yield example_cache.replay(cached)
+                return
+            self.request_dir = config.work_dir("requests", uuid.uuid4().hex)
+            yield self._show_input()
+            yield self._run_models()
+            yield self._analyse()
+            if self.beside is not None:
+                update = self._authors_picture()
+                if self.more_rounds:  # else the final update, right after, carries it
+                    yield update
+            yield from self._timing_rounds()
+            yield self._final()
+        finally:
+            self.deadline.cancel()
+            if self.beside is not None:
+                self.beside.cancel()
+            models.close_enhancers(self.enh)
+            if self.request_dir is not None and not self.keep_dir:
+                shutil.rmtree(self.request_dir, ignore_errors=True)
+            guard.give_back_memory()
+
+    def notice(self, extra: str = "") -> str:
+        return _notice(self.prep, self.model_set, self.overrides, extra, self.tflite["note"])
+
+    # -- 1. the input -----------------------------------------------------------------------
+    def _show_input(self) -> dict:
+        disp, self.display_scale = _display(self.prep.image)
+        self.shown["input"] = render.save_png(disp, self.request_dir / "input.png")
+        update = empty_outputs(_notice(self.prep, self.model_set, self.overrides,
+                                       "Running FP32, PTQ-INT8 and QAT-INT8…"))
+        update["input"] = self.shown["input"]
+        self.mark("input ready")
+        return update
+
+    # -- 2. one pass of each model ------------------------------------------------------------
+    def _run_models(self) -> dict:
+        prep = self.prep
+        try:
+            for role in models.ROLES:  # one after another: each pass is also a clean latency sample
+                with self.deadline.onnx():
+                    self.outputs[role], ms = core.run_model(self.enh[role], prep.image, prep.tiled)
+                self.latencies[role] = [ms]
+            for role, (_, name) in self.overrides.items():  # a model the user brought: exact on this CPU?
+                with self.deadline.onnx():
+                    warning = models.exactness_warning(role, name, self.enh[role], self.outputs[role], prep.image,
                                                        prep.tiled)
                 if warning:
                     prep.notices.append(warning)
         except Exception as exc:
             raise user_error(exc, "running the models") from None
-        vals = [SKIP()] * N_OUT
-        vals[0] = _notice(prep, model_set, overrides, "Measuring…")
-        vals[2:5] = [shown["fp32"], shown["ptq"], shown["qat"]]
-        mark("outputs ready (models " + ", ".join(f"{r} {latencies[r][0]:.0f} ms" for r in models.ROLES) + ")")
-        yield vals
-        mark("outputs sent")
+        # Encoded together once the passes are done (on both cores), so no pass is timed beside one.
+        self.shown.update(render.save_pngs({role: _display(self.outputs[role])[0] for role in models.ROLES},
+                                           self.request_dir))
+        self.mark("outputs ready (models " + ", ".join(f"{r} {self.latencies[r][0]:.0f} ms"
+                                                       for r in models.ROLES) + ")")
+        return {"notice": self.notice("Measuring…"), **{role: self.shown[role] for role in models.ROLES}}
 
-        # 2. Analysis.
+    # -- 3. the analysis ----------------------------------------------------------------------
+    def _analyse(self) -> dict:
+        if authors.applies(self.model_set, self.overrides):
+            self.tflite["note"] = authors.unavailable_notice()
+            if authors.available():  # its tiles start now, on the core the analysis leaves
+                try:
+                    self.beside = authors.Beside(self.prep.image, self.deadline)
+                except Exception as exc:  # an optional extra: the comparison stands without it
+                    self._authors_failed(exc)
         try:
-            deadline.check()
-            result = core.analyse(prep, outputs)
-            maps = result["maps"]
-            def panel(title: str, m: np.ndarray):
-                return f"{title}  (max {m.max():.0f}, {100 * (m > 2).mean():.1f}% > 2 levels)", m
-
-            panels = [panel("|PTQ-INT8 − FP32|", maps["ptq_vs_fp32"]), panel("|QAT-INT8 − FP32|", maps["qat_vs_fp32"])]
-            vmax = QUANT_SCALE
-            heat = render.heatmap_png(panels, request_dir / "heatmap_levels.png", vmax=vmax, cols=2, panel_px=420,
-                                      title=f"Quantization error, fixed colour scale 0–{QUANT_SCALE:g} levels")
-            heat = render.stack_pngs([render.perceptual_map_png(maps, request_dir / "perceptual.png"), heat],
-                                     request_dir / "heatmap.png")
-            heat_ref = None
-            if prep.reference is not None:  # each model against the ground truth
-                what = "clean" if prep.reference_kind == "simulated" else "ref"
-                heat_ref = render.heatmap_png(
-                    [panel(f"|FP32 − {what}|", maps["fp32_vs_ref"]), panel(f"|PTQ-INT8 − {what}|", maps["ptq_vs_ref"]),
-                     panel(f"|QAT-INT8 − {what}|", maps["qat_vs_ref"])], request_dir / "heatmap_ref.png",
-                    vmax=REF_SCALE, cols=3, panel_px=420,
-                    title=f"Each model against the {'clean original' if what == 'clean' else 'reference'}, "
-                          f"fixed colour scale 0–{REF_SCALE:g} levels")
-            state = {
-                "images": {"input": prep.image, "reference": prep.reference, **outputs},
-                "errors": {r: np.clip(maps[f"{r}_vs_fp32"], 0, 255).astype(np.uint8) for r in ("ptq", "qat")},
-                "vmax": vmax, "display_scale": scale, "reference_kind": prep.reference_kind,
-            }
-            w, h = prep.size
-            zx = round(100.0 * result["worst"]["x"] / w, 1)
-            zy = round(100.0 * result["worst"]["y"] / h, 1)
-            zoom_path = render_zoom(state, zx, zy, DEFAULT_WINDOW, request_dir)
-            crop_pair = crop_slider(state, zx, zy, result["worst"]["role"], DEFAULT_WINDOW, request_dir)
+            self.deadline.check()
+            self.result = core.analyse(self.prep, self.outputs)
+            heat, heat_ref = self._heatmaps(self.result["maps"])
+            self._zoom_state()
         except Exception as exc:
             raise user_error(exc, "measuring the outputs") from None
+        self._plan_timing()
+        more = self.more_rounds > 0
+        if self.prep.tiled:
+            self.downloads = [render.save_png(arr, self.request_dir / f"full_{name}.png")
+                              for name, arr in (("input", self.prep.image), *self.outputs.items())]
+        self.heat, self.heat_ref = heat, heat_ref
+        update = self._measured(final=not more and self.beside is None)
+        update.update(
+            notice=self.notice("Timing more runs…" if more else ""), heatmap=heat, heatmap_ref=heat_ref,
+            zoom=self.zoom_path, zoom_x=self.zx, zoom_y=self.zy, slider_crop=self.crop_pair,
+            slider_ptq=(self.shown["fp32"], self.shown["ptq"]), slider_qat=(self.shown["fp32"], self.shown["qat"]),
+            headline=headline(self.result, self.latencies, self.sizes), state=self.state)
+        if self.downloads is not None:
+            update["downloads"] = self.downloads
+        self.mark("analysis ready")
+        return update
 
-        tflite = {"note": "", "path": None, "metrics": None, "ms": None}  # the authors' model (paper set)
-        if authors.applies(model_set, overrides):
-            tflite["note"] = authors.unavailable_notice()
+    def _heatmaps(self, maps: dict) -> tuple[str, str | None]:
+        def panel(title: str, m: np.ndarray):
+            return f"{title}  (max {m.max():.0f}, {100 * (m > 2).mean():.1f}% > 2 levels)", m
 
-        def measured(final: bool):
-            headers, rows = core.table(result, latencies, sizes)
-            js = _json(result, latencies, sizes, prep, model_set)
-            if tflite["metrics"] is not None:
-                rows.append(authors.table_row(headers, tflite["metrics"], tflite["ms"]))
-                js["authors_tflite"] = {"label": authors.LABEL, "file": authors.PATH.name, "how": tflite["how"],
-                                        **tflite["metrics"], "latency_ms": round(tflite["ms"], 1)}
-            text = verdict(result, latencies, sizes, final=final)
-            if tflite.get("details"):
-                text += "\n\n" + tflite["details"]
-            return _frame(headers, rows), text, js
+        d = self.request_dir
+        heat = render.heatmap_png([panel("|PTQ-INT8 − FP32|", maps["ptq_vs_fp32"]),
+                                   panel("|QAT-INT8 − FP32|", maps["qat_vs_fp32"])], d / "heatmap_levels.png",
+                                  vmax=QUANT_SCALE, cols=2, panel_px=420,
+                                  title=f"Quantization error, fixed colour scale 0–{QUANT_SCALE:g} levels")
+        heat = render.stack_pngs([render.perceptual_map_png(maps, d / "perceptual.png"), heat], d / "heatmap.png")
+        if self.prep.reference is None:
+            return heat, None
+        what = "clean" if self.prep.reference_kind == "simulated" else "ref"  # each model against the ground truth
+        heat_ref = render.heatmap_png(
+            [panel(f"|{models.ROLE_LABELS[r]} − {what}|", maps[f"{r}_vs_ref"]) for r in models.ROLES],
+            d / "heatmap_ref.png", vmax=REF_SCALE, cols=3, panel_px=420,
+            title=f"Each model against the {'clean original' if what == 'clean' else 'reference'}, "
+                  f"fixed colour scale 0–{REF_SCALE:g} levels")
+        return heat, heat_ref
 
-        def note(extra: str = "") -> str:
-            return _notice(prep, model_set, overrides, extra, tflite["note"])
+    def _zoom_state(self) -> None:
+        """The session's state (for the zoom) and the zoom on the worst region."""
+        maps, prep = self.result["maps"], self.prep
+        self.state = {
+            "images": {"input": prep.image, "reference": prep.reference, **self.outputs},
+            "errors": {r: np.clip(maps[f"{r}_vs_fp32"], 0, 255).astype(np.uint8) for r in ("ptq", "qat")},
+            "vmax": QUANT_SCALE, "display_scale": self.display_scale, "reference_kind": prep.reference_kind,
+        }
+        w, h = prep.size
+        worst = self.result["worst"]
+        self.zx, self.zy = round(100.0 * worst["x"] / w, 1), round(100.0 * worst["y"] / h, 1)
+        self.zoom_path = render_zoom(self.state, self.zx, self.zy, DEFAULT_WINDOW, self.request_dir)
+        self.crop_pair = crop_slider(self.state, self.zx, self.zy, worst["role"], DEFAULT_WINDOW, self.request_dir)
 
-        def head() -> str:
-            return headline(result, latencies, sizes)
+    def _plan_timing(self) -> None:
+        """Extra timing rounds only within the time budget of one compare, and not while other
+        visitors wait (latency under load means little): the Benchmark tab times more."""
+        self.round_s = sum(self.latencies[r][0] for r in models.ROLES) / 1000.0
+        self.more_rounds = config.TIMING_RUNS - 1
+        if self.more_rounds <= 0:
+            return
+        if slots.SLOTS.waiting() > 0:
+            self.skip_note = "while other visitors wait."
+        elif self._elapsed() + self.round_s > config.TIMING_BUDGET_S:
+            self.skip_note = (f"when they would take this compare past {config.TIMING_BUDGET_S:g} s "
+                              "(the Benchmark tab times more).")
+        if self.skip_note:
+            self.more_rounds = 0
 
-        total_first = sum(latencies[r][0] for r in models.ROLES) / 1000.0
-        more = config.TIMING_RUNS - 1
-        # Extra timing rounds only within the time budget of one compare, and not while other
-        # visitors wait (latency under load means little): the Benchmark tab times more.
-        elapsed = time.perf_counter() - t_start
-        over_budget = elapsed + total_first > config.TIMING_BUDGET_S
-        others_waiting = slots.SLOTS.waiting() > 0
-        skip_timing = more > 0 and (over_budget or others_waiting)
-        frame, text, js = measured(final=(more == 0 or skip_timing))
-        vals = [SKIP()] * N_OUT
-        vals[0] = note("Timing more runs…" if more and not skip_timing else "")
-        vals[7], vals[8], vals[13] = text, frame, js
-        vals[9], vals[10] = heat, zoom_path
-        vals[5] = (shown["fp32"], shown["ptq"])
-        vals[6] = (shown["fp32"], shown["qat"])
-        vals[11], vals[12] = zx, zy
-        vals[IDX["headline"]], vals[IDX["slider_crop"]], vals[IDX["heatmap_ref"]] = head(), crop_pair, heat_ref
-        vals[IDX["state"]] = state
-        downloads = None
-        if prep.tiled:
-            downloads = [render.save_png(arr, request_dir / f"full_{name}.png")
-                         for name, arr in (("input", prep.image), *outputs.items())]
-            vals[14] = downloads
-        yield vals
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
 
-        # 2b. The authors' own INT8 TFLite, as released (paper set): one pass, scored like the INT8 models.
-        if authors.applies(model_set, overrides) and authors.available():
-            try:
-                out, tflite["ms"], tflite["how"] = authors.run(prep.image, deadline)
-                tflite["metrics"] = authors.measure(out, outputs["fp32"], prep.reference, result)
-                tflite["path"] = render.save_png(_display(out)[0], request_dir / "authors.png")
-                if downloads is not None:  # full-size mode: its full-size output too
-                    downloads.append(render.save_png(out, request_dir / "full_authors_tflite.png"))
-                tflite["note"] = f"**{authors.LABEL}**: {authors_short(tflite['metrics'])} (see *Details*)."
-                tflite["details"] = (f"**{authors.LABEL}**: {tflite['how']}; agreement with the paper FP32 "
-                                     f"{core._num(tflite['metrics']['agreement_psnr_db'], '.2f')} dB; "
-                                     + authors_rating(tflite["metrics"]))
-            except guard.DeadlineError as exc:
-                raise user_error(exc, "running the authors' TFLite model") from None
-            except Exception as exc:  # an optional extra: the comparison stands without it
-                log.warning("authors' TFLite model failed: %s: %s", type(exc).__name__, exc)
-                tflite["note"] = f"The authors' TFLite model could not run ({type(exc).__name__}: {guard.public_text(str(exc))[:200]})."
-            frame, text, js = measured(final=(more == 0 or skip_timing))
-            vals = [SKIP()] * N_OUT
-            vals[0] = note("Timing more runs…" if more and not skip_timing else "")
-            vals[7], vals[8], vals[13] = text, frame, js
-            vals[IDX["authors"]] = tflite["path"]
-            if downloads is not None:
-                vals[14] = downloads
-            yield vals
+    def _measured(self, final: bool) -> dict:
+        """The table, verdict and JSON from the numbers so far."""
+        headers, rows = core.table(self.result, self.latencies, self.sizes)
+        js = _json(self.result, self.latencies, self.sizes, self.prep, self.model_set)
+        tfl = self.tflite
+        if tfl["metrics"] is not None:
+            rows.append(authors.table_row(headers, tfl["metrics"], tfl["ms"]))
+            js["authors_tflite"] = {"label": authors.LABEL, "file": authors.PATH.name, "how": tfl["how"],
+                                    **tfl["metrics"], "latency_ms": round(tfl["ms"], 1),
+                                    "latency_is": authors.LATENCY_IS}
+        text = verdict(self.result, self.latencies, self.sizes, final=final)
+        if tfl.get("details"):
+            text += "\n\n" + tfl["details"]
+        return {"verdict": text, "metrics": pd.DataFrame(rows, columns=headers), "metrics_json": js}
 
-        # 3. More timing runs, interleaved (rotating order), streamed.
-        if skip_timing:
-            more = 0
-        for i in range(more):
-            if i and time.perf_counter() - t_start + total_first > config.TIMING_BUDGET_S:
+    # -- 3b. the authors' picture ---------------------------------------------------------------
+    def _authors_picture(self) -> dict:
+        tfl = self.tflite
+        try:
+            out, tfl["ms"], tfl["how"] = self.beside.finish()
+            tfl["metrics"] = authors.measure(out, self.outputs["fp32"], self.prep.reference, self.result)
+            tfl["path"] = render.save_png(_display(out)[0], self.request_dir / "authors.png")
+            if self.downloads is not None:  # full-size mode: its full-size output too
+                self.downloads.append(render.save_png(out, self.request_dir / "full_authors_tflite.png"))
+            tfl["note"] = f"**{authors.LABEL}**: {authors_short(tfl['metrics'])} (see *Details*)."
+            tfl["details"] = (f"**{authors.LABEL}**: {tfl['how']}; agreement with the paper FP32 "
+                              f"{core._num(tfl['metrics']['agreement_psnr_db'], '.2f')} dB; "
+                              + authors_rating(tfl["metrics"]) + f" Latency: {authors.LATENCY_IS}.")
+        except guard.DeadlineError as exc:
+            raise user_error(exc, "running the authors' TFLite model") from None
+        except Exception as exc:  # an optional extra: the comparison stands without it
+            self._authors_failed(exc)
+        self.beside = None
+        update = self._measured(final=self.more_rounds == 0)
+        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""), authors=tfl["path"])
+        if self.downloads is not None:
+            update["downloads"] = self.downloads
+        self.mark("authors' picture ready")
+        return update
+
+    def _authors_failed(self, exc: BaseException) -> None:
+        log.warning("authors' TFLite model failed: %s: %s", type(exc).__name__, exc)
+        self.tflite["note"] = (f"The authors' TFLite model could not run ({type(exc).__name__}: "
+                               f"{guard.public_text(str(exc))[:200]}).")
+
+    # -- 4. more timing rounds ------------------------------------------------------------------
+    def _timing_rounds(self):
+        """Interleaved rounds in rotating order, streamed; the last round's numbers go out with
+        the final update."""
+        for i in range(self.more_rounds):
+            if i and self._elapsed() + self.round_s > config.TIMING_BUDGET_S:
                 break  # the budget is spent: the last round's numbers stand
             order = list(models.ROLES[i % 3:] + models.ROLES[:i % 3])
             try:
                 for role in order:
-                    with deadline.onnx():
-                        latencies[role].append(core.time_model(enh[role], prep.image, prep.tiled))
+                    with self.deadline.onnx():
+                        self.latencies[role].append(core.time_model(self.enh[role], self.prep.image, self.prep.tiled))
             except Exception as exc:
                 raise user_error(exc, "timing the models") from None
-            if i == more - 1:
-                break  # the final update below carries the last round's numbers
-            frame, text, js = measured(final=False)
-            vals = [SKIP()] * N_OUT
-            vals[7], vals[8], vals[13] = text, frame, js
-            vals[IDX["headline"]] = head()
-            yield vals
+            if i == self.more_rounds - 1:
+                break
+            yield {**self._measured(final=False), "headline": headline(self.result, self.latencies, self.sizes)}
 
-        if skip_timing:
-            final_notice = note("Latency is from a single pass: extra timing runs are skipped "
-                                + ("while other visitors wait." if others_waiting else
-                                   f"when they would take this compare past {config.TIMING_BUDGET_S:g} s "
-                                   "(the Benchmark tab times more)."))
-        else:
-            final_notice = note()
-        # The last update carries every output (already-sent files are not copied again), so an
-        # API caller's result is complete, not a list of "unchanged" markers.
-        frame, text, js = measured(final=True)
-        final = [final_notice, shown["input"], shown["fp32"], shown["ptq"], shown["qat"],
-                 (shown["fp32"], shown["ptq"]), (shown["fp32"], shown["qat"]), text, frame, heat, zoom_path,
-                 zx, zy, js, downloads, head(), crop_pair, heat_ref, tflite["path"], state]
-        if key is not None:
-            # Keep the files and the full final result for the next click on this example.
-            keep_dir = True
-            example_cache.remember(key, final)
-        moved = state.get("zoom")  # the user may have moved the zoom while the timing runs ran
+    # -- the final update ---------------------------------------------------------------------
+    def _final(self) -> dict:
+        """Every output (already-sent files are not copied again), so an API caller's result is
+        complete, not a list of "unchanged" markers."""
+        s = self.shown
+        note = self.notice(f"Latency is from a single pass: extra timing runs are skipped {self.skip_note}"
+                           if self.skip_note else "")
+        final = {"notice": note, "input": s["input"], "fp32": s["fp32"], "ptq": s["ptq"], "qat": s["qat"],
+                 "slider_ptq": (s["fp32"], s["ptq"]), "slider_qat": (s["fp32"], s["qat"]),
+                 **self._measured(final=True), "heatmap": self.heat, "zoom": self.zoom_path, "zoom_x": self.zx,
+                 "zoom_y": self.zy, "downloads": self.downloads,
+                 "headline": headline(self.result, self.latencies, self.sizes), "slider_crop": self.crop_pair,
+                 "heatmap_ref": self.heat_ref, "authors": self.tflite["path"], "state": self.state}
+        if self.cache_key is not None:  # the files and the full result, for the next click on this example
+            self.keep_dir = True
+            example_cache.remember(self.cache_key, final)
+        moved = self.state.get("zoom")  # the user may have moved the zoom while the timing runs ran
         if moved and Path(moved["path"]).is_file():
-            final[10:13] = [moved["path"], moved["x"], moved["y"]]
-        yield final
-    finally:
-        deadline.cancel()
-        models.close_enhancers(enh)
-        if request_dir is not None and not keep_dir:
-            shutil.rmtree(request_dir, ignore_errors=True)
-        guard.give_back_memory()
+            final = {**final, "zoom": moved["path"], "zoom_x": moved["x"], "zoom_y": moved["y"]}
+        self.mark("final")
+        return final
 
 
 # --------------------------------------------------------------------------------------------

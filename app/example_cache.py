@@ -28,24 +28,26 @@ def example_rows() -> list[list[str]]:
 _PINNED: set[Path] = set()
 
 
-def _drop_files(_key, result: list) -> None:
-    if isinstance(result[1], str) and Path(result[1]).parent not in _PINNED:  # its request folder holds them all
-        shutil.rmtree(Path(result[1]).parent, ignore_errors=True)
+def _drop_files(_key, result: dict) -> None:
+    shown = result.get("input")
+    if isinstance(shown, str) and Path(shown).parent not in _PINNED:  # its request folder holds them all
+        shutil.rmtree(Path(shown).parent, ignore_errors=True)
 
 
-def pin(result: list) -> None:
+def pin(result: dict) -> None:
     """Keep this result's files for the life of the process (the page-load view serves them)."""
-    if isinstance(result[1], str):
-        _PINNED.add(Path(result[1]).parent)
+    if isinstance(result.get("input"), str):
+        _PINNED.add(Path(result["input"]).parent)
 
 
-def replay(result: list, state_index: int) -> list:
-    """A kept result as one update for another request: the notice says where it came from, and
-    the session gets its own copy of the state (the zoom writes into it)."""
-    vals = list(result)
-    vals[0] = result[0] + "\n\n*Example: result cached from its first run (timings from that run).*"
-    vals[state_index] = dict(result[state_index])
-    return vals
+def replay(result: dict) -> dict:
+    """A kept result (a Compare update by output name) as one update for another request: the
+    notice says where it came from, and the session gets its own copy of the state (the zoom
+    writes into it)."""
+    update = dict(result)
+    update["notice"] = result["notice"] + "\n\n*Example: result cached from its first run (timings from that run).*"
+    update["state"] = dict(result["state"])
+    return update
 
 
 _EXAMPLE_SHAS: set[str] | None = None
@@ -54,12 +56,12 @@ _EXAMPLE_SHAS: set[str] | None = None
 _CACHE = LRU(config.EXAMPLE_CACHE_MAX, on_evict=_drop_files)
 
 
-def remember(key: str, final: list) -> None:
+def remember(key: str, final: dict) -> None:
     """Keep an example's result (its files stay in its request folder)."""
-    _CACHE.put(key, list(final))
+    _CACHE.put(key, dict(final))
 
 
-def get(key: str) -> list | None:
+def get(key: str) -> dict | None:
     return _CACHE.get(key)
 
 

@@ -61,7 +61,7 @@ def _run(model_key: str) -> None:
         if model_key in models.BUILTIN_SETS:  # the warm-up loads the default built-in set's sessions
             models.wait_warm()
         final = None
-        for final in compare.compare(ex[0], ex[1], model_set=model_key):
+        for final in compare.compare_named(ex[0], ex[1], model_set=model_key):
             pass  # the last update carries every output
         if final is not None:  # pinned: page loads serve it, whatever the example cache evicts
             example_cache.pin(final)
@@ -96,14 +96,15 @@ def on_load(model_key: str | None = None) -> list:
     computed (30 page loads at once cost 30 copies of a list, not 30 comparisons outside the queue)."""
     ex = first_example()
     if ex is None:
-        return [gr.skip()] * (2 + compare.N_OUT)
+        return [gr.skip()] * (2 + len(compare.OUTPUT_NAMES))
     model_key = model_key or models.default_set()
     start(model_key)  # normally started with the app; this covers a demo launched another way
     _READY.wait(LOAD_WAIT_S)
     result = _STATE["result"]
     if not _READY.is_set() or _STATE["error"] or result is None or model_key != _STATE["model_set"]:
-        return [gr.skip(), gr.skip(), *compare._empty_outputs("Upload a photo or click an example, then **Compare**.")]
-    return [ex[0], ex[1], *example_cache.replay(result, compare.IDX["state"])]
+        return [gr.skip(), gr.skip(),
+                *compare.as_slots(compare.empty_outputs("Upload a photo or click an example, then **Compare**."))]
+    return [ex[0], ex[1], *compare.as_slots(example_cache.replay(result))]
 
 
 def pick(evt: gr.SelectData):

@@ -131,37 +131,75 @@ def one_mp_photos(n: int, folder: Path) -> list[Path]:
 
 
 def time_compare(client, photo: Path) -> dict:
-    """Submit /compare and time its streamed updates (client side, files downloaded)."""
+    """Submit /compare and time its streamed updates on the client, as a browser sees them: an
+    update is on screen once each file it shows has been downloaded — a file already fetched (the
+    same URL: an update that shows it again) is not fetched again, and new ones are fetched six at a
+    time (a browser's connections per host). `client` is made with download_files=False."""
     from gradio_client import handle_file
 
+    fetched: set[str] = set()
     t0 = time.perf_counter()
     job = client.submit(handle_file(str(photo)), api_name="/compare")
     first_images = analysis = None
-    got: set[int] = set()  # which of input/FP32/PTQ/QAT (outputs 1–4) have arrived
+    got: set[str] = set()  # which of input/FP32/PTQ/QAT are on screen
     seen = 0
     while True:
         outs = job.outputs()
-        for upd in outs[seen:]:
+        for upd in map(named, outs[seen:]):
+            _fetch_new(upd, fetched)
             now = time.perf_counter() - t0
-            got |= {i for i in range(1, 5) if isinstance(upd[i], str) and upd[i].endswith(".png")}
+            got |= {k for k in ("input", "fp32", "ptq", "qat") if _file_urls(upd[k])}
             if first_images is None and len(got) == 4:
                 first_images = now
-            if analysis is None and isinstance(upd[7], str) and upd[7]:
+            if analysis is None and isinstance(upd["verdict"], str) and upd["verdict"]:
                 analysis = now
         seen = len(outs)
         if job.done():
             break
         time.sleep(0.005)
-    result = job.result()
+    result = named(job.result())
+    _fetch_new(result, fetched)
     final = time.perf_counter() - t0
+    js = result["metrics_json"]
     return {"photo": photo.name, "first_outputs_s": first_images, "analysis_s": analysis, "final_s": final,
-            "latency_ms": result[13].get("latency_ms") if isinstance(result[13], dict) else None}
+            "latency_ms": js.get("latency_ms") if isinstance(js, dict) else None}
+
+
+def _file_urls(value) -> list[str]:
+    """The URLs of the files an output value shows (FileData dicts, also inside slider pairs)."""
+    if isinstance(value, dict):
+        return [value["url"]] if isinstance(value.get("url"), str) else []
+    if isinstance(value, (list, tuple)):
+        return [u for v in value for u in _file_urls(v)]
+    return []
+
+
+def _fetch_new(update: dict, fetched: set[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    new = [u for v in update.values() for u in _file_urls(v) if u not in fetched]
+    if not new:
+        return
+    def get(url: str) -> int:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return len(r.read())
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(get, new))
+    fetched.update(new)
+
+
+def named(outputs) -> dict:
+    """/compare's outputs (a list, as the API gives them) by name (`app.compare.OUTPUT_NAMES`)."""
+    from .compare import OUTPUT_NAMES
+
+    return dict(zip(OUTPUT_NAMES, outputs))
 
 
 def measure(url: str, runs: int, folder: Path) -> dict:
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)  # files fetched as a browser would (time_compare)
     photos = one_mp_photos(runs + 1, folder)
     time_compare(client, photos[-1])  # the first call of a fresh server pays for warm-up: not counted
     rows = [time_compare(client, p) for p in photos[:runs]]
@@ -196,7 +234,7 @@ def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
     photos = one_mp_photos(n + 1, folder / "flood")
     # the flood comes from one address, the lone visitor from another (as a Space's proxy reports them)
     clients = [Client(url, verbose=False, headers={"X-Forwarded-For": "10.0.0.66"}) for _ in range(n)]
-    clients.append(Client(url, verbose=False, headers={"X-Forwarded-For": "10.0.0.7"}))
+    clients.append(Client(url, verbose=False, headers={"X-Forwarded-For": "10.0.0.7"}, download_files=False))
     peak, stop = [0.0], threading.Event()
 
     def watch():

@@ -18,6 +18,7 @@ crops back with `crop`.
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import statistics
@@ -275,23 +276,74 @@ def run_tiled(fn: Callable[[np.ndarray], np.ndarray], img: np.ndarray, tile: int
     """`fn` (an H×W×3 tile → its H×W×3 output) over a large H×W×3 float image in overlapping
     `tile`×`tile` tiles (smaller when the image is), blended with linear ramps (`enhance_tiled`).
     Also what runs a fixed-size model, such as the authors' 100×100 TFLite one, on any photo."""
-    _check_tiling(tile, overlap)
-    h, w, _ = img.shape
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    th, tw = min(tile, h), min(tile, w)
-    wy = _axis_weights(ys, th)
-    wx = _axis_weights(xs, tw)
-    out = np.zeros((h, w, 3), dtype=np.float32)
-    for y0, wyi in zip(ys, wy):
-        for x0, wxi in zip(xs, wx):
-            res = fn(np.ascontiguousarray(img[y0:y0 + th, x0:x0 + tw]))  # th×tw×3
-            weight = wyi[:, None] * wxi[None, :]
-            out[y0:y0 + th, x0:x0 + tw] += res * weight[..., None]
-    # The weights are separable on a grid, so their sum is the outer product of the 1-D sums.
-    out /= _axis_weight_sum(ys, wy, h)[:, None, None]
-    out /= _axis_weight_sum(xs, wx, w)[None, :, None]
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    run = TiledRun(img, tile, overlap)
+    run.work(fn)
+    return run.result()
+
+
+class TiledRun:
+    """One image's tiles, shareable between workers: each `work(fn)` call (a thread with its own
+    model instance) takes tiles until none are left, and `result()` gives the blended image.
+    Tiles are blended in a fixed order whoever ran them — a finished tile waits until every
+    earlier one is in — so the output does not depend on how the work was shared, and memory
+    stays one output plus the few tiles finished out of turn."""
+
+    def __init__(self, img: np.ndarray, tile: int, overlap: int):
+        _check_tiling(tile, overlap)
+        h, w, _ = img.shape
+        self.img = img
+        self.ys, self.xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+        self.th, self.tw = min(tile, h), min(tile, w)
+        self.wy, self.wx = _axis_weights(self.ys, self.th), _axis_weights(self.xs, self.tw)
+        self.out = np.zeros((h, w, 3), dtype=np.float32)
+        self.count = len(self.ys) * len(self.xs)
+        self._todo = collections.deque(range(self.count))
+        self._finished: dict[int, np.ndarray] = {}
+        self._blended = 0
+        self._lock = threading.Lock()
+
+    def work(self, fn: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Run `fn` on tiles until none are left; returns how many this call ran."""
+        ran = 0
+        while True:
+            try:
+                k = self._todo.popleft()
+            except IndexError:
+                return ran
+            y0, x0 = self.ys[k // len(self.xs)], self.xs[k % len(self.xs)]
+            res = fn(np.ascontiguousarray(self.img[y0:y0 + self.th, x0:x0 + self.tw]))  # th×tw×3
+            ran += 1
+            with self._lock:
+                self._finished[k] = res
+                self._blend_ready()
+
+    def cancel(self) -> None:
+        """Leave the tiles not yet started (workers stop after their current one)."""
+        self._todo.clear()
+
+    def _blend_ready(self) -> None:
+        while self._blended in self._finished:
+            k = self._blended
+            res = self._finished.pop(k)
+            i, j = divmod(k, len(self.xs))
+            y0, x0 = self.ys[i], self.xs[j]
+            weight = self.wy[i][:, None] * self.wx[j][None, :]
+            self.out[y0:y0 + self.th, x0:x0 + self.tw] += res * weight[..., None]
+            self._blended += 1
+
+    def result(self) -> np.ndarray:
+        """The blended image (once every tile is in; a second call returns the same array)."""
+        if self._blended == -1:
+            return self.out
+        if self._blended != self.count:
+            raise QatieError(f"tiled run incomplete: {self._blended} of {self.count} tiles blended")
+        h, w, _ = self.out.shape
+        # The weights are separable on a grid, so their sum is the outer product of the 1-D sums.
+        self.out /= _axis_weight_sum(self.ys, self.wy, h)[:, None, None]
+        self.out /= _axis_weight_sum(self.xs, self.wx, w)[None, :, None]
+        np.clip(self.out, 0.0, 1.0, out=self.out)
+        self._blended = -1
+        return self.out
 
 
 def tile_starts(n: int, tile: int, overlap: int) -> list[int]:

@@ -302,6 +302,21 @@ class AuthorsTFLite:
         self.size, self.overlap, self.name = (h, w), overlap, Path(path).name
         self.tiled = h * w <= 256 * 256
 
+    def run_tile(self, tile: np.ndarray) -> np.ndarray:
+        """One tile of the model's own input size → its output."""
+        return run_tflite(self.it, tile)[0]
+
+    def tiled_run(self, image: np.ndarray):
+        """The photo's tiles as a `runtime.TiledRun` that several instances of this model (one per
+        thread) can share — None where `enhance` does not tile (the full-HD file; a photo smaller
+        than one tile)."""
+        from .runtime import TiledRun
+
+        h, w = self.size
+        if not self.tiled or image.shape[0] < h or image.shape[1] < w:
+            return None
+        return TiledRun(np.asarray(image, dtype=np.float32), h, self.overlap)
+
     def how(self, shape) -> str:
         h, w = self.size
         if self.tiled:
@@ -320,7 +335,7 @@ class AuthorsTFLite:
             if img.shape[0] < h or img.shape[1] < w:
                 pad = ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0))
                 return self.enhance(np.pad(img, pad, mode="edge"))[:img.shape[0], :img.shape[1]]
-            return run_tiled(lambda t: run_tflite(self.it, t)[0], img, h, self.overlap)
+            return run_tiled(self.run_tile, img, h, self.overlap)
         turn = img.shape[1] > img.shape[0]
         src = np.ascontiguousarray(np.rot90(img)) if turn else img
 

@@ -315,9 +315,9 @@ def test_50_megapixel_photo_is_downscaled_or_refused_quickly(client, tmp_path):
     job = client.submit(handle_file(str(path)), api_name="/compare")
     notice = fp32 = None
     while time.perf_counter() - t0 < 90 and not job.done() and fp32 is None:
-        for upd in job.outputs():
-            notice = upd[0] if isinstance(upd[0], str) else notice
-            fp32 = upd[2] if isinstance(upd[2], str) and upd[2].endswith(".png") else fp32
+        for upd in map(named, job.outputs()):
+            notice = upd["notice"] if isinstance(upd["notice"], str) else notice
+            fp32 = upd["fp32"] if isinstance(upd["fp32"], str) and upd["fp32"].endswith(".png") else fp32
         time.sleep(0.05)
     took = time.perf_counter() - t0
     try:

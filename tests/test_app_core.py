@@ -228,7 +228,7 @@ def test_page_load_serves_the_pinned_first_view_and_never_computes(monkeypatch):
     for i in range(config.EXAMPLE_CACHE_MAX + 2):  # every cached example result evicted, folders dropped
         folder = config.work_dir("requests", f"flood{i}")
         (folder / "input.png").write_bytes(b"x")
-        example_cache.remember(f"flood{i}", ["", str(folder / "input.png")] + [None] * (compare.N_OUT - 2))
+        example_cache.remember(f"flood{i}", {**compare.empty_outputs(""), "input": str(folder / "input.png")})
     assert not (config.work_dir("requests") / "flood0" / "input.png").exists()
 
     def no_compare(*a, **k):
@@ -236,7 +236,7 @@ def test_page_load_serves_the_pinned_first_view_and_never_computes(monkeypatch):
 
     monkeypatch.setattr(compare, "compare", no_compare)
     vals = first_view.on_load()
-    shown = vals[2:]
-    assert shown[compare.IDX["input"]] == pinned[compare.IDX["input"]] and Path(shown[compare.IDX["input"]]).is_file()
-    assert shown[compare.IDX["state"]] == pinned[compare.IDX["state"]]
-    assert shown[compare.IDX["state"]] is not pinned[compare.IDX["state"]]
+    shown = dict(zip(compare.OUTPUT_NAMES, vals[2:]))
+    assert shown["input"] == pinned["input"] and Path(shown["input"]).is_file()
+    assert shown["state"] == pinned["state"]
+    assert shown["state"] is not pinned["state"]

@@ -30,7 +30,7 @@ psutil = pytest.importorskip("psutil")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from app.measure import AppServer, _rss_mb  # noqa: E402  (RSS of the server with its workers)
-from test_app_api import compare, load, write_png  # noqa: E402  (the API tests' client helpers)
+from test_app_api import compare, load, named, write_png  # noqa: E402  (the API tests' client helpers)
 
 SHIPPED = [REPO_ROOT / "checkpoints" / n for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")]
 EXAMPLES = REPO_ROOT / "assets" / "examples"
@@ -163,11 +163,11 @@ def _small_photo() -> Path:
 
 def _normal_compare_still_works(client) -> None:
     t0 = time.perf_counter()
-    result = client.predict(handle_file(str(_small_photo())), api_name="/compare")
+    result = named(client.predict(handle_file(str(_small_photo())), api_name="/compare"))
     assert time.perf_counter() - t0 < NORMAL_COMPARE_S, "a normal compare after the attack was slow"
-    js = result[13]
+    js = result["metrics_json"]
     assert isinstance(js, dict) and js["size"] == [256, 256], js
-    assert all(isinstance(result[i], str) and result[i].endswith(".png") for i in (2, 3, 4))
+    assert all(isinstance(result[k], str) and result[k].endswith(".png") for k in ("fp32", "ptq", "qat"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,8 +405,9 @@ def test_exif_bomb_photo(server, client, tmp_path):
     Image.fromarray(np.full((64, 96, 3), 120, np.uint8)).save(path, exif=_exif_bomb())
     assert path.stat().st_size < 1_000_000
     with Watch(server, f"PNG with a 60,000-entry EXIF block ({path.stat().st_size // 1000} kB)"):
-        result = client.predict(handle_file(str(path)), api_name="/compare")
-    assert result[13]["size"] == [64, 96] and "rotated upright" in result[0], (result[13], result[0])
+        result = named(client.predict(handle_file(str(path)), api_name="/compare"))
+    js = result["metrics_json"]
+    assert js["size"] == [64, 96] and "rotated upright" in result["notice"], (js, result["notice"])
     _normal_compare_still_works(client)
 
 
@@ -430,10 +431,10 @@ def test_huge_low_depth_png_decodes_reduced(server, client, tmp_path, mode):
     path = tmp_path / f"big_{mode.replace(';', '')}.png"
     path.write_bytes(_mode_png(mode, w, h))
     with Watch(server, f"99-MP {mode} PNG ({path.stat().st_size // 1000} kB)"):
-        result = client.predict(handle_file(str(path)), api_name="/compare")
-    js = result[13]
+        result = named(client.predict(handle_file(str(path)), api_name="/compare"))
+    js = result["metrics_json"]
     assert js["original_size"] == [w, h] and js["size"][0] * js["size"][1] <= MAX_MP * 1e6, js
-    assert "Downscaled" in result[0], result[0]
+    assert "Downscaled" in result["notice"], result["notice"]
 
 
 def test_multipage_tiff_first_page_only(server, client, tmp_path):
@@ -441,8 +442,8 @@ def test_multipage_tiff_first_page_only(server, client, tmp_path):
     path = tmp_path / "pages.tif"
     pages[0].save(path, save_all=True, append_images=pages[1:], compression="tiff_deflate")
     with Watch(server, f"200-page TIFF ({path.stat().st_size // 1000} kB)"):
-        result = client.predict(handle_file(str(path)), api_name="/compare")
-    assert result[13]["size"] == [640, 480], result[13]
+        result = named(client.predict(handle_file(str(path)), api_name="/compare"))
+    assert result["metrics_json"]["size"] == [640, 480], result["metrics_json"]
     _normal_compare_still_works(client)
 
 

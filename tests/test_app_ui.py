@@ -116,9 +116,14 @@ def test_metrics_table_has_real_headers_before_any_result_and_after_an_error():
     headers = table.value["headers"]
     assert headers[0] == "Model" and not set(headers) & {"1", "2", "3"}, headers
     blank = compare.error_outputs(gr.Error("bad photo", title="Cannot use this input"))
-    assert list(blank[compare.IDX["metrics"]].columns)[0] == "Model"
-    assert "bad photo" in blank[compare.IDX["notice"]] and "Cannot use this input" in blank[compare.IDX["notice"]]
-    assert all(blank[compare.IDX[k]] is None for k in ("zoom", "fp32", "ptq", "qat", "heatmap", "state"))
+    assert set(blank) == set(compare.OUTPUT_NAMES), "an error blanks every output"
+    assert list(blank["metrics"].columns)[0] == "Model"
+    assert "bad photo" in blank["notice"] and "Cannot use this input" in blank["notice"]
+    assert all(blank[k] is None for k in ("zoom", "fp32", "ptq", "qat", "heatmap", "state"))
+    slots = compare.as_slots(blank)
+    assert slots[compare.OUTPUT_NAMES.index("notice")] == blank["notice"], "laid out in OUTPUT_NAMES order"
+    with pytest.raises(KeyError):
+        compare.as_slots({"no_such_output": 1})
 
 
 def _bench_row(role, median, lo, hi, size="512x512", mp=0.26):

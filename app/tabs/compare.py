@@ -181,11 +181,13 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
     (for the zoom); `session_sets` the sets trained in this session."""
     compare_inputs = [tab.image_in, tab.reference_in, tab.simulate, tab.seed, tab.full_size, tab.model_set,
                       tab.custom_fp32, tab.custom_ptq, tab.custom_qat, session_sets]
-    compare_outputs = [tab.notice, tab.out_input, tab.out_fp32, tab.out_ptq, tab.out_qat, tab.slider_ptq,
-                       tab.slider_qat, tab.verdict_md, tab.metrics_df, tab.heatmap, tab.zoom_img, tab.zoom_x,
-                       tab.zoom_y, tab.metrics_json, tab.downloads, tab.headline_html, tab.slider_crop,
-                       tab.heatmap_ref, tab.out_authors, result_state]
-    assert len(compare_outputs) == compare.N_OUT
+    by_name = {"notice": tab.notice, "input": tab.out_input, "fp32": tab.out_fp32, "ptq": tab.out_ptq,
+               "qat": tab.out_qat, "slider_ptq": tab.slider_ptq, "slider_qat": tab.slider_qat,
+               "verdict": tab.verdict_md, "metrics": tab.metrics_df, "heatmap": tab.heatmap, "zoom": tab.zoom_img,
+               "zoom_x": tab.zoom_x, "zoom_y": tab.zoom_y, "metrics_json": tab.metrics_json,
+               "downloads": tab.downloads, "headline": tab.headline_html, "slider_crop": tab.slider_crop,
+               "heatmap_ref": tab.heatmap_ref, "authors": tab.out_authors, "state": result_state}
+    compare_outputs = [by_name[name] for name in compare.OUTPUT_NAMES]  # the order `compare.as_slots` lays out
     tab.run_btn.click(compare.compare_ui, compare_inputs, compare_outputs, api_visibility="private",
                       preprocess=False, concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY,
                       time_limit=600, show_progress="minimal")
