@@ -68,14 +68,14 @@ TIMING_RUNS = max(1, int(_env_float("QATIE_TIMING_RUNS", 3)))
 #: VNNI fits both extra rounds).
 TIMING_BUDGET_S = _env_float("QATIE_TIMING_BUDGET_S", 6.0)
 #: Heavy requests (compare, benchmark, training, the Inspect panel) that run at once, all kinds
-#: together: one Gradio concurrency group (`app.guard.HEAVY`). A 2-vCPU Space gains nothing from
+#: together: one Gradio concurrency group (`app.boundary.guard.HEAVY`). A 2-vCPU Space gains nothing from
 #: more, and training holds one slot for its whole run.
 HEAVY_SLOTS = max(1, int(_env_float("QATIE_HEAVY_SLOTS", 2)))
-#: Heavy requests Gradio lets in at once; beyond the slots they wait in `app.slots`, which serves
+#: Heavy requests Gradio lets in at once; beyond the slots they wait in `app.boundary.slots`, which serves
 #: visitors in turn (Gradio's own queue is first-come-first-served), for at most SLOT_WAIT_S.
 HEAVY_ADMIT = max(HEAVY_SLOTS, int(_env_float("QATIE_HEAVY_ADMIT", 32)))
 SLOT_WAIT_S = _env_float("QATIE_SLOT_WAIT_S", 600.0)
-#: Deadlines (seconds) enforced by `app.guard`: a compare (a base plus a share per megapixel: a
+#: Deadlines (seconds) enforced by `app.boundary.guard`: a compare (a base plus a share per megapixel: a
 #: 12-MP tiled compare is ~30 s on an idle 2 vCPU and was measured several times slower on a busy
 #: one), a benchmark, the Inspect panel's quick (analysis, histogram) and slow (calibration
 #: methods, mixed precision: they build PTQ models) handlers.
@@ -174,12 +174,12 @@ def work_dir(*parts: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-#: The box for untrusted work (`app.box`): memory (MB of address space above a worker's imports)
+#: The box for untrusted work (`app.boundary.box`): memory (MB of address space above a worker's imports)
 #: and CPU seconds one request's worker may use, and how many workers wait ready.
 BOX_MEMORY_MB = _env_float("QATIE_BOX_MEMORY_MB", 1536.0)
 BOX_CPU_S = _env_float("QATIE_BOX_CPU_S", 600.0)
 BOX_SPARES = max(0, int(_env_float("QATIE_BOX_SPARES", 2)))
-#: Upload quotas (`app.upload_quota`): MB one visitor, and all visitors together, may upload per
+#: Upload quotas (`app.boundary.upload_quota`): MB one visitor, and all visitors together, may upload per
 #: window of this many seconds.
 UPLOAD_QUOTA_MB = _env_float("QATIE_UPLOAD_QUOTA_MB", 400.0)
 UPLOAD_TOTAL_MB = _env_float("QATIE_UPLOAD_TOTAL_MB", 3000.0)

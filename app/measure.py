@@ -112,8 +112,8 @@ def one_mp_photos(n: int, folder: Path) -> list[Path]:
     """`n` different ~1-MP JPEG photos (the example photos, degraded, at 1224×816 and shifted)."""
     from PIL import Image
 
-    from qatie.data import EVAL_DEGRADATION, sample_images
-    from qatie.degrade import degrade
+    from qatie.data.datasets import EVAL_DEGRADATION, sample_images
+    from qatie.data.degrade import degrade
     from qatie.imageio import to_uint8
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,8 +190,8 @@ def _fetch_new(update: dict, fetched: set[str]) -> None:
 
 
 def named(outputs) -> dict:
-    """/compare's outputs (a list, as the API gives them) by name (`app.compare.OUTPUT_NAMES`)."""
-    from .compare import OUTPUT_NAMES
+    """/compare's outputs (a list, as the API gives them) by name (`app.compare.handlers.OUTPUT_NAMES`)."""
+    from app.compare.handlers import OUTPUT_NAMES
 
     return dict(zip(OUTPUT_NAMES, outputs))
 
@@ -265,7 +265,7 @@ def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
 
 def time_train(client) -> dict:
     """One /train call with the Train tab's default settings, timed on the client."""
-    from app.train_tab import DATA_SAMPLES, DEFAULTS, INIT_SCRATCH
+    from app.train.handlers import DATA_SAMPLES, DEFAULTS, INIT_SCRATCH
 
     d = DEFAULTS
     t0 = time.perf_counter()
@@ -312,7 +312,7 @@ def main(argv=None) -> int:
                     help="also time page load → first view's comparison on screen, in headless Chromium")
     args = ap.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="qatie-measure-"))
-    from qatie.cpu import cpu_name, int8_path
+    from qatie.runtime.cpu import cpu_name, int8_path
 
     report: dict = {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
                     "cpu": cpu_name(), "int8_path": int8_path(), "load_avg_1m": round(os.getloadavg()[0], 2)}

@@ -3,7 +3,7 @@
 A *model set* is three ONNX files. The shipped set (`checkpoints/`) is always offered; sets
 trained in the Train tab live in that browser session's `gr.State` as plain dicts
 `{key: {"label": str, "paths": {role: path}}}` and are resolved here; single files can also be
-uploaded to replace one role. Sessions come from `qatie.runtime.get_enhancer` (one per file per
+uploaded to replace one role. Sessions come from `qatie.runtime.enhancer.get_enhancer` (one per file per
 process, shared by every user); uploaded files get a small LRU of their own, keyed by content,
 so a stream of uploads cannot grow memory without bound.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qatie import runtime as rt
+from qatie.runtime import enhancer as rt
 from qatie.errors import ModelFileError
 
-from . import config
+from app import config
 
 log = logging.getLogger("qatie.app")
 
@@ -121,9 +121,9 @@ def resolve_set(key: str | None, session_sets: dict | None) -> ModelSet:
 def enhancers(model_set: ModelSet, overrides: dict[str, tuple[str, str]] | None = None) -> dict:
     """One enhancer per role; `overrides` maps role → (uploaded path, original name). Built-in
     sets use the runtime's process-wide sessions; uploaded and session-trained files run in one
-    worker of the box (`app.model_check.BoxedEnhancer`), which `close_enhancers` ends."""
-    from .box import Box
-    from .model_check import boxed_enhancer
+    worker of the box (`app.boundary.model_check.BoxedEnhancer`), which `close_enhancers` ends."""
+    from app.boundary.box import Box
+    from app.boundary.model_check import boxed_enhancer
 
     out, box = {}, None
     try:
@@ -183,14 +183,14 @@ def _warm_up(size: tuple[int, int]) -> None:
         _warm_state["set"] = key
         if shipped_missing(key):
             return
-        from .guard import shrinking_options
+        from app.boundary.guard import shrinking_options
 
         x = np.random.default_rng(0).random((*size, 3), dtype=np.float32)
         for role in ROLES:
             enh = rt.get_enhancer(shipped_paths(key)[role], threads=config.THREADS)
             enh.enhance(x[:64, :64])
         # One pass at about a megapixel (kernels prepacked, pages touched once), the arena handed
-        # back afterwards as every app run does (app.guard.SHRINK).
+        # back afterwards as every app run does (app.boundary.guard.SHRINK).
         with rt.run_options_scope(shrinking_options()):
             for role in ROLES:
                 rt.get_enhancer(shipped_paths(key)[role], threads=config.THREADS).enhance(x)
@@ -224,9 +224,9 @@ def warm_state() -> dict:
 def exactness_warning(role: str, name: str, enhancer, deployed_u8: np.ndarray, image_u8: np.ndarray,
                       tiled: bool) -> str | None:
     """The notice line's warning for an uploaded INT8 model whose weights can saturate the 16-bit
-    pair sums of CPUs without VNNI (every model QATIE writes is pair-safe: `qatie.pair_safety`);
+    pair sums of CPUs without VNNI (every model QATIE writes is pair-safe: `qatie.model.pair_safety`);
     None for a safe one. Where this CPU's kernels do saturate, the worker runs the model once more
     on exact kernels and the warning gives how far the output shown is from its exact integer
-    result, measured on this photo (`app.model_check.exactness`)."""
+    result, measured on this photo (`app.boundary.model_check.exactness`)."""
     note = enhancer.exactness_note(deployed_u8, image_u8, tiled)
     return f"⚠️ **Uploaded {ROLE_LABELS[role]} model {name.replace('`', '')!r}**: {note}" if note else None

@@ -1,5 +1,6 @@
 """The Gradio Blocks: Compare (default), Train, Benchmark and About tabs, and how to launch them.
-Each tab's layout and events live in `app/tabs/`; this module composes them and wires what they share.
+Each tab is a package of its own (`app/compare/`, `app/train/`, `app/benchmark/`, `app/about/`; its `layout`
+lays out and wires it); this module composes them and wires what they share.
 
 Public API endpoints (usable with `gradio_client`): `/compare`, `/zoom`, `/train`, `/benchmark`.
 Everything else is private. Queue: compare runs at most 2 at a time (a 2-vCPU machine gains
@@ -16,8 +17,18 @@ import time
 
 import gradio as gr
 
-from . import about, authors, config, example_cache, first_view, inspect_panel, modelcard, models, train_tab
-from .tabs import about as tab_about, benchmark as tab_benchmark, compare as tab_compare, train as tab_train
+from app import config, models
+from app.about import texts as about
+from app.compare import authors
+from app.compare import example_cache
+from app.compare import first_view
+from app.inspect import panel as inspect_panel
+from app.about import modelcard
+from app.train import handlers as train_tab
+from app.about import layout as tab_about
+from app.benchmark import layout as tab_benchmark
+from app.compare import layout as tab_compare
+from app.train import layout as tab_train
 
 log = logging.getLogger("qatie.app")
 
@@ -88,7 +99,7 @@ def _inspect_paths(key, session_sets) -> dict | None:
 
 
 def build_demo() -> gr.Blocks:
-    """The page: header, the four tabs (each laid out and wired by its module in `app/tabs/`), and
+    """The page: header, the four tabs (each laid out and wired by its package's `layout` module), and
     what crosses tabs — the session's trained sets, the last result, and the Inspect panel."""
     card = modelcard.load()
     rows = example_cache.example_rows()
@@ -177,11 +188,11 @@ def launch(demo: gr.Blocks, **kwargs):
     demo.queue(default_concurrency_limit=1, max_size=64)
     from starlette.middleware import Middleware
 
-    from .upload_quota import UploadQuota
+    from app.boundary.upload_quota import UploadQuota
 
     options = dict(max_file_size=config.MAX_FILE_SIZE, theme=THEME, css=CSS, ssr_mode=False, show_error=True,
                    app_kwargs={"middleware": [Middleware(UploadQuota)]},
-                   max_threads=config.HEAVY_ADMIT + 40)  # admitted heavy requests wait in app.slots on a thread
+                   max_threads=config.HEAVY_ADMIT + 40)  # admitted heavy requests wait in app.boundary.slots on a thread
     options.update(kwargs)
     log.info("launching (warm-up started in %.2f s)", time.perf_counter() - t0)
     return demo.launch(**options)

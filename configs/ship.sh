@@ -14,7 +14,7 @@ export OMP_NUM_THREADS=1  # one thread per process: no OpenMP spin-waiting on a 
 #    because the clean training photos are brighter and more saturated than real ones; see
 #    the model card. (The shipped run was launched as `--config runs/e4.json`, the same file.)
 qatie train --config configs/fp32_c32.json --out runs/fp32_c32 --resume
-python -c "from qatie.checkpoint import release_copy; release_copy('runs/fp32_c32/best.pt', 'checkpoints/fp32.pt')"
+python -c "from qatie.model.checkpoint import release_copy; release_copy('runs/fp32_c32/best.pt', 'checkpoints/fp32.pt')"
 
 # 2. FP32 ONNX, and minmax PTQ (the standard PTQ baseline) calibrated on 32 training crops.
 qatie export --checkpoint checkpoints/fp32.pt --out checkpoints/fp32.onnx
@@ -58,7 +58,7 @@ qatie qat --checkpoint runs/paper_qat2.pt --config configs/paper_qat.json --step
           --run-dir runs/paper_qat3 --out runs/paper_qat3.pt
 qatie qat --checkpoint runs/paper_qat3.pt --config configs/paper_qat.json --steps 2000 --lr 3e-5 --seed 3 \
           --run-dir runs/paper_qat4 --out runs/paper_qat4.pt
-python -c "from qatie.checkpoint import release_copy; release_copy('runs/paper_qat4.pt', 'checkpoints/paper_qat.pt')"
+python -c "from qatie.model.checkpoint import release_copy; release_copy('runs/paper_qat4.pt', 'checkpoints/paper_qat.pt')"
 qatie export --checkpoint checkpoints/paper_qat.pt --out checkpoints/paper_int8_qat.onnx
 python docs/paper_model_numbers.py   # docs/paper_model.md's tables and figures
 

@@ -24,8 +24,8 @@ def main() -> int:
 
     import numpy as np
 
-    from qatie.data import EVAL_DEGRADATION, eval_pairs
-    from qatie.evaluate import load_enhancer
+    from qatie.data.datasets import EVAL_DEGRADATION, eval_pairs
+    from qatie.analysis.evaluate import load_enhancer
     from qatie.metrics import psnr, ssim
 
     pairs = eval_pairs(clean_dir=REPO.parent / "shared" / "data" / "clean", seed=args.seed,

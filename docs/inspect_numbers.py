@@ -36,7 +36,7 @@ def main() -> int:
     from qatie import analysis as qi
     from qatie.imageio import read_image
     from qatie.analysis import format_trade_off, trade_off_curve
-    from qatie.runtime import resolve_onnx
+    from qatie.runtime.enhancer import resolve_onnx
 
     ckpt = REPO / "checkpoints" / "fp32.pt"
     examples = sorted((REPO / "assets" / "examples").glob("*_input.png"))

@@ -22,10 +22,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qatie.cpu import describe, machine_summary  # noqa: E402
+from qatie.runtime.cpu import describe, machine_summary  # noqa: E402
 from qatie.imageio import read_image  # noqa: E402
 from qatie.metrics import psnr  # noqa: E402
-from qatie.runtime import OnnxEnhancer  # noqa: E402
+from qatie.runtime.enhancer import OnnxEnhancer  # noqa: E402
 
 
 def main() -> None:
@@ -39,9 +39,9 @@ def main() -> None:
         sys.exit(f"{val} is absent (shared data not available)")
     print(describe(machine_summary(args.threads)), flush=True)
 
-    from qatie.checkpoint import load_model
-    from qatie.export import export_int8
-    from qatie.qat import export_checkpoint
+    from qatie.model.checkpoint import load_model
+    from qatie.export.to_onnx import export_int8
+    from qatie.quantize.qat import export_checkpoint
     from tests.conftest import non_saturating_weights
 
     ckpt = ROOT / "checkpoints"

@@ -7,7 +7,7 @@ pairs CPUs without VNNI add into a saturating int16):
   v2      nearest level at max|w|/127, no pair limit (can saturate)
   clip    v2, then every same-sign pair over 128 levels moved onto the limit (few weights moved, far)
   7-bit   nearest level at max|w|/64 (ONNX Runtime's reduce_range idea: no pair can reach 129)
-  v3      QuantSpec v3 (`qatie.quant.weight_levels`): scale max(max|w|/127, largest same-sign pair/128)
+  v3      QuantSpec v3 (`qatie.model.quant.weight_levels`): scale max(max|w|/127, largest same-sign pair/128)
   v3+grid the best of 33 scales between v2's and v3's per channel, pairs over the limit moved
 
     python docs/pair_safe_numbers.py checkpoints/paper_qat.pt checkpoints/qat.pt [--json out.json]
@@ -25,9 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qatie.checkpoint import load_model  # noqa: E402
-from qatie.model import Up, phase_weights  # noqa: E402
-from qatie.quant import SPEC, _pairs, pair_safe, weight_scales  # noqa: E402
+from qatie.model.checkpoint import load_model  # noqa: E402
+from qatie.model.network import Up, phase_weights  # noqa: E402
+from qatie.model.quant import SPEC, _pairs, pair_safe, weight_scales  # noqa: E402
 
 
 def exported_weights(model) -> list[torch.Tensor]:

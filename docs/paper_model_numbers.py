@@ -18,13 +18,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qatie.cpu import describe  # noqa: E402
-from qatie.data import sample_images  # noqa: E402
+from qatie.runtime.cpu import describe  # noqa: E402
+from qatie.data.datasets import sample_images  # noqa: E402
 from qatie.imageio import read_image, write_image  # noqa: E402
 from qatie.metrics import psnr  # noqa: E402
-from qatie.paper_diagnosis import gate_grid_experiment, layer_clipping, tanh_gate_grids  # noqa: E402
-from qatie.runtime import get_enhancer, run_tiled  # noqa: E402
-from qatie.tflite_import import _interpreter, import_tflite, prove_mapping, run_tflite  # noqa: E402
+from qatie.paper.diagnosis import gate_grid_experiment, layer_clipping, tanh_gate_grids  # noqa: E402
+from qatie.runtime.enhancer import get_enhancer, run_tiled  # noqa: E402
+from qatie.paper.tflite import _interpreter, import_tflite, prove_mapping, run_tflite  # noqa: E402
 
 REF = ROOT.parent / "shared" / "reference"
 SMALL, FULL_HD = REF / "qatie_official_int8_100x100.tflite", REF / "qatie_official_int8_1920x1080.tflite"

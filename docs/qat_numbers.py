@@ -24,10 +24,10 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from qatie.checkpoint import load_model, read_checkpoint
-    from qatie.ptq import calibration_images
-    from qatie.checkpoint import model_from_qat_checkpoint
-    from qatie.quant import act_qparams, calibrate
+    from qatie.model.checkpoint import load_model, read_checkpoint
+    from qatie.quantize.ptq import calibration_images
+    from qatie.model.checkpoint import model_from_qat_checkpoint
+    from qatie.model.quant import act_qparams, calibrate
 
     ckpt = read_checkpoint(args.checkpoint)
     calib = ckpt["calib"]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-from .errors import QatieError
+from qatie.errors import QatieError
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_PERCENTILE = 99.99
@@ -95,7 +95,7 @@ class PTQConfig(_Recipe):
     percentile: float = DEFAULT_PERCENTILE  # only for method "percentile"
     seed: int = 0
     calib_crop: int = CALIB_CROP
-    keep_float: Optional[str] = None  # "auto:K" or conv names, comma-separated (qatie.keep_float)
+    keep_float: Optional[str] = None  # "auto:K" or conv names, comma-separated (qatie.quantize.keep_float)
 
     def __post_init__(self):
         if self.method not in CALIBRATION_METHODS:

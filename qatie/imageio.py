@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageReadError
-from .util import atomic_write
+from qatie.errors import ImageReadError
+from qatie.util import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 120_000_000  # above this a file is refused rather than risking memory exhaustion

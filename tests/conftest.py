@@ -109,7 +109,7 @@ def tiny_image() -> np.ndarray:
 @pytest.fixture
 def clean_dir(tmp_path) -> Path:
     """A folder of three small clean PNG photos (crops of scikit-image's samples)."""
-    from qatie.data import sample_images
+    from qatie.data.datasets import sample_images
     from qatie.imageio import write_image
 
     d = tmp_path / "clean"
@@ -127,8 +127,8 @@ def cli_env() -> dict:
 
 
 def run_cli(*args: str, cwd=None, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m qatie.cli ARGS` in a subprocess; on unexpected failure the output is shown."""
-    proc = subprocess.run([sys.executable, "-m", "qatie.cli", *map(str, args)], cwd=cwd, env=cli_env(),
+    """`python -m qatie.cli.main ARGS` in a subprocess; on unexpected failure the output is shown."""
+    proc = subprocess.run([sys.executable, "-m", "qatie.cli.main", *map(str, args)], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"qatie {' '.join(map(str, args))} exited {proc.returncode}\n"
@@ -150,14 +150,14 @@ def non_saturating_weights():
     (derivation: tests/tolerances.py)."""
     import dataclasses
 
-    import qatie.export
-    import qatie.quant
+    import qatie.export.to_onnx
+    import qatie.model.quant
     from tolerances import NON_SATURATING_WEIGHT_MAX as wmax
 
-    spec = dataclasses.replace(qatie.quant.SPEC, weight_qmin=-wmax, weight_qmax=wmax)
+    spec = dataclasses.replace(qatie.model.quant.SPEC, weight_qmin=-wmax, weight_qmax=wmax)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qatie.quant, "SPEC", spec)
-        mp.setattr(qatie.export, "SPEC", spec)
+        mp.setattr(qatie.model.quant, "SPEC", spec)
+        mp.setattr(qatie.export.to_onnx, "SPEC", spec)
         yield spec
 
 
@@ -168,15 +168,15 @@ def saturating_weights():
     tests of detecting and reporting it."""
     import torch
 
-    import qatie.export
-    from qatie.quant import SPEC
+    import qatie.export.to_onnx
+    from qatie.model.quant import SPEC
 
     def v2_levels(w):
         scale = (torch.clamp(w.detach().abs().flatten(1).amax(1), min=1e-12) / SPEC.weight_qmax).float()
         return torch.clamp(torch.round(w / scale.reshape(-1, 1, 1, 1)), SPEC.weight_qmin, SPEC.weight_qmax), scale
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qatie.export, "weight_levels", v2_levels)
+        mp.setattr(qatie.export.to_onnx, "weight_levels", v2_levels)
         yield
 
 
@@ -187,7 +187,7 @@ def assert_exact_on_every_cpu(path) -> None:
     import json
     from pathlib import Path
 
-    from qatie.int8_reference import int_convs, runtime_saturable_pairs, saturable_pairs
+    from qatie.runtime.int8_reference import int_convs, runtime_saturable_pairs, saturable_pairs
 
     path = Path(path)
     assert int_convs(path), f"{path.name} has no INT8 convs"
@@ -202,7 +202,7 @@ def random_model(width: int = 8, seed: int = 0):
     """A small network with every weight random (the delta conv too: not the identity)."""
     import torch
 
-    from qatie.model import build_model
+    from qatie.model.network import build_model
 
     torch.manual_seed(seed)
     m = build_model(width)
@@ -215,7 +215,7 @@ def optimized_nodes(path, tmp_path) -> list:
     import onnx
     import onnxruntime as ort
 
-    from qatie.runtime import session_options
+    from qatie.runtime.enhancer import session_options
 
     out = tmp_path / (path.stem + "_opt.onnx")
     ort.InferenceSession(str(path), session_options(1, str(out)), providers=["CPUExecutionProvider"])
@@ -225,10 +225,10 @@ def optimized_nodes(path, tmp_path) -> list:
 def conv_counts(model=None) -> dict:
     """The conv counts graph tests check, derived from the network (the full variant by default),
     never typed in. `convs`: its convolutions (module names); `up_convs`: those exported as one
-    2×2 conv per output phase (`qatie.model.Up`); `onnx`: the exported graph's convs (an up-conv
+    2×2 conv per output phase (`qatie.model.network.Up`); `onnx`: the exported graph's convs (an up-conv
     counts once per phase); `int8`: the integer convs ONNX Runtime runs after graph_opt, which
     merges the phase convs of `merged_up` (the up-conv that feeds delta) back into one."""
-    from qatie.model import PHASES, Up, build_model
+    from qatie.model.network import PHASES, Up, build_model
 
     model = model if model is not None else build_model(8)
     names = {m: n for n, m in model.named_modules()}

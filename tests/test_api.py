@@ -37,20 +37,20 @@ def test_readme_api_example_runs(tmp_path):
 
 
 def test_api_names_do_not_shadow_the_stage_modules():
-    """`qatie.train` stays the training module after the API is imported (and vice versa)."""
+    """`qatie.train.loop` stays the training module after the API is imported (and vice versa)."""
     import qatie
-    import qatie.ptq
-    import qatie.qat
-    import qatie.train
+    import qatie.quantize.ptq
+    import qatie.quantize.qat
+    import qatie.train.loop
 
     assert callable(qatie.train_fp32) and callable(qatie.calibrate_ptq) and callable(qatie.finetune_qat)
-    assert qatie.train.__name__ == "qatie.train" and qatie.ptq.run_ptq is not None and qatie.qat.run_qat
+    assert qatie.train.loop.__name__ == "qatie.train.loop" and qatie.quantize.ptq.run_ptq is not None and qatie.quantize.qat.run_qat
     assert qatie.export_onnx.__module__ == "qatie.api"
 
 
 def test_load_gives_an_enhancer_for_a_checkpoint_and_rejects_nonsense(tmp_path):
     import qatie
-    from qatie.checkpoint import save_checkpoint
+    from qatie.model.checkpoint import save_checkpoint
     from qatie.errors import QatieError
 
     ckpt = save_checkpoint(tmp_path / "m.pt", qatie.build_model(8))

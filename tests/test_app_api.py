@@ -373,10 +373,10 @@ def test_uploaded_model_that_can_saturate_is_run_and_named_in_the_notice(client,
     VNNI still runs; the notice says so in plain words, with what this CPU's kernels made of it on
     the photo shown (measured against the exact result where they saturate). A pair-safe upload
     (QATIE's own) gets no such line."""
-    from qatie.cpu import int8_exact, int8_path
-    from qatie.export import export_int8
-    from qatie.int8_reference import saturable_pairs
-    from qatie.quant import calibrate
+    from qatie.runtime.cpu import int8_exact, int8_path
+    from qatie.export.to_onnx import export_int8
+    from qatie.runtime.int8_reference import saturable_pairs
+    from qatie.model.quant import calibrate
 
     m = random_model(8, seed=5)
     ranges = calibrate(m, [make_image(48, 56, seed=2)], "minmax")

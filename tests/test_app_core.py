@@ -13,8 +13,10 @@ from conftest import REPO_ROOT
 from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))
-from app import config, core, modelcard, models, render  # noqa: E402
-from app.verdict import concentration, verdict  # noqa: E402
+from app import config, models, render  # noqa: E402
+from app.compare import pipeline as core
+from app.about import modelcard
+from app.compare.verdict import concentration, verdict  # noqa: E402
 from qatie.errors import ImageReadError, ModelFileError  # noqa: E402
 
 
@@ -174,8 +176,8 @@ def test_model_sets_resolve_per_session(tmp_path):
 def test_example_photos_are_reproducible(tmp_path):
     """make_examples is deterministic and the shipped references are exactly its clean photos.
     (The inputs depend on the degradation model, which may be retuned: after that, rerun
-    `python -m app.make_examples`; the shipped inputs must at least have the right shapes.)"""
-    from app.make_examples import make_examples
+    `python -m app.compare.make_examples`; the shipped inputs must at least have the right shapes.)"""
+    from app.compare.make_examples import make_examples
 
     a = make_examples(tmp_path / "a")
     b = make_examples(tmp_path / "b")
@@ -197,7 +199,7 @@ def test_example_photos_are_reproducible(tmp_path):
 def test_recipe_defaults_are_how_the_shipped_checkpoints_were_made():
     """The app's Train tab (and the CLI, and qatie.api) take loss, data mix and the QAT method
     from the config objects' defaults: they must be the shipped checkpoints' own recipes."""
-    from qatie.checkpoint import read_checkpoint
+    from qatie.model.checkpoint import read_checkpoint
     from qatie.config import QATConfig, TrainConfig
 
     fp32 = read_checkpoint(REPO_ROOT / "checkpoints" / "fp32.pt")["config"]
@@ -218,7 +220,9 @@ def test_page_load_serves_the_pinned_first_view_and_never_computes(monkeypatch):
     cache, with this request's own copy of its state."""
     from pathlib import Path
 
-    from app import compare, example_cache, first_view
+    from app.compare import handlers as compare
+    from app.compare import example_cache
+    from app.compare import first_view
 
     if first_view.first_example() is None or not (REPO_ROOT / "checkpoints" / "paper_int8_qat.onnx").is_file():
         pytest.skip("examples or shipped models absent")

@@ -456,7 +456,7 @@ def test_example_cache_is_a_small_lru(server, client, work_root):
         for seed in range(1, EXAMPLE_CACHE + 3):
             client.predict(handle_file(str(inputs[0])), simulate=True, seed=seed, api_name="/compare")
     kept = [p for p in requests.iterdir()] if requests.is_dir() else []
-    # the LRU's folders, plus the first view's result, pinned for page loads (app.first_view)
+    # the LRU's folders, plus the first view's result, pinned for page loads (app.compare.first_view)
     assert len(kept) <= EXAMPLE_CACHE + 1, f"{len(kept)} cached example folders kept, limit {EXAMPLE_CACHE} + 1"
 
 

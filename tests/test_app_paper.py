@@ -18,7 +18,9 @@ from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))
 pytest.importorskip("gradio")
-from app import authors, compare as app_compare, models  # noqa: E402
+from app import models  # noqa: E402
+from app.compare import authors
+from app.compare import handlers as app_compare
 
 PAPER_MISSING = models.shipped_missing(models.PAPER_KEY)
 RESTORATION_MISSING = models.shipped_missing(models.SHIPPED_KEY)
@@ -89,9 +91,9 @@ def test_authors_tflite_beside_the_analysis_gives_the_plain_run_exactly():
     from skimage import data
 
     from qatie.imageio import to_uint8
-    from qatie.tflite_import import AuthorsTFLite
+    from qatie.paper.tflite import AuthorsTFLite
 
-    from app import guard
+    from app.boundary import guard
 
     img = np.asarray(Image.fromarray(data.astronaut()).resize((420, 300)))
     beside = authors.Beside(img, guard.Deadline(60, "The comparison"))
@@ -107,7 +109,7 @@ def test_authors_tflite_stops_at_the_compare_deadline():
     """A TFLite run cannot be cancelled from outside: the deadline is checked before each tile."""
     import time
 
-    from app import guard
+    from app.boundary import guard
 
     late = guard.Deadline(0.001, "The comparison")
     time.sleep(0.05)
@@ -215,7 +217,7 @@ def test_api_authors_tflite_as_released(client, tmp_path):
 @pytest.mark.skipif(not (EXAMPLES / "astronaut_input.png").is_file(), reason="no example photos")
 def test_api_first_example_is_cached_on_the_default_set(client):
     """The first view's example (computed at start-up) is a cache hit on the default set."""
-    from app.first_view import first_example
+    from app.compare.first_view import first_example
 
     import time
 

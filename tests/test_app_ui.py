@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT))
 pytest.importorskip("gradio")
 
-from app import verdict as V  # noqa: E402
+from app.compare import verdict as V  # noqa: E402
 
 LAT = {"fp32": [600.0, 610.0, 590.0], "ptq": [300.0] * 3, "qat": [310.0] * 3}
 SIZES = {"fp32": 3.7, "ptq": 1.0, "qat": 1.0}
@@ -51,7 +51,7 @@ def test_verdict_rates_by_what_a_viewer_would_notice_not_by_level_counts():
     assert head.index("QAT-INT8") < head.index("PTQ-INT8"), "the model that passes comes first"
     assert "looks the same as full precision" in head and "visibly different" in head
     assert "7× more noticeable pixels" in head and "like a JPEG at quality 50" in head
-    from app import core
+    from app.compare import pipeline as core
 
     headers, rows = core.table(r, LAT, SIZES)
     looks = headers.index("Looks (vs FP32)")
@@ -90,7 +90,7 @@ def test_headline_is_one_coloured_line_from_the_numbers():
 def test_worst_region_is_where_a_viewer_would_notice():
     """The crop goes where the perceptual (ΔE00) difference is largest, not the raw level error:
     9 levels in near-black shadows are less visible than 4 in mid-tones."""
-    from app import core
+    from app.compare import pipeline as core
 
     img = np.zeros((128, 256, 3), np.uint8)
     img[:, 128:] = 120                                 # left half near black, right half mid-grey
@@ -107,7 +107,7 @@ def test_worst_region_is_where_a_viewer_would_notice():
 def test_metrics_table_has_real_headers_before_any_result_and_after_an_error():
     import gradio as gr
 
-    from app import compare
+    from app.compare import handlers as compare
     from app.ui import build_demo
 
     demo = build_demo()
@@ -132,7 +132,7 @@ def _bench_row(role, median, lo, hi, size="512x512", mp=0.26):
 
 
 def test_benchmark_warns_when_the_spread_shows_a_busy_machine():
-    from app.bench_tab import busy_warning
+    from app.benchmark.handlers import busy_warning
 
     steady = [_bench_row("fp32", 130, 128, 140), _bench_row("ptq", 58, 56, 60), _bench_row("qat", 58, 57, 61)]
     assert busy_warning(steady) == ""
@@ -144,7 +144,7 @@ def test_benchmark_warns_when_the_spread_shows_a_busy_machine():
 def test_benchmark_of_one_size_is_a_bar_chart(tmp_path):
     from PIL import Image
 
-    from app.bench_tab import _plot
+    from app.benchmark.handlers import _plot
 
     rows = [_bench_row("fp32", 130, 128, 140), _bench_row("ptq", 58, 56, 60), _bench_row("qat", 59, 57, 61)]
     with Image.open(_plot(rows, 2, tmp_path / "one.png")) as im:
@@ -156,10 +156,10 @@ def test_benchmark_of_one_size_is_a_bar_chart(tmp_path):
 
 
 def test_model_card_tables_each_have_a_heading_and_no_internal_paths(tmp_path):
-    from app import modelcard
+    from app.about import modelcard
 
     (tmp_path / "MODEL_CARD.md").write_text(
-        "# card\n\n## synthetic: test split: 42 photos of ../shared/data/clean (qatie/clean_split.json)\n\n"
+        "# card\n\n## synthetic: test split: 42 photos of ../shared/data/clean (qatie/data/clean_split.json)\n\n"
         "| model | PSNR dB |\n|---|---|\n| FP32 | 26.03 |\n\n"
         "Tones of the *targets* of each set (mean over photos). More text.\n\n"
         "| set | mean luma |\n|---|---|\n| synthetic | 0.415 |\n")
@@ -171,7 +171,7 @@ def test_model_card_tables_each_have_a_heading_and_no_internal_paths(tmp_path):
 
 
 def test_train_progress_line_has_an_eta_from_measured_speed():
-    from app.train_tab import QAT_STEP_COST, progress_md
+    from app.train.handlers import QAT_STEP_COST, progress_md
 
     assert progress_md("Loading torch…", None, 100.0, 3.0, 150) == "**Loading torch…** · 0:03 elapsed"
     # 120 steps in 60 s since step 2 → 2 steps/s; 478 left → 3:59; then 150 QAT steps at the measured speed.
@@ -188,7 +188,7 @@ def test_inspect_calibration_falls_back_to_sample_photos_when_the_sets_photos_ar
     built-in samples, and the note says so instead of failing on a missing folder."""
     import json
 
-    from app import inspect_panel as ip
+    from app.inspect import panel as ip
 
     paths = {r: str(tmp_path / f"{r}.onnx") for r in ("fp32", "ptq", "qat")}
     meta = {"calib": f"clean:{tmp_path / 'absent'}", "num_calib": 4, "seed": 1}
@@ -204,7 +204,7 @@ def test_inspect_calibration_falls_back_to_sample_photos_when_the_sets_photos_ar
 def test_training_chart_draws_one_line_per_validation_set(tmp_path):
     """Two validation sets at ~29 and ~32 dB: one line each (and one input line each), never a
     zigzag joining them; the chart renders."""
-    from app.train_progress import plot_curves, validation_series
+    from app.train.progress import plot_curves, validation_series
 
     points = [{"stage": stage, "step": step, "loss": 0.1,
                "val": {"samples": {"psnr": 29.0 + step / 1000, "input_psnr": 27.0},

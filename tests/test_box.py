@@ -1,4 +1,4 @@
-"""The box for untrusted work (`app.box`), the per-session gate and the upload ledger, without a
+"""The box for untrusted work (`app.boundary.box`), the per-session gate and the upload ledger, without a
 server: limits stop a worker and say why, results come back only as plain values and arrays,
 and the server process never runs the work."""
 import os
@@ -8,8 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from app import box, guard, slots
-from app.upload_quota import Ledger
+from app.boundary import box
+from app.boundary import guard
+from app.boundary import slots
+from app.boundary.upload_quota import Ledger
 from qatie.errors import ImageReadError, QatieError
 
 
@@ -42,7 +44,7 @@ def test_a_result_naming_any_other_class_is_refused():
 
 
 def test_user_errors_keep_their_class_and_message(tmp_path):
-    from app.uploads import decode_upload
+    from app.boundary.uploads import decode_upload
 
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all" * 10)

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import REPO_ROOT, assert_exact_on_every_cpu, make_image, run_cli
 from tolerances import TOLERANCES
-from qatie.cli import main
-from qatie.data import eval_pairs
+from qatie.cli.main import main
+from qatie.data.datasets import eval_pairs
 from qatie.imageio import read_image, write_image
 from qatie.metrics import psnr
 
@@ -172,22 +172,39 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert m, ".ci/run must define TEST_COMMAND='...'"
     assert m.group(1) == _readme_test_command()
     assert 'eval "$TEST_COMMAND"' in ci and "set -euo pipefail" in ci
-    assert "pytest" in m.group(1) and "requirements.txt" in m.group(1)
+    assert "pytest" in m.group(1) and "pip install -r requirements-test.txt" in m.group(1)
+
+
+def _pinned(name: str) -> list[str]:
+    lines = [ln.strip() for ln in (REPO_ROOT / name).read_text().splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _names(reqs: list[str]) -> set[str]:
+    return {r.split("==")[0].lower().replace("_", "-") for r in reqs}
 
 
 def test_requirements_are_exact_pins():
-    lines = [ln.strip() for ln in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
-    reqs = [ln for ln in lines if ln and not ln.startswith("#")]
+    """requirements.txt: what the app needs at run time (what a Space installs), no test tools;
+    requirements-test.txt: requirements.txt plus the test tools. Every version is an exact pin."""
+    reqs = _pinned("requirements.txt")
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.+]*", r) for r in reqs), reqs
-    names = {r.split("==")[0].lower().replace("_", "-") for r in reqs}
+    names = _names(reqs)
     assert "torch==2.13.0" in reqs
-    for needed in ("numpy", "pillow", "scikit-image", "scipy", "onnxruntime", "onnx", "gradio", "pytest", "tqdm"):
+    for needed in ("numpy", "pillow", "scikit-image", "scipy", "onnxruntime", "onnx", "gradio", "tqdm"):
         assert needed in names, needed
+    test_tools = ("pytest", "pytest-xdist", "execnet", "playwright")
+    assert not names & set(test_tools), names & set(test_tools)
+
+    test_reqs = _pinned("requirements-test.txt")
+    assert test_reqs[0] == "-r requirements.txt", test_reqs[:1]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.+]*", r) for r in test_reqs[1:]), test_reqs
+    assert set(test_tools) <= _names(test_reqs[1:])
 
 
 def test_pyproject_console_script_and_package_data():
     meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"]["qatie"] == "qatie.cli:main"
-    assert "clean_split.json" in meta["tool"]["setuptools"]["package-data"]["qatie"]
+    assert meta["project"]["scripts"]["qatie"] == "qatie.cli.main:main"
+    assert "clean_split.json" in meta["tool"]["setuptools"]["package-data"]["qatie.data"]
     assert meta["project"]["optional-dependencies"]["tflite"] == ["ai-edge-litert"]
-    assert (REPO_ROOT / "qatie" / "clean_split.json").is_file()
+    assert (REPO_ROOT / "qatie" / "data" / "clean_split.json").is_file()

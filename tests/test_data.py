@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import make_image, needs_shared
-from qatie import data as data_mod
-from qatie.data import (EVAL_DEGRADATION, PatchSampler, augment, dped_dirs, eval_pairs, load_source,
+from qatie.data import datasets as data_mod
+from qatie.data.datasets import (EVAL_DEGRADATION, PatchSampler, augment, dped_dirs, eval_pairs, load_source,
                         load_split, match_pairs, sample_images, split_files)
-from qatie.degrade import DEFAULT, DegradationConfig, degrade, linear_to_srgb, seed_for, srgb_to_linear
+from qatie.data.degrade import DEFAULT, DegradationConfig, degrade, linear_to_srgb, seed_for, srgb_to_linear
 from qatie.errors import QatieError
 from qatie.imageio import write_image
 from tolerances import TOLERANCES
@@ -69,7 +69,7 @@ def test_srgb_linear_roundtrip():
 def test_eval_degradation_never_clean():
     assert EVAL_DEGRADATION.p_clean == 0.0 and EVAL_DEGRADATION.p_noise == 1.0
     assert dataclasses.replace(EVAL_DEGRADATION, p_clean=DEFAULT.p_clean, p_noise=DEFAULT.p_noise) == DEFAULT
-    from qatie.degrade import degrade
+    from qatie.data.degrade import degrade
 
     img = np.full((16, 16, 3), 0.5, np.float32)
     assert all(not np.array_equal(degrade(img, seed, EVAL_DEGRADATION), img) for seed in range(200))
@@ -260,7 +260,7 @@ def test_shared_eval_uses_test_split(shared_clean):
 
 def test_calibration_decodes_only_the_photos_its_crops_come_from(tmp_path, monkeypatch):
     """A lazy clean source gives the same crops as an eager one, decoding only the photos drawn."""
-    from qatie.ptq import calibration_images
+    from qatie.quantize.ptq import calibration_images
 
     for i in range(12):
         write_image(tmp_path / f"p{i:02d}.png", make_image(40 + 4 * i, 56, seed=i))

@@ -1,6 +1,6 @@
 """Every INT8 model QATIE ships or writes computes the exact integer result on every CPU.
 
-The invariant is checked from the weights (QuantSpec v3, `qatie.pair_safety`), so it holds on any
+The invariant is checked from the weights (QuantSpec v3, `qatie.model.pair_safety`), so it holds on any
 machine CI runs on; and the product's result is checked too: each shipped model's output on this
 CPU equals its exact integer result (the same model on ONNX Runtime's exact uint8-weight kernels)
 on real photos — a test that fails on a CPU without VNNI for a model that saturates there.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from qatie import int8_reference as ref
+from qatie.runtime import int8_reference as ref
 from qatie.imageio import read_image
-from qatie.pair_safety import PAIR_SUM_LIMIT, risky_weight_pairs
-from qatie.quant import SPEC, _pairs, fake_quant_weight, pair_safe, weight_levels, weight_scales
+from qatie.model.pair_safety import PAIR_SUM_LIMIT, risky_weight_pairs
+from qatie.model.quant import SPEC, _pairs, fake_quant_weight, pair_safe, weight_levels, weight_scales
 from conftest import REPO_ROOT, assert_exact_on_every_cpu, make_image, random_model, saturating_weights
 
 CKPT = REPO_ROOT / "checkpoints"
@@ -79,8 +79,8 @@ def test_channels_without_a_big_pair_keep_full_8_bit_resolution():
 def test_qat_simulates_exactly_the_integers_export_writes(tmp_path):
     """The weights QAT trains through (`fake_quant_weight`) are the exported int8 levels × scales,
     bit for bit, and the straight-through gradient is the identity."""
-    from qatie.export import export_int8
-    from qatie.quant import calibrate
+    from qatie.export.to_onnx import export_int8
+    from qatie.model.quant import calibrate
 
     m = random_model(8, seed=3)
     w = m.enc2.a.weight
@@ -101,8 +101,8 @@ def test_qat_simulates_exactly_the_integers_export_writes(tmp_path):
 def test_a_v2_export_of_the_same_network_could_saturate(tmp_path):
     """The check is not vacuous: rounded without the limit, the same network has pairs that can
     leave int16; the note says so, in plain words, with this CPU's kernel path."""
-    from qatie.export import export_int8
-    from qatie.quant import calibrate
+    from qatie.export.to_onnx import export_int8
+    from qatie.model.quant import calibrate
 
     m = random_model(8, seed=3)
     ranges = calibrate(m, [make_image(32, 40, seed=1)], "minmax")
@@ -120,16 +120,16 @@ def test_exactness_note_says_what_the_cpu_does(tmp_path, monkeypatch, path, exac
     """The words for each kind of CPU (the path is forced here; what each path computes is
     tests/test_int8_path.py's subject): exact kernels say the output is exact; saturating ones
     give the measured deviation, or say that it can differ when nothing was measured."""
-    import qatie.cpu
-    from qatie.export import export_int8
-    from qatie.quant import calibrate
+    import qatie.runtime.cpu
+    from qatie.export.to_onnx import export_int8
+    from qatie.model.quant import calibrate
 
     m = random_model(8, seed=3)
     ranges = calibrate(m, [make_image(32, 40, seed=1)], "minmax")
     with saturating_weights():
         v2 = export_int8(m, ranges, tmp_path / "v2.onnx", source="ptq-minmax")
     v3 = export_int8(m, ranges, tmp_path / "v3.onnx", source="ptq-minmax")
-    monkeypatch.setattr(qatie.cpu, "int8_path", lambda *a, **k: path)
+    monkeypatch.setattr(qatie.runtime.cpu, "int8_path", lambda *a, **k: path)
     assert ref.exactness_note(v3) is None
     note = ref.exactness_note(v2, {"max_levels": 7, "share_off": 0.25, "agreement_psnr_db": 41.23})
     assert f"({path})" in note
@@ -153,7 +153,7 @@ def test_shipped_int8_models_are_exact_on_every_cpu(name):
 def test_shipped_int8_output_is_the_exact_integer_result_on_real_photos(name):
     """The product's result on this CPU, whatever its kernels: the deployed model's 8-bit output
     equals the exact integer result on each bundled example photo (whole, as the app runs it)."""
-    from qatie.runtime import OnnxEnhancer
+    from qatie.runtime.enhancer import OnnxEnhancer
 
     assert EXAMPLES, "no bundled example photos"
     deployed = OnnxEnhancer(CKPT / f"{name}.onnx", threads=1)

@@ -1,4 +1,4 @@
-"""qatie.graph_opt: the post-export passes change how ONNX Runtime computes, never what it computes.
+"""qatie.export.graph_opt: the post-export passes change how ONNX Runtime computes, never what it computes.
 
 Every test compares the optimised INT8 model with the same export without the passes (the
 exporter's call is monkeypatched away) in ONNX Runtime, and requires bit-identical outputs, every
@@ -19,12 +19,12 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-import qatie.export as export_mod
-from qatie import graph_opt
-from qatie.export import export_int8, sidecar_path
-from qatie.model import build_model
-from qatie.quant import calibrate
-from qatie.runtime import OnnxEnhancer, session_options
+import qatie.export.to_onnx as export_mod
+from qatie.export import graph_opt
+from qatie.export.to_onnx import export_int8, sidecar_path
+from qatie.model.network import build_model
+from qatie.model.quant import calibrate
+from qatie.runtime.enhancer import OnnxEnhancer, session_options
 from conftest import REPO_ROOT, conv_counts, make_image, non_saturating_weights
 
 SIZES = ((17, 31), (40, 56), (64, 24))

@@ -32,8 +32,8 @@ def exported_convs(conv: str) -> int:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """A width-8 random network: FP32 ONNX, minmax INT8 ONNX (+ sidecar), and the torch model."""
-    from qatie.export import export_fp32, export_int8
-    from qatie.quant import calibrate
+    from qatie.export.to_onnx import export_fp32, export_int8
+    from qatie.model.quant import calibrate
 
     d = tmp_path_factory.mktemp("inspect")
     m = random_model()
@@ -87,7 +87,7 @@ def test_a_perturbed_scale_drops_that_tensors_sqnr(small, tmp_path):
     """Exported with weights in −64…64 so that ONNX Runtime computes the exact integer result on
     every CPU: with full-range random weights, AVX2's saturating pair sums cost the unperturbed
     model's SQNR more than the perturbation does (tests/tolerances.py)."""
-    from qatie.export import export_int8
+    from qatie.export.to_onnx import export_int8
     from qatie.analysis import layer_sqnr
 
     with non_saturating_weights():
@@ -152,7 +152,7 @@ def float_conv_names(nodes, all_convs) -> set[str]:
 
 
 def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
-    from qatie.export import export_int8
+    from qatie.export.to_onnx import export_int8
 
     keep = {"ref_s2.m1", "delta"}
     path = export_int8(small["model"], small["ranges"], tmp_path / "kf.onnx", source="ptq-minmax", keep_float=keep)
@@ -175,8 +175,8 @@ def test_keep_float_convs_are_float_in_the_optimized_graph(small, tmp_path):
 
 def test_keep_float_rejects_unknown_convs_and_parses_specs(small, tmp_path):
     from qatie.errors import QatieError
-    from qatie.export import export_int8
-    from qatie.keep_float import parse_keep_float
+    from qatie.export.to_onnx import export_int8
+    from qatie.quantize.keep_float import parse_keep_float
 
     with pytest.raises(QatieError, match="no conv named nope"):
         export_int8(small["model"], small["ranges"], tmp_path / "x.onnx", source="ptq", keep_float={"nope"})
@@ -188,7 +188,7 @@ def test_keep_float_rejects_unknown_convs_and_parses_specs(small, tmp_path):
 
 
 def test_islands_stop_at_tensors_that_feed_convs(small):
-    from qatie.export import conv_islands
+    from qatie.export.to_onnx import conv_islands
 
     isl = conv_islands(small["model"])
     assert sorted(isl) == COUNTS["convs"]
@@ -202,7 +202,7 @@ def test_islands_stop_at_tensors_that_feed_convs(small):
 @pytest.mark.slow
 def test_every_conv_can_be_kept_float(small, tmp_path):
     """The trade-off curve keeps any conv float: each one alone exports, and the rest stay integer."""
-    from qatie.export import export_int8
+    from qatie.export.to_onnx import export_int8
 
     all_convs = sorted({w["module"] for w in sidecar(small["int8"])["weights"]})
     for name in all_convs:
@@ -212,7 +212,7 @@ def test_every_conv_can_be_kept_float(small, tmp_path):
 
 
 def test_sensitivity_ranks_every_conv(small):
-    from qatie.keep_float import conv_sensitivity
+    from qatie.quantize.keep_float import conv_sensitivity
 
     imgs = [make_image(32, 32, seed=11)]
     res = conv_sensitivity(small["model"], small["ranges"], imgs)
@@ -227,8 +227,8 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     """auto:K ranks on the calibration crops; the gain is measured on other images (the sample
     photos' degraded test crops). Keeping every conv's island float is an upper bound."""
     from qatie.metrics import psnr
-    from qatie.ptq import run_ptq
-    from qatie.runtime import OnnxEnhancer
+    from qatie.quantize.ptq import run_ptq
+    from qatie.runtime.enhancer import OnnxEnhancer
     from test_quant import parity_images
 
     monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))  # rank for real, not from a cache
@@ -259,7 +259,7 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
-    from qatie.checkpoint import save_checkpoint
+    from qatie.model.checkpoint import save_checkpoint
     from qatie.analysis import format_trade_off, plot_trade_off, trade_off_curve
 
     monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))
@@ -278,7 +278,7 @@ def test_trade_off_curve_on_a_small_checkpoint(small, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_compare_calibration_on_a_small_checkpoint(small, tmp_path):
-    from qatie.checkpoint import save_checkpoint
+    from qatie.model.checkpoint import save_checkpoint
     from qatie.analysis import compare_calibration
 
     ck = save_checkpoint(tmp_path / "small.pt", small["model"])
@@ -332,7 +332,7 @@ def test_cli_inspect_smoke(small, tmp_path, cli):
 
 @pytest.mark.slow
 def test_cli_ptq_keep_float(small, tmp_path, cli):
-    from qatie.checkpoint import save_checkpoint
+    from qatie.model.checkpoint import save_checkpoint
 
     ck = save_checkpoint(tmp_path / "small.pt", small["model"])
     out = tmp_path / "kf.onnx"
@@ -345,7 +345,7 @@ def test_cli_ptq_keep_float(small, tmp_path, cli):
 
 
 def test_inspect_and_panel_import_without_torch():
-    code = ("import sys; import qatie.analysis, app.inspect_panel; "
+    code = ("import sys; import qatie.analysis, app.inspect.panel; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(), capture_output=True,
                           text=True, timeout=120)
@@ -356,7 +356,7 @@ def test_inspect_and_panel_import_without_torch():
 def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     import gradio as gr
 
-    from app import inspect_panel as ip
+    from app.inspect import panel as ip
 
     with gr.Blocks():
         panel = ip.build_inspect_panel()
@@ -378,7 +378,7 @@ def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
         ip.analyse(None, paths)
     assert ip.parse_k("0, 2,1") == [0, 1, 2]
     # calibration comparison: the FP32 checkpoint is found beside the FP32 ONNX
-    from qatie.checkpoint import save_checkpoint
+    from qatie.model.checkpoint import save_checkpoint
 
     monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(gr.Error, match="no FP32 checkpoint"):

@@ -1,4 +1,4 @@
-"""The CPU's INT8 kernel path (qatie.cpu) and the integer reference (qatie.int8_reference).
+"""The CPU's INT8 kernel path (qatie.runtime.cpu) and the integer reference (qatie.runtime.int8_reference).
 
 ONNX Runtime's U8S8 convs sum exactly on VNNI/AMX/ARM and saturate int16 pair sums on AVX2.
 Every test here asserts what the *detected* path must compute: the exact integer result, or
@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qatie import int8_reference as ref
-from qatie.cpu import int8_exact, int8_path, machine_summary
+from qatie.runtime import int8_reference as ref
+from qatie.runtime.cpu import int8_exact, int8_path, machine_summary
 from conftest import REPO_ROOT, conv_counts, make_image, saturating_weights
 from tolerances import INT8_CONV_VS_PATH_MODEL_LEVELS as TOL
 
@@ -122,9 +122,9 @@ def random_int8(tmp_path_factory):
     limit: a model from elsewhere) and as QATIE exports it (QuantSpec v3, pair-safe)."""
     import torch
 
-    from qatie.export import export_int8
-    from qatie.model import build_model
-    from qatie.quant import calibrate
+    from qatie.export.to_onnx import export_int8
+    from qatie.model.network import build_model
+    from qatie.model.quant import calibrate
 
     d = tmp_path_factory.mktemp("int8path")
     torch.manual_seed(0)
@@ -199,8 +199,8 @@ def test_shipped_model_convs_match_the_path_model(name):
 def test_deviation_cli(cli, tmp_path):
     import json
 
-    from qatie.export import export_fp32
-    from qatie.model import build_model
+    from qatie.export.to_onnx import export_fp32
+    from qatie.model.network import build_model
 
     out = cli("deviation", "--models", "qat", "--size", "32x48", "--json", tmp_path / "d.json").stdout
     assert f"INT8 kernels: {PATH}" in out

@@ -1,9 +1,13 @@
-"""The package's imports point one way, down the pipeline (data → train → ptq | qat → export →
-runtime → analysis → report → api | cli): a module may import only modules of its own or an earlier
-stage, and nothing imports in a cycle — at module level or inside a function (a lazy import that
-exists to dodge a cycle is still a cycle). The app (app/) is held to the same rule, from its
-settings up through the handlers and the tabs (app/tabs/) to the page (ui). Read from the source
-with `ast`, not by importing."""
+"""The package's imports point one way, down the pipeline: a module may import only modules of
+its own or an earlier stage, and nothing imports in a cycle — at module level or inside a function
+(a lazy import that exists to dodge a cycle is still a cycle). qatie/ is one subpackage per stage,
+in pipeline order: data → model (the network, its quantization spec, checkpoints) → train → export
+(ONNX writer, sidecar, graph passes) → quantize (PTQ calibration, QAT fine-tuning, keep-float; they
+write their INT8 models through export) → runtime (ONNX Runtime, the CPU's integer kernel path, the
+exact integer reference, the benchmark) → paper (the authors' files) → analysis → report → the
+front doors (api, cli). The app (app/) is held to the same rule: settings, rendering, the request
+boundary (app/boundary/), the model sets, one package per tab (layout and handlers side by side),
+the page (ui). Read from the source with `ast`, not by importing."""
 from __future__ import annotations
 
 import ast
@@ -17,42 +21,38 @@ from conftest import REPO_ROOT
 PACKAGE = REPO_ROOT / "qatie"
 APP = REPO_ROOT / "app"
 
-#: Pipeline stages, earliest first; each module belongs to exactly one.
+#: Pipeline stages, earliest first; each top-level module or subpackage belongs to exactly one.
 STAGES: tuple[tuple[str, ...], ...] = (
-    ("errors", "util", "paths", "config", "provenance", "cpu", "pair_safety", "metrics", "padding", "losses", "imageio",
-     "degrade"),
-    ("data", "model"),
-    ("quant",),
-    ("checkpoint",),
-    ("train", "sidecar", "graph_opt"),
+    ("errors", "util", "paths", "provenance", "config", "metrics", "padding", "imageio"),
+    ("data",),
+    ("model",),
+    ("train",),
     ("export",),
-    ("keep_float",),
-    ("ptq", "qat"),
-    ("runtime", "bench", "int8_reference"),
-    ("evaluate",),
-    ("analysis", "tflite_import", "paper_diagnosis"),
-    ("paper_report",),
-    ("model_card",),
+    ("quantize",),
+    ("runtime",),
+    ("paper",),
+    ("analysis",),
     ("report",),
-    ("api", "commands"),
+    ("api",),
     ("cli",),
 )
-#: The app's layers, lowest first: settings and pure helpers, the model sets, running them, the
-#: handlers each tab calls, the tabs' layouts and events (app/tabs/), and the page that composes them
-#: (ui; measure drives it from outside). Only app → app imports count here.
+#: The app's layers, lowest first: settings and rendering, the request boundary (box, uploads,
+#: model checks, slots, deadlines), the model sets, the tabs (each a package: layout + handlers),
+#: the page that composes them (ui), and what drives it from outside (server, measure).
 APP_STAGES: tuple[tuple[str, ...], ...] = (
-    ("config", "render", "make_examples"),
-    ("guard", "modelcard", "about", "train_progress"),
-    ("box", "upload_quota", "slots"),
-    ("uploads", "model_check"),
+    ("config",),
+    ("render",),
+    ("boundary",),
     ("models",),
-    ("core", "verdict"),
-    ("authors", "example_cache", "zoom", "inspect_panel"),
+    ("about",),
+    ("inspect",),
     ("compare",),
-    ("first_view", "bench_tab", "train_tab"),
-    ("tabs",),
-    ("ui", "measure"),
+    ("train", "benchmark"),
+    ("ui",),
+    ("server", "measure"),
 )
+#: At most this many modules at the top of each package; the rest live in stage / tab packages.
+TOP_LEVEL_MAX = {"qatie": 12, "app": 8}
 RANK = {m: i for i, stage in enumerate(STAGES) for m in stage}
 APP_RANK = {m: i for i, stage in enumerate(APP_STAGES) for m in stage}
 RANKS = {PACKAGE: RANK, APP: APP_RANK}
@@ -152,11 +152,24 @@ def test_the_cycle_check_itself(g, cyclic):
 
 
 def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
-    """A function-level `from ..x import y` inside a subpackage counts like a top-level import."""
-    assert "runtime" in imports_of(PACKAGE / "analysis" / "probe.py")  # lazy, two dots
+    """A function-level import counts like a top-level one, and relative forms resolve."""
+    assert "runtime.enhancer" in imports_of(PACKAGE / "analysis" / "probe.py")  # lazy, inside a function
     assert {"analysis.calibration", "analysis.sqnr"} <= imports_of(PACKAGE / "analysis" / "__init__.py")
-    assert {"compare", "first_view"} <= imports_of(APP / "tabs" / "compare.py", APP)  # `from .. import`
-    assert "tabs.compare" in imports_of(APP / "ui.py", APP) and "train_tab" in imports_of(APP / "measure.py", APP)
+    assert {"compare.handlers", "compare.first_view"} <= imports_of(APP / "compare" / "layout.py", APP)
+    assert "compare.layout" in imports_of(APP / "ui.py", APP)
+    pkg = tmp_path / "qatie"
+    (pkg / "sub").mkdir(parents=True)
+    for f in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py"):
+        (pkg / f).write_text("")
+    (pkg / "sub" / "c.py").write_text("def f():\n    from ..a import x\n    from . import b\n")
+    assert {"a", "sub.b"} <= imports_of(pkg / "sub" / "c.py", pkg)
+
+
+@ROOTS
+def test_few_modules_at_the_top(root):
+    """The stages and tabs are packages: only shared basics (and the front doors) sit at the top."""
+    top = [p.stem for p in root.glob("*.py") if p.stem != "__init__"]
+    assert len(top) <= TOP_LEVEL_MAX[root.name], sorted(top)
 
 
 #: A tolerance typed into a test instead of read from tests/tolerances.py: a keyword such as

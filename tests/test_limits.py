@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import config, core, render
+from app import config, render
+from app.compare import pipeline as core
 from qatie.errors import ImageReadError
 from qatie.imageio import MAX_PIXELS, decode_image, decode_image_u8
 from tolerances import TOLERANCES
@@ -106,7 +107,8 @@ def _tiny_onnx(path, nodes, inits, out_ch=3):
 
 
 def test_shipped_models_pass_the_upload_checks():
-    from app import model_check, models
+    from app import models
+    from app.boundary import model_check
 
     for path in models.shipped_paths().values():
         if not path.is_file():
@@ -119,7 +121,7 @@ def test_upload_checks_refuse_loops_shape_allocations_and_blow_ups(tmp_path):
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from app import model_check
+    from app.boundary import model_check
     from qatie.errors import ModelFileError
 
     w = nh.from_array(np.ones((96, 3, 1, 1), np.float32), "w")
@@ -147,8 +149,8 @@ def test_upload_checks_refuse_loops_shape_allocations_and_blow_ups(tmp_path):
 def test_deadline_terminates_a_running_model():
     import time
 
-    from app import guard
-    from qatie import runtime as rt
+    from app.boundary import guard
+    from qatie.runtime import enhancer as rt
 
     path = rt.REPO_ROOT / rt.SHIPPED_MODELS["fp32"]
     if not path.is_file():
@@ -167,7 +169,7 @@ def test_child_process_is_killed_at_its_deadline():
 
     import psutil
 
-    from app import guard
+    from app.boundary import guard
     from qatie.errors import QatieError
 
     import math
@@ -202,7 +204,7 @@ def test_prune_keeps_the_newest_files_under_the_cap(tmp_path):
 
 
 def test_training_budget_refuses_the_old_maxima_and_fits_the_defaults():
-    from app import train_tab as tt
+    from app.train import handlers as tt
 
     assert tt.cost_units(tt.DEFAULTS) < tt.TRAIN_BUDGET_UNITS / 1.5
     with pytest.raises(core.AppInputError, match="units of compute"):
@@ -216,9 +218,10 @@ def test_training_budget_refuses_the_old_maxima_and_fits_the_defaults():
 def test_uploaded_sessions_run_under_a_deadline():
     """Uploaded models run in the box (a worker process), with no arena, and give the same output
     as the shipped session of the same file."""
-    from app import guard, model_check
-    from app.box import Box
-    from qatie import runtime as rt
+    from app.boundary import guard
+    from app.boundary import model_check
+    from app.boundary.box import Box
+    from qatie.runtime import enhancer as rt
 
     path = rt.REPO_ROOT / rt.SHIPPED_MODELS["ptq"]
     if not path.is_file():
@@ -234,7 +237,8 @@ def test_uploaded_sessions_run_under_a_deadline():
 
 
 def test_user_messages_name_no_server_paths():
-    from app import compare, guard
+    from app.compare import handlers as compare
+    from app.boundary import guard
 
     err = compare.user_error(RuntimeError("ONNX model /tmp/gradio/3f2a/m.onnx: bad /onnxruntime_src/core/a.cc:12"))
     assert "/tmp" not in err.message and "onnxruntime_src" not in err.message and "<path>" in err.message
@@ -248,7 +252,7 @@ def test_training_stops_at_its_deadline_and_leaves_nothing(monkeypatch, tmp_path
 
     import gradio as gr
 
-    from app import train_tab as tt
+    from app.train import handlers as tt
 
     monkeypatch.setattr(tt, "TRAIN_DEADLINE_S", 4.0)
     monkeypatch.setattr(config, "WORK_DIR", tmp_path / "work")
@@ -275,7 +279,7 @@ def test_upload_checks_refuse_string_tensors_and_tensors_that_outgrow_the_image(
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from app import model_check
+    from app.boundary import model_check
     from qatie.errors import ModelFileError
 
     assert len({hh for hh, _ in model_check.PROBE_SIZES}) == 2 and len({ww for _, ww in model_check.PROBE_SIZES}) == 2
@@ -310,7 +314,7 @@ def test_upload_checks_refuse_compute_on_constants(tmp_path):
     from onnx import helper as h
     from onnx import numpy_helper as nh
 
-    from app import model_check
+    from app.boundary import model_check
     from qatie.errors import ModelFileError
 
     inits = [nh.from_array(np.ones((1, 3, 64, 64), np.float32), "a"), nh.from_array(np.ones((3, 3, 9, 9), np.float32), "k")]

@@ -8,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import make_image
 from qatie.errors import CheckpointError, ModelFileError, QatieError
-from qatie.evaluate import evaluate, format_table, load_enhancer
+from qatie.analysis.evaluate import evaluate, format_table, load_enhancer
 from qatie.util import jsonable
 from qatie.metrics import agreement, error_levels, psnr, ssim
 
@@ -129,8 +129,8 @@ def test_evaluate_rejects_bad_arguments(pairs):
 def test_load_enhancer_torch_checkpoint(tmp_path, pairs):
     import torch
 
-    from qatie.checkpoint import save_checkpoint
-    from qatie.model import build_model
+    from qatie.model.checkpoint import save_checkpoint
+    from qatie.model.network import build_model
 
     torch.manual_seed(0)
     model = build_model(8)
@@ -149,8 +149,8 @@ def test_load_enhancer_torch_checkpoint(tmp_path, pairs):
 
 
 def test_load_enhancer_onnx_and_evaluate_against_torch(tmp_path, pairs):
-    from qatie.checkpoint import save_checkpoint
-    from qatie.model import build_model
+    from qatie.model.checkpoint import save_checkpoint
+    from qatie.model.network import build_model
 
     onnx_path = _identity_onnx(tmp_path / "identity.onnx")
     enhance = load_enhancer(str(onnx_path), threads=1)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import qatie
-from qatie.model import VARIANTS, QConv2d, build_model, count_parameters
+from qatie.model.network import VARIANTS, QConv2d, build_model, count_parameters
 from qatie.padding import MIN_SIDE, crop, pad_nchw, pad_torch, plan_padding
 from tolerances import TOLERANCES
 
@@ -103,7 +103,7 @@ def test_subpixel_form_computes_the_same_function(variant):
     interleave — in float, up to rounding."""
     import torch.nn.functional as F
 
-    from qatie.model import delta_phase_weights, interleave_phases, unstack_delta
+    from qatie.model.network import delta_phase_weights, interleave_phases, unstack_delta
 
     torch.manual_seed(0)
     m = build_model(8, variant).eval()

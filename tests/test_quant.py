@@ -11,10 +11,10 @@ import torch
 from onnx import numpy_helper
 
 from qatie.errors import CheckpointError
-from qatie.export import export_fp32, export_int8, sidecar_path
-from qatie.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ranges, free_points,
+from qatie.export.to_onnx import export_fp32, export_int8, sidecar_path
+from qatie.model.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ranges, free_points,
                          prepare_qat, quant_params)
-from qatie.runtime import OnnxEnhancer
+from qatie.runtime.enhancer import OnnxEnhancer
 
 from conftest import REPO_ROOT, conv_counts, make_image, non_saturating_weights, optimized_nodes, random_model
 from tolerances import TOLERANCES
@@ -73,7 +73,7 @@ def test_each_method_gives_the_range_it_promises():
         narrower += got["percentile"][name] != (lo, hi)
     assert narrower > len(got["minmax"]) // 2, "percentile should clip most tensors' tails"
     assert got["entropy"] != got["minmax"]
-    from qatie import cli  # the CLI's choices (kept torch-free) are exactly these methods
+    from qatie.cli import main as cli  # the CLI's choices (kept torch-free) are exactly these methods
     assert cli.CALIBRATION_METHODS == CALIBRATION_METHODS
 
 
@@ -169,10 +169,10 @@ def test_qat_ranges_move_during_training_and_export_uses_them(tmp_path):
 
 @pytest.mark.slow
 def test_qat_inherits_the_fp32_data_mix_and_distillation_keeps_it_near_fp32(tmp_path):
-    from qatie.checkpoint import read_checkpoint, save_checkpoint
+    from qatie.model.checkpoint import read_checkpoint, save_checkpoint
     from qatie.metrics import psnr
-    from qatie.qat import run_qat
-    from qatie.checkpoint import model_from_qat_checkpoint
+    from qatie.quantize.qat import run_qat
+    from qatie.model.checkpoint import model_from_qat_checkpoint
 
     fp32 = tmp_path / "fp32.pt"
     mix = {"loss": "l1", "global_crops": 0.5, "degradation": {"p_tone": 0.25}}
@@ -197,10 +197,10 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
     """The shipped recipe's path: ranges start from entropy calibration, are learned (LSQ), and
     the INT8 export runs what the fake-quant simulation ran (weights in −64…64 so that ONNX
     Runtime computes the exact integer result on every CPU)."""
-    from qatie.checkpoint import read_checkpoint, save_checkpoint
-    from qatie.ptq import calibration_images
-    from qatie.qat import export_checkpoint, run_qat
-    from qatie.checkpoint import model_from_qat_checkpoint
+    from qatie.model.checkpoint import read_checkpoint, save_checkpoint
+    from qatie.quantize.ptq import calibration_images
+    from qatie.quantize.qat import export_checkpoint, run_qat
+    from qatie.model.checkpoint import model_from_qat_checkpoint
 
     with non_saturating_weights():  # trained, simulated and exported with weights in −64…64
         fp32 = tmp_path / "fp32.pt"
@@ -230,10 +230,10 @@ def test_learnable_qat_from_entropy_ranges_exports_what_it_learned(tmp_path):
 def test_qat_continues_from_a_qat_checkpoint(tmp_path):
     """A finished QAT checkpoint continues from its own weights and ranges (no recalibration),
     distilled from the FP32 source it records; the step count adds up."""
-    from qatie.checkpoint import read_checkpoint, save_checkpoint
+    from qatie.model.checkpoint import read_checkpoint, save_checkpoint
     from qatie.errors import CheckpointError
-    from qatie.qat import run_qat
-    from qatie.checkpoint import model_from_qat_checkpoint
+    from qatie.quantize.qat import run_qat
+    from qatie.model.checkpoint import model_from_qat_checkpoint
 
     fp32 = tmp_path / "fp32.pt"
     save_checkpoint(fp32, random_model(), kind="fp32", config={"loss": "l1"})
@@ -269,7 +269,7 @@ def test_learnable_ranges_get_gradients():
 def test_inference_fake_quant_is_torchs_op_bit_for_bit():
     """The no-gradient fast path gives exactly what torch's fake-quant ops give, for every kind
     of quantizer (moving average, learned, learned tanh point), ties to even included."""
-    from qatie.quant import FakeQuant, fake_quant_inference
+    from qatie.model.quant import FakeQuant, fake_quant_inference
 
     g = torch.Generator().manual_seed(0)
     for scale, zp in ((0.0234, 131), (1 / 255, 0), (0.5, 255), (3.7, 7)):
@@ -290,11 +290,11 @@ def test_inference_fake_quant_is_torchs_op_bit_for_bit():
 
 
 def test_ptq_refuses_a_qat_checkpoint_and_wrong_width(tmp_path):
-    from qatie.checkpoint import save_checkpoint
-    from qatie.ptq import run_ptq
+    from qatie.model.checkpoint import save_checkpoint
+    from qatie.quantize.ptq import run_ptq
 
     m = prepare_qat(random_model(), calibrate(random_model(), calib_images(1), "minmax"))
-    from qatie.quant import quant_state
+    from qatie.model.quant import quant_state
 
     save_checkpoint(tmp_path / "q.pt", m, kind="qat", quant=quant_state(m))
     with pytest.raises(CheckpointError, match="FP32"):
@@ -302,7 +302,7 @@ def test_ptq_refuses_a_qat_checkpoint_and_wrong_width(tmp_path):
     ck = torch.load(tmp_path / "q.pt", weights_only=True)
     ck["model"]["width"] = 16
     torch.save(ck, tmp_path / "bad.pt")
-    from qatie.checkpoint import load_model
+    from qatie.model.checkpoint import load_model
 
     with pytest.raises(CheckpointError, match="bad.pt"):
         load_model(tmp_path / "bad.pt")
@@ -311,8 +311,8 @@ def test_ptq_refuses_a_qat_checkpoint_and_wrong_width(tmp_path):
 # ------------------------------------------------------------- the shipped models
 
 def parity_images():
-    from qatie.data import EVAL_DEGRADATION, sample_images
-    from qatie.degrade import degrade, seed_for
+    from qatie.data.datasets import EVAL_DEGRADATION, sample_images
+    from qatie.data.degrade import degrade, seed_for
 
     out = []
     for name, img in sample_images().items():
@@ -331,7 +331,7 @@ def test_shipped_int8_models_use_integer_kernels(tmp_path):
 
 @shipped
 def test_shipped_fp32_onnx_matches_torch_on_odd_sizes():
-    from qatie.checkpoint import load_model
+    from qatie.model.checkpoint import load_model
 
     m = load_model(CKPT / "fp32.pt")
     ort_model = OnnxEnhancer(CKPT / "fp32.onnx", threads=1)
@@ -345,7 +345,7 @@ def test_shipped_fp32_onnx_matches_torch_on_odd_sizes():
 @shipped
 def test_simulation_equals_deployment_for_the_shipped_qat_model():
     """torch fake-quant (qat.pt) vs ONNX Runtime INT8 (int8_qat.onnx) on degraded photos."""
-    from qatie.checkpoint import load_model
+    from qatie.model.checkpoint import load_model
     from qatie.metrics import agreement, psnr, ssim
 
     tol = TOLERANCES["qat_sim_vs_ort"]
@@ -372,7 +372,7 @@ def test_simulation_equals_deployment_for_the_shipped_qat_model():
 def test_a_model_is_traced_once_per_state_and_the_cache_changes_nothing(tmp_path):
     """Exporting one model several times (keep-float sets) reuses its trace; the files are the
     ones a fresh trace gives, and any change to the model's state traces it again."""
-    import qatie.export as ex
+    import qatie.export.to_onnx as ex
 
     m = random_model()
     ranges = calibrate(m, calib_images(), "minmax")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from tolerances import TOLERANCES
-from qatie.report import SHIPPED, build_report, check_goals
+from qatie.report.build import SHIPPED, build_report, check_goals
 
 FILES = ["fp32.pt", "qat.pt", "int8_ptq.json", "int8_qat.json", *SHIPPED.values()]
 
@@ -46,7 +46,7 @@ def test_report_scores_and_times_every_variant(card):
         assert t["images"] == 2 and 20 < t["psnr_tiled_vs_whole"] < 80
     md = (tmp / "MODEL_CARD.md").read_text()
     assert "## Goals" in md and "PTQ-INT8 (entropy)" in md and "## Tiling" in md
-    from qatie.cpu import int8_path  # the card names the integer kernels that produced its INT8 numbers
+    from qatie.runtime.cpu import int8_path  # the card names the integer kernels that produced its INT8 numbers
     assert out["benchmark"]["machine"]["int8_path"] == int8_path() and f"INT8 kernels: {int8_path()}" in md
     assert 0 <= out["target_tones"]["synthetic"]["luma_p1"] < out["target_tones"]["synthetic"]["luma_p99"] <= 1
     assert json.loads((tmp / "MODEL_CARD.json").read_text())["goals"] == json.loads(json.dumps(out["goals"]))
@@ -56,7 +56,7 @@ def test_report_scores_and_times_every_variant(card):
 
 
 def test_report_has_no_paper_section_without_the_paper_set(card):
-    from qatie.paper_report import available
+    from qatie.report.paper import available
 
     if available():
         pytest.skip("the paper set is in checkpoints/: its section is tested next")
@@ -64,7 +64,7 @@ def test_report_has_no_paper_section_without_the_paper_set(card):
 
 
 def test_report_scores_and_times_the_paper_set_at_the_size_asked(card):
-    from qatie.paper_report import PAPER, available
+    from qatie.report.paper import PAPER, available
 
     if not available():
         pytest.skip("the paper set is not in checkpoints/")
@@ -109,7 +109,7 @@ def test_goals_follow_the_numbers():
 
 def test_readme_results_block_is_the_shipped_model_card():
     """README's numbers are written by `qatie report --readme` from MODEL_CARD.json, never by hand."""
-    from qatie.model_card import README_BEGIN, README_END, readme_results
+    from qatie.report.model_card import README_BEGIN, README_END, readme_results
 
     card = json.loads((REPO_ROOT / "checkpoints" / "MODEL_CARD.json").read_text())
     readme = (REPO_ROOT / "README.md").read_text()
@@ -120,7 +120,7 @@ def test_readme_results_block_is_the_shipped_model_card():
 
 def test_report_syncs_a_readme_block_and_refuses_one_without_markers(card, tmp_path):
     from qatie.errors import QatieError
-    from qatie.model_card import README_BEGIN, README_END, sync_readme
+    from qatie.report.model_card import README_BEGIN, README_END, sync_readme
 
     out, _, _ = card
     readme = tmp_path / "README.md"

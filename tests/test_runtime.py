@@ -1,7 +1,7 @@
-"""ONNX Runtime inference path (qatie.runtime) and the latency benchmark (qatie.bench).
+"""ONNX Runtime inference path (qatie.runtime.enhancer) and the latency benchmark (qatie.runtime.bench).
 
 A tiny random-init FP32 model (width 8) is exported once per session; torch is used here only
-to build that model and to produce reference outputs — qatie.runtime itself must stay torch-free.
+to build that model and to produce reference outputs — qatie.runtime.enhancer itself must stay torch-free.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from qatie import runtime as rt
+from qatie.runtime import enhancer as rt
 from qatie.errors import ModelFileError, QatieError
 from tolerances import TOLERANCES
 
@@ -50,7 +50,7 @@ def _export(model, path: Path) -> None:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     import torch
-    from qatie.model import build_model
+    from qatie.model.network import build_model
 
     d = tmp_path_factory.mktemp("onnx")
     def random_net(width: int, seed: int):
@@ -320,7 +320,7 @@ def test_get_enhancer_cache(models, tmp_path):
 def test_runtime_does_not_import_torch(models):
     code = (
         "import sys, numpy as np\n"
-        "import qatie.runtime as rt, qatie.bench\n"
+        "import qatie.runtime.enhancer as rt, qatie.runtime.bench\n"
         f"e = rt.OnnxEnhancer({str(models['fp32'])!r})\n"
         "e.enhance_tiled(np.zeros((40, 40, 3), np.float32), tile=32, overlap=8)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -353,7 +353,7 @@ def test_measure_latency_with_stub():
 
 
 def test_run_benchmark_rows_and_interleaving(models, monkeypatch, tmp_path):
-    from qatie import bench
+    from qatie.runtime import bench
 
     order = []
     real = rt.OnnxEnhancer.run_nchw
@@ -367,7 +367,7 @@ def test_run_benchmark_rows_and_interleaving(models, monkeypatch, tmp_path):
 
     assert res["threads"] == 2 and res["baseline"] == "fp32"
     assert {"cpu_count", "onnxruntime", "platform"} <= set(res["machine"])
-    from qatie.cpu import int8_path
+    from qatie.runtime.cpu import int8_path
     assert res["machine"]["int8_path"] == int8_path() and res["machine"]["threads"] == 2 and res["machine"]["cpu"]
     rows = res["results"]
     assert len(rows) == 4
@@ -395,7 +395,7 @@ def test_run_benchmark_rows_and_interleaving(models, monkeypatch, tmp_path):
 
 
 def test_benchmark_errors(models, monkeypatch):
-    from qatie import bench
+    from qatie.runtime import bench
 
     with pytest.raises(ModelFileError, match="ptq"):
         bench.run_benchmark(["nonexistent_model"], [(16, 16)])
@@ -412,7 +412,7 @@ def test_benchmark_errors(models, monkeypatch):
 @pytest.mark.skipif(not SHARED_REF.is_file(), reason="../shared/reference not available")
 def test_benchmark_with_tflite_reference(models):
     pytest.importorskip("ai_edge_litert")
-    from qatie import bench
+    from qatie.runtime import bench
 
     res = bench.run_benchmark([str(models["fp32"])], [(100, 100), (24, 40)], runs=2, warmup=1,
                               reference_tflite=str(SHARED_REF), measure_memory=False)

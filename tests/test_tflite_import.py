@@ -24,7 +24,7 @@ MIN_CONV_SQNR_DB = TOL["conv_min_sqnr_db"]
 
 
 def _crops(n_per_image: int = 2) -> list[np.ndarray]:
-    from qatie.data import sample_images
+    from qatie.data.datasets import sample_images
 
     crops = []
     for img in sample_images(("astronaut", "coffee")).values():
@@ -35,13 +35,13 @@ def _crops(n_per_image: int = 2) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def imported():
-    from qatie.tflite_import import import_tflite
+    from qatie.paper.tflite import import_tflite
 
     return import_tflite(SMALL)
 
 
 def test_import_is_the_papers_network_with_provenance(imported):
-    from qatie.model import count_parameters
+    from qatie.model.network import count_parameters
 
     model, info = imported
     assert count_parameters(model) == 915_331
@@ -52,7 +52,7 @@ def test_import_is_the_papers_network_with_provenance(imported):
 
 
 def test_every_conv_maps_with_an_sqnr_a_wrong_mapping_cannot_reach(imported):
-    from qatie.tflite_import import prove_mapping
+    from qatie.paper.tflite import prove_mapping
 
     model, _ = imported
     rows = prove_mapping(SMALL, _crops(), model=model)
@@ -68,7 +68,7 @@ def test_every_conv_maps_with_an_sqnr_a_wrong_mapping_cannot_reach(imported):
 
 
 def test_a_wrong_mapping_is_caught(imported):
-    from qatie.tflite_import import prove_mapping
+    from qatie.paper.tflite import prove_mapping
 
     model, _ = imported
     wrong = type(model)(32)
@@ -90,7 +90,7 @@ def test_a_wrong_mapping_is_caught(imported):
 def test_both_released_files_carry_the_same_weights(imported):
     """The int8 weights, their scales and the norm parameters are identical; biases differ only by
     their int32 rounding at each file's own input scale (bias step = input scale × weight scale)."""
-    from qatie.tflite_import import import_tflite
+    from qatie.paper.tflite import import_tflite
 
     small, _ = imported
     full, _ = import_tflite(FULL_HD)
@@ -103,7 +103,7 @@ def test_both_released_files_carry_the_same_weights(imported):
 
 
 def test_cli_writes_a_checkpoint_that_loads_safely(tmp_path, cli):
-    from qatie.checkpoint import load_model, read_checkpoint
+    from qatie.model.checkpoint import load_model, read_checkpoint
 
     out = tmp_path / "paper.pt"
     proc = cli("import-tflite", SMALL, "--out", out)
@@ -119,7 +119,7 @@ def test_cli_writes_a_checkpoint_that_loads_safely(tmp_path, cli):
 
 def test_not_a_tflite_file_is_a_clear_error(tmp_path):
     from qatie.errors import ModelFileError
-    from qatie.tflite_import import import_tflite
+    from qatie.paper.tflite import import_tflite
 
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer" * 10)
@@ -132,8 +132,8 @@ def test_the_full_hd_file_leaves_the_gates_three_levels_and_that_alone_breaks_co
     """docs/paper_model.md's diagnosis: the full-HD file requantizes each tanh to its concat's
     scale before the gate multiplies them, leaving 3 levels of tanh's [−1, 1] (the 100×100 file: 5–17);
     those grids alone, on our exact FP32 network, cost far more than the small file's."""
-    from qatie.data import sample_images
-    from qatie.paper_diagnosis import gate_grid_experiment, tanh_gate_grids
+    from qatie.data.datasets import sample_images
+    from qatie.paper.diagnosis import gate_grid_experiment, tanh_gate_grids
 
     small, full = tanh_gate_grids(SMALL), tanh_gate_grids(FULL_HD)
     assert [g["branch"] for g in full] == ["enc1.a", "enc1.b", "enc2.a", "enc2.b"]
@@ -147,7 +147,7 @@ def test_the_full_hd_file_leaves_the_gates_three_levels_and_that_alone_breaks_co
 
 
 def test_the_authors_model_runs_as_released_on_any_photo_size():
-    from qatie.tflite_import import AuthorsTFLite
+    from qatie.paper.tflite import AuthorsTFLite
 
     authors = AuthorsTFLite(SMALL, threads=1)
     for shape in ((60, 90, 3), (130, 210, 3)):

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import cli_env
-from qatie import checkpoint as ckpt_mod
-from qatie.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-from qatie.data import sample_images
-from qatie.degrade import DegradationConfig, degrade, seed_for
+from qatie.model import checkpoint as ckpt_mod
+from qatie.model.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+from qatie.data.datasets import sample_images
+from qatie.data.degrade import DegradationConfig, degrade, seed_for
 from qatie.errors import CheckpointError, QatieError
 from qatie.imageio import write_image
-from qatie.losses import LOSSES, cosine_loss, l1_loss, outlier_loss, paper_loss, psnr_y_loss
+from qatie.train.losses import LOSSES, cosine_loss, l1_loss, outlier_loss, paper_loss, psnr_y_loss
 from qatie.metrics import psnr
-from qatie.model import build_model
-from qatie.train import TrainConfig, lr_at, train
+from qatie.model.network import build_model
+from qatie.train.loop import TrainConfig, lr_at, train
 from tolerances import TOLERANCES
 
 # A light, learnable degradation: underexposure, a colour cast, lower contrast; no noise/blur/JPEG.
@@ -81,7 +81,7 @@ def test_config_rejects_unknown_options():
 
 
 def test_degradation_overrides_reach_the_sampler(tmp_path):
-    from qatie.train import degradation_config
+    from qatie.train.loop import degradation_config
 
     cfg = TrainConfig(degradation={"p_clean": 1.0, "jpeg_quality": [60, 70]})
     d = degradation_config(cfg)
@@ -97,8 +97,8 @@ def test_degradation_overrides_reach_the_sampler(tmp_path):
 
 
 def test_validation_has_a_tones_right_set_that_punishes_regrading():
-    from qatie.data import load_source
-    from qatie.train import validation_sets, val_score, evaluate_sets
+    from qatie.data.datasets import load_source
+    from qatie.train.loop import validation_sets, val_score, evaluate_sets
 
     cfg = TrainConfig(data=["samples"], val_limit=3)
     sets = validation_sets(cfg, [load_source("samples")])
@@ -231,7 +231,7 @@ def test_resume_is_bit_exact(tmp_path):
 def test_ddp_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "qatie.cli", "train", "--data", "samples", "--width", "8", "--steps", "4",
+           "-m", "qatie.cli.main", "train", "--data", "samples", "--width", "8", "--steps", "4",
            "--batch-size", "4", "--patch", "32", "--threads", "1", "--device", "cpu", "--out", str(out)]
     env = cli_env()
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")

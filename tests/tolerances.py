@@ -41,7 +41,7 @@ TOLERANCES = {
     "uint16_to_float32_max_abs": 1e-6,
     # A loss that is exactly 0 in real numbers (cosine of a tensor with itself), in float32.
     "zero_loss_abs": 1e-6,
-    # The app rounds what it reports: file sizes to 3 decimals of a MB (app/compare.py).
+    # The app rounds what it reports: file sizes to 3 decimals of a MB (app/compare/handlers.py).
     "reported_file_mb": 1e-3,
     # A new network's delta conv starts at zero, so its output is its input up to the output's
     # 8-bit rounding (q_output is pinned to 1/255): at most one level.
@@ -83,7 +83,7 @@ TOLERANCES = {
 }
 
 # --------------------------------------------------------------------------------------------
-# INT8 kernels: exactness depends on the CPU (qatie.cpu.int8_path; derivation in qatie.int8_reference)
+# INT8 kernels: exactness depends on the CPU (qatie.runtime.cpu.int8_path; derivation in qatie.runtime.int8_reference)
 # --------------------------------------------------------------------------------------------
 # ONNX Runtime's U8S8 conv kernels on `avx2` (and `avx512-core`) add uint8×int8 products in
 # adjacent pairs into a saturating int16 (VPMADDUBSW); the other paths sum exactly in int32.
@@ -94,7 +94,7 @@ TOLERANCES = {
 # weights in −64…64 (tests/conftest.py: non_saturating_weights), safe in any layout; the
 # saturating case is tested separately (tests/test_int8_path.py), per path.
 NON_SATURATING_WEIGHT_MAX = 64
-# ONNX Runtime's conv output vs the model of the detected path (qatie.int8_reference.conv_u8:
+# ONNX Runtime's conv output vs the model of the detected path (qatie.runtime.int8_reference.conv_u8:
 # exact int sums, or AVX2's saturating pairs), given the same uint8 input: the model performs the
 # kernel's integer arithmetic and its float32 requantization (same operations, same order,
 # round half to even), so the difference is 0 levels on every path — measured 0 on all 41 convs

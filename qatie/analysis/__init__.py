@@ -24,7 +24,7 @@ image fitting), `sqnr`, `histograms`, `plots`, `calibration`, `tradeoff`.
   highlighted); `write_json` / `write_csv` / `format_table` — the same as files and text.
 * `compare_calibration` — PTQ with minmax / percentile / entropy calibration scored on images
   (PSNR vs FP32 output, latency), models cached per checkpoint content and settings.
-* `trade_off_curve` — PTQ with the K most sensitive convs float (`qatie.keep_float`), per K.
+* `trade_off_curve` — PTQ with the K most sensitive convs float (`qatie.quantize.keep_float`), per K.
 
 ONNX Runtime's `onnxruntime.quantization.qdq_loss_debug` does the same exposed-outputs trick,
 but it matches tensors by the naming scheme of ORT's own quantizer (`*_QuantizeLinear_Output`)
@@ -33,14 +33,14 @@ them directly and keeps the modified sessions in memory.
 """
 from __future__ import annotations
 
-from ..sidecar import STAGE_NAMES, STAGES, model_label, read_sidecar, stage_of
-from .calibration import EXPORT_FORM, cached_fp32_onnx, cached_ptq, compare_calibration, format_calibration, score_models
-from .histograms import activation_histogram
-from .plots import plot_histogram, plot_sqnr, plot_trade_off
-from .probe import DEFAULT_MAX_SIDE, clear_cache, fit_image
-from .sqnr import (fake_quant, format_table, inspect_image, layer_sqnr, sqnr_db, sqnr_keys, worst_layers, write_csv,
+from qatie.export.sidecar import STAGE_NAMES, STAGES, model_label, read_sidecar, stage_of
+from qatie.analysis.calibration import EXPORT_FORM, cached_fp32_onnx, cached_ptq, compare_calibration, format_calibration, score_models
+from qatie.analysis.histograms import activation_histogram
+from qatie.analysis.plots import plot_histogram, plot_sqnr, plot_trade_off
+from qatie.analysis.probe import DEFAULT_MAX_SIDE, clear_cache, fit_image
+from qatie.analysis.sqnr import (fake_quant, format_table, inspect_image, layer_sqnr, sqnr_db, sqnr_keys, worst_layers, write_csv,
                    write_json)
-from .tradeoff import DEFAULT_K, format_trade_off, trade_off_curve
+from qatie.analysis.tradeoff import DEFAULT_K, format_trade_off, trade_off_curve
 
 __all__ = ["STAGE_NAMES", "STAGES", "model_label", "read_sidecar", "stage_of", "EXPORT_FORM", "cached_fp32_onnx",
            "cached_ptq", "compare_calibration", "format_calibration", "score_models", "activation_histogram",

@@ -9,13 +9,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..config import DEFAULT_PERCENTILE, PTQConfig
-from ..errors import QatieError
-from ..paths import cache_dir
-from ..sidecar import read_sidecar
-from ..util import atomic_write, file_sha
-from .probe import _as_float_image
-from .sqnr import _fmt_db
+from qatie.config import DEFAULT_PERCENTILE, PTQConfig
+from qatie.errors import QatieError
+from qatie.paths import cache_dir
+from qatie.export.sidecar import read_sidecar
+from qatie.util import atomic_write, file_sha
+from qatie.analysis.probe import _as_float_image
+from qatie.analysis.sqnr import _fmt_db
 
 #: Part of every cache key: exports made under another QuantSpec version (or export form) are stale.
 EXPORT_FORM = "spec2-delta2x2"  # v2 QuantSpec; delta as a 2×2 conv on up1's phases
@@ -25,8 +25,8 @@ def cached_fp32_onnx(fp32_checkpoint, cache=None) -> Path:
     """The FP32 ONNX export of a checkpoint, cached by the checkpoint's content."""
     out = cache_dir(cache) / f"fp32-{file_sha(fp32_checkpoint)}-{EXPORT_FORM}.onnx"
     if not out.is_file():
-        from ..checkpoint import load_model
-        from ..export import export_fp32
+        from qatie.model.checkpoint import load_model
+        from qatie.export.to_onnx import export_fp32
 
         model = load_model(fp32_checkpoint)
         atomic_write(out, lambda tmp: export_fp32(model, tmp))
@@ -40,7 +40,7 @@ def cached_ptq(fp32_checkpoint, method: str = "minmax", calib: str = "samples", 
     cfg = PTQConfig(method=method, calib=calib, num_calib=num_calib, percentile=percentile, seed=seed, keep_float=kf)
     out = cache_dir(cache) / f"ptq-{file_sha(fp32_checkpoint)}-{method}-{EXPORT_FORM}-{cfg.key(10)}.onnx"
     if not (out.is_file() and out.with_suffix(".json").is_file()):
-        from ..ptq import run_ptq
+        from qatie.quantize.ptq import run_ptq
 
         run_ptq(fp32_checkpoint, out, cfg)
     return out
@@ -63,8 +63,8 @@ def score_models(fp32_onnx, models: Mapping[str, Path], images, threads: int = 2
                  latency_image: np.ndarray | None = None) -> dict[str, dict]:
     """PSNR of each model's output vs the FP32 output (mean over images) and latency (median of
     `latency_runs` after one warm-up, on `latency_image` or the first image), all in ORT."""
-    from ..metrics import psnr
-    from ..runtime import OnnxEnhancer, measure_latency
+    from qatie.metrics import psnr
+    from qatie.runtime.enhancer import OnnxEnhancer, measure_latency
 
     imgs = _image_list(images)
     fp32 = OnnxEnhancer(fp32_onnx, threads=threads)

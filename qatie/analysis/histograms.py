@@ -7,10 +7,10 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import QatieError
-from ..sidecar import labels_for, read_sidecar, stage_of
-from .probe import DEFAULT_MAX_SIDE, _activations, fit_image
-from .sqnr import _reference_tensors
+from qatie.errors import QatieError
+from qatie.export.sidecar import labels_for, read_sidecar, stage_of
+from qatie.analysis.probe import DEFAULT_MAX_SIDE, _activations, fit_image
+from qatie.analysis.sqnr import _reference_tensors
 
 def _find_tensor(sidecars: list[dict], tensor_name: str) -> dict:
     for s in sidecars:

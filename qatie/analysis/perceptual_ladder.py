@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .perceptual import CLASSES, delta_e00, jpeg_copy, summarise, visibility
+from qatie.analysis.perceptual import CLASSES, delta_e00, jpeg_copy, summarise, visibility
 
 #: rung → (expected class rank, why that class)
 EXPECTED = {
@@ -45,10 +45,10 @@ def rungs(fp32_u8: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 def paper_outputs(photo: str, threads: int = 1) -> dict[str, np.ndarray] | None:
     """The paper set's FP32, PTQ-INT8 and QAT-INT8 outputs of scikit-image's `photo` (None when
     the shipped files are absent)."""
-    from ..data import sample_images
-    from ..imageio import to_uint8
-    from ..paths import REPO_ROOT
-    from ..runtime import OnnxEnhancer
+    from qatie.data.datasets import sample_images
+    from qatie.imageio import to_uint8
+    from qatie.paths import REPO_ROOT
+    from qatie.runtime.enhancer import OnnxEnhancer
 
     files = {r: REPO_ROOT / "checkpoints" / f"paper_{n}.onnx" for r, n in
              (("fp32", "fp32"), ("ptq", "int8_ptq"), ("qat", "int8_qat"))}
@@ -67,17 +67,17 @@ def authors_rungs(photo: str, threads: int = 2) -> dict[str, tuple[np.ndarray, n
 
     from PIL import Image
 
-    from ..data import sample_images
-    from ..imageio import to_uint8
-    from ..paths import REPO_ROOT
-    from ..runtime import OnnxEnhancer
+    from qatie.data.datasets import sample_images
+    from qatie.imageio import to_uint8
+    from qatie.paths import REPO_ROOT
+    from qatie.runtime.enhancer import OnnxEnhancer
 
     folder = REPO_ROOT.parent / "shared" / "reference"
     small, full = folder / "qatie_official_int8_100x100.tflite", folder / "qatie_official_int8_1920x1080.tflite"
     fp32 = REPO_ROOT / "checkpoints" / "paper_fp32.onnx"
     if importlib.util.find_spec("ai_edge_litert") is None or not (small.is_file() and full.is_file() and fp32.is_file()):
         return {}
-    from ..tflite_import import AuthorsTFLite
+    from qatie.paper.tflite import AuthorsTFLite
 
     x = to_uint8(sample_images((photo,))[photo])
     hd = np.asarray(Image.fromarray(x).resize((1080, 1920), Image.BICUBIC))
@@ -109,7 +109,7 @@ def table(photos=PHOTOS, threads: int = 1) -> list[dict]:
 
 
 def main() -> int:
-    from ..cpu import cpu_name, int8_path
+    from qatie.runtime.cpu import cpu_name, int8_path
 
     print(f"CPU: {cpu_name()} (INT8 kernels: {int8_path()}); classes: "
           + "; ".join(f"{c.rank} {c.name} (share over 1 JND < {c.max_share_visible:.0%}, mean ΔE00 < "

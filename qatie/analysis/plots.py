@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..sidecar import STAGE_NAMES
-from .sqnr import sqnr_keys, worst_layers
+from qatie.export.sidecar import STAGE_NAMES
+from qatie.analysis.sqnr import sqnr_keys, worst_layers
 
 COLORS = {"ptq": "#e4812f", "qat": "#3a78b5"}
 _EXTRA_COLORS = ("#55a868", "#8172b3", "#937860", "#da8bc3")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFileError, QatieError
-from ..padding import pad_nchw
-from ..util import LRU
+from qatie.errors import ModelFileError, QatieError
+from qatie.padding import pad_nchw
+from qatie.util import LRU
 
 
 #: Images are analysed at most this large (longer side, pixels): every quantized tensor of the
@@ -32,7 +32,7 @@ class _Probe:
         import onnx
         import onnxruntime as ort
 
-        from ..runtime import session_options
+        from qatie.runtime.enhancer import session_options
 
         self.path = path
         try:
@@ -164,7 +164,7 @@ def clear_cache() -> None:
 
 def _as_float_image(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
-        from ..imageio import read_image
+        from qatie.imageio import read_image
 
         image = read_image(image)
     img = np.asarray(image)

@@ -9,11 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import QatieError
-from ..metrics import sqnr_db
-from ..sidecar import labels_for, read_sidecar, stage_of
-from ..util import jsonable
-from .probe import DEFAULT_MAX_SIDE, _activations, _as_float_image, _nchw, _probe, fit_image
+from qatie.errors import QatieError
+from qatie.metrics import sqnr_db
+from qatie.export.sidecar import labels_for, read_sidecar, stage_of
+from qatie.util import jsonable
+from qatie.analysis.probe import DEFAULT_MAX_SIDE, _activations, _as_float_image, _nchw, _probe, fit_image
 
 def fake_quant(x: np.ndarray, scale: float, zero_point: int, qmin: int = 0, qmax: int = 255) -> np.ndarray:
     """numpy QuantizeLinear → DequantizeLinear (round half to even, as ONNX does)."""

@@ -1,14 +1,14 @@
 """The mixed-precision trade-off: for each K, PTQ with the K most sensitive convs kept float
-(`qatie.keep_float`), its PSNR against the FP32 output and its latency in ONNX Runtime here."""
+(`qatie.quantize.keep_float`), its PSNR against the FP32 output and its latency in ONNX Runtime here."""
 from __future__ import annotations
 
 import math
 from typing import Callable, Optional, Sequence
 
-from ..config import DEFAULT_PERCENTILE
-from ..errors import QatieError
-from ..sidecar import read_sidecar
-from .calibration import _image_list, cached_fp32_onnx, cached_ptq, score_models
+from qatie.config import DEFAULT_PERCENTILE
+from qatie.errors import QatieError
+from qatie.export.sidecar import read_sidecar
+from qatie.analysis.calibration import _image_list, cached_fp32_onnx, cached_ptq, score_models
 
 DEFAULT_K = (0, 1, 2, 4, 8, 16, 35)
 
@@ -25,7 +25,7 @@ def trade_off_curve(fp32_checkpoint, K_values: Sequence[int] = DEFAULT_K, images
     and cached (`qatie.paths.cache_dir`). Returns [{K, layers, float_points, psnr_vs_fp32,
     latency_ms, latency_vs_fp32, model}] plus a first row K=None for FP32 itself."""
     if images is None:
-        from ..ptq import calibration_images
+        from qatie.quantize.ptq import calibration_images
 
         images = calibration_images(calib, 4, seed + 1)
     imgs = _image_list(images)

@@ -1,0 +1,1 @@
+"""The About tab: layout (`layout`), its texts (`texts`) and the model card view (`modelcard`)."""

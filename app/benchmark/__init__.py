@@ -1,0 +1,1 @@
+"""The Benchmark tab: layout (`layout`) and the streaming latency benchmark (`handlers`)."""

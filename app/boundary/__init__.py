@@ -1,0 +1,1 @@
+"""What stands between a request and the server: the worker box for untrusted work (`box`), upload decoding (`uploads`), uploaded-model checks (`model_check`), fair slots and the upload quota, deadlines and memory (`guard`)."""

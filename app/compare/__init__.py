@@ -1,0 +1,1 @@
+"""The Compare tab: layout and events (`layout`), handlers (`handlers`), the torch-free pipeline they drive (`pipeline`), the verdict and zoom, the authors' TFLite picture, the example cache and the first view."""

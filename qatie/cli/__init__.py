@@ -1,0 +1,1 @@
+"""The command line: the `qatie` parser (`main`) and the commands it runs (`commands`)."""

@@ -1,0 +1,1 @@
+"""Stage 2, the model: the three-scale network (`network`), its INT8 quantization spec and fake-quant points (`quant`, QuantSpec), which weight pairs would saturate AVX2's pair sums (`pair_safety`), and checkpoint files (`checkpoint`)."""

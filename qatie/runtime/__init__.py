@@ -1,0 +1,1 @@
+"""Stage 6, running models: ONNX Runtime sessions and tiling (`enhancer`), the CPU's integer kernel path (`cpu`), the exact integer reference (`int8_reference`), and the latency benchmark (`bench`)."""

@@ -1,0 +1,1 @@
+"""Stage 3, training: the FP32 (and QAT fine-tuning) loop (`loop`) and its losses."""
