@@ -21,17 +21,14 @@
   crops, computed at start-up and cached) is on screen; a fresh browser page each time, median
   over `--runs` loads after one untimed load.
 
-`AppServer` (a context manager) is also what the API and browser tests use to launch the app.
+The app is launched with `app.server.AppServer`, as the API and browser tests launch it.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -39,73 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qatie.paths import REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except Exception:
-        return 0
-
-
-class AppServer:
-    """`python app.py` in a subprocess on localhost:PORT; waits until the page is usable."""
-
-    def __init__(self, port: int | None = None, env: dict | None = None, timeout: float = 120.0,
-                 log_path: str | os.PathLike | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.timeout = timeout
-        self.extra_env = env or {}
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="qatie-app-", suffix=".log")[1])
-        self.proc: subprocess.Popen | None = None
-        self.startup_s: float | None = None
-
-    def __enter__(self) -> "AppServer":
-        env = dict(os.environ)
-        env.update({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(self.port),
-                    "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.update(self.extra_env)
-        self._log = open(self.log_path, "wb")
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "app.py")], cwd=REPO_ROOT, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = t0 + self.timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.log()}")
-            if _get(self.url) == 200 and _get(self.url + "config") == 200:
-                self.startup_s = time.perf_counter() - t0
-                return self
-            time.sleep(0.1)
-        self.__exit__(None, None, None)
-        raise TimeoutError(f"app not up after {self.timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if getattr(self, "_log", None):
-            self._log.close()
+from app.server import AppServer, rss_mb
 
 
 def one_mp_photos(n: int, folder: Path) -> list[Path]:
@@ -207,23 +138,6 @@ def measure(url: str, runs: int, folder: Path) -> dict:
     return {"runs": rows, "median": med}
 
 
-def _rss_mb(pid: int) -> float:
-    """Resident memory of process `pid` and all its children (the box's workers), in MiB."""
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2 ** 20
-
-
 def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
     """`n` sessions submit a 1-MP compare each, at once; 0.5 s later a lone visitor submits one.
     The lone visitor's times (client side) are what fairness means here."""
@@ -239,7 +153,7 @@ def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
 
     def watch():
         while pid and not stop.is_set():
-            peak[0] = max(peak[0], _rss_mb(pid))
+            peak[0] = max(peak[0], rss_mb(pid))
             stop.wait(0.2)
 
     threading.Thread(target=watch, daemon=True).start()
@@ -259,7 +173,7 @@ def flood(url: str, n: int, folder: Path, pid: int | None = None) -> dict:
     out = {"sessions": n, "lone": lone, "flood_s": round(time.perf_counter() - t0, 1), "outcomes": outcomes}
     if pid:
         time.sleep(5)
-        out.update(peak_rss_mb=round(peak[0]), after_rss_mb=round(_rss_mb(pid)))
+        out.update(peak_rss_mb=round(peak[0]), after_rss_mb=round(rss_mb(pid)))
     return out
 
 

@@ -74,7 +74,7 @@ def app_server():
     downscale and full-size limits, a one-entry example cache, a short Inspect deadline). Sessions keep the tests apart: each test talks to it
     through its own client or page, so no test sees another's results or trained sets."""
     sys.path.insert(0, str(REPO_ROOT))  # the app package lives at the repository root
-    from app.measure import AppServer
+    from app.server import AppServer
 
     env = {"QATIE_APP_DEBUG": "1", "QATIE_TRAIN_THREADS": "1", "QATIE_LOG_LEVEL": "WARNING",
            "QATIE_TIMING_BUDGET_S": "300"}  # every timing round, whatever the CPU (the budget: test_app_core)

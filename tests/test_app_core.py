@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))
+from app.boundary import uploads
 from app import config, models, render  # noqa: E402
 from app.compare import pipeline as core
 from app.about import modelcard
@@ -36,8 +37,8 @@ def test_large_upload_is_decoded_reduced_like_the_full_decoder(tmp_path):
     for fmt, ext in (("PNG", "png"), ("JPEG", "jpg")):
         path = tmp_path / f"big.{ext}"
         Image.fromarray(smooth).save(path, format=fmt, exif=exif.tobytes())
-        fast = core.read_upload(str(path), "photo", max_pixels=0.2e6)
-        full = core.read_upload(str(path), "photo")
+        fast = uploads.read_upload(str(path), "photo", max_pixels=0.2e6)
+        full = uploads.read_upload(str(path), "photo")
         assert fast.original_size == full.original_size == (1800, 2400)
         assert fast.image.shape[0] < full.image.shape[0] / 2, "decoded at a reduced size"
         target = render.fit_size(1800, 2400, 0.2e6)
@@ -51,13 +52,13 @@ def test_large_upload_is_decoded_reduced_like_the_full_decoder(tmp_path):
 def test_upload_errors_name_the_file(tmp_path):
     tiny = tmp_path / "dot.png"
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
-    with pytest.raises(core.AppInputError, match="dot.png.*too small"):
-        core.read_upload({"path": str(tiny), "orig_name": "dot.png"}, "photo")
+    with pytest.raises(uploads.AppInputError, match="dot.png.*too small"):
+        uploads.read_upload({"path": str(tiny), "orig_name": "dot.png"}, "photo")
     empty = tmp_path / "e.jpg"
     empty.write_bytes(b"")
     with pytest.raises(ImageReadError, match="empty"):
-        core.read_upload(str(empty), "photo")
-    with pytest.raises(core.AppInputError, match="no photo"):
+        uploads.read_upload(str(empty), "photo")
+    with pytest.raises(uploads.AppInputError, match="no photo"):
         core.prepare(None)
 
 

@@ -29,7 +29,7 @@ gradio_client = pytest.importorskip("gradio_client")
 psutil = pytest.importorskip("psutil")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app.measure import AppServer, _rss_mb  # noqa: E402  (RSS of the server with its workers)
+from app.server import AppServer, rss_mb  # noqa: E402  (RSS of the server with its workers)
 from test_app_api import compare, load, named, write_png  # noqa: E402  (the API tests' client helpers)
 
 SHIPPED = [REPO_ROOT / "checkpoints" / n for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")]
@@ -98,7 +98,7 @@ class Watch:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb(self.pid))
+            self.peak = max(self.peak, rss_mb(self.pid))
             self._stop.wait(0.05)
 
     def __enter__(self):
@@ -125,10 +125,10 @@ class Watch:
 def _settled_rss(pid: int, wait_s: float = 5.0) -> float:
     """RSS once the request's memory is given back (allocators return it within a moment)."""
     end = time.perf_counter() + wait_s
-    rss = _rss_mb(pid)
+    rss = rss_mb(pid)
     while rss >= AFTER_MB and time.perf_counter() < end:
         time.sleep(0.2)
-        rss = _rss_mb(pid)
+        rss = rss_mb(pid)
     return rss
 
 

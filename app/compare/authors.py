@@ -23,7 +23,7 @@ from qatie.paths import REPO_ROOT
 from qatie.imageio import to_uint8
 from qatie.metrics import error_levels, psnr, ssim
 
-from app import config, models
+from app import models
 from app.compare.pipeline import PERCEPTUAL_HEADERS, _f, _num, perceptual_cells, rate
 
 FILE_NAME = "qatie_official_int8_100x100.tflite"

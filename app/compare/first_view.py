@@ -21,9 +21,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from app.boundary import uploads
 from app import models
 from app.compare import handlers as compare
-from app.compare import pipeline as core
 from app.compare import example_cache
 
 log = logging.getLogger("qatie.app")
@@ -136,7 +136,7 @@ def _sha(path: str | Path) -> str | None:
 
 def is_example_reference(payload) -> bool:
     global _REF_SHAS
-    found = core.payload_path(payload)
+    found = uploads.payload_path(payload)
     if found is None:
         return False
     if _REF_SHAS is None:
@@ -161,12 +161,12 @@ def drop_example_reference(reference):
 
 def reference_note(reference, simulate=False, model_set=None) -> str:
     """The line under the Compare button saying what the scores are measured against."""
-    if (model_set or models.default_set()) == models.PAPER_KEY and (simulate or core.payload_path(reference)):
+    if (model_set or models.default_set()) == models.PAPER_KEY and (simulate or uploads.payload_path(reference)):
         return ("The paper set is rated by agreement with full precision: its network re-grades colour on purpose, "
                 "so a restoration target is not used.")
     if simulate:
         return "Scores are against your clean upload (*simulate a phone photo* is on, under **Advanced**)."
-    found = core.payload_path(reference)
+    found = uploads.payload_path(reference)
     if found is None:
         return ""
     if is_example_reference(reference):

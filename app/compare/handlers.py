@@ -22,6 +22,7 @@ import pandas as pd
 from qatie.runtime.cpu import int8_path
 from qatie.errors import QatieError
 
+from app.boundary import uploads
 from app import config, models, render
 from app.compare import authors
 from app.compare import pipeline as core
@@ -87,11 +88,11 @@ def _display(u8: np.ndarray) -> tuple[np.ndarray, float]:
 def _overrides(custom_fp32, custom_ptq, custom_qat) -> dict[str, tuple[str, str]]:
     out = {}
     for role, payload in zip(models.ROLES, (custom_fp32, custom_ptq, custom_qat)):
-        found = core.payload_path(payload)
+        found = uploads.payload_path(payload)
         if found is not None:
             path, name = found
             if not name.lower().endswith(".onnx"):
-                raise core.AppInputError(f"uploaded {models.ROLE_LABELS[role]} model {name!r} is not an .onnx file")
+                raise uploads.AppInputError(f"uploaded {models.ROLE_LABELS[role]} model {name!r} is not an .onnx file")
             out[role] = (str(path), name)
     return out
 

@@ -22,8 +22,7 @@ from qatie.metrics import error_levels, psnr, ssim
 from app import config
 from app.models import ROLE_LABELS, ROLES
 from app.render import fit_size, resize_u8
-from app.boundary.uploads import (AppInputError, Upload, check_aspect, full_size_refusal, mp_text as _mp,  # noqa: F401 — core's API
-                      payload_path, read_upload)
+from app.boundary.uploads import AppInputError, full_size_refusal, mp_text as _mp, read_upload
 
 
 # --------------------------------------------------------------------------------------------

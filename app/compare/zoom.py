@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.boundary import uploads
 from app import models, render
-from app.compare import pipeline as core
 
 ZOOM_WINDOWS = (16, 24, 32, 48, 64, 96, 128)
 DEFAULT_WINDOW = 48
@@ -30,9 +30,9 @@ def render_zoom(state: dict, x_pct: float, y_pct: float, window: int, out_dir: P
         cx = min(max(float(x_pct), 0.0), 100.0) / 100.0 * w
         cy = min(max(float(y_pct), 0.0), 100.0) / 100.0 * h
     except (TypeError, ValueError, OverflowError):
-        raise core.AppInputError("the zoom needs x and y between 0 and 100 and a window in pixels") from None
+        raise uploads.AppInputError("the zoom needs x and y between 0 and 100 and a window in pixels") from None
     if not (math.isfinite(cx) and math.isfinite(cy)):
-        raise core.AppInputError("the zoom needs x and y between 0 and 100")
+        raise uploads.AppInputError("the zoom needs x and y between 0 and 100")
     x0, y0, x1, y1 = render.crop_box(w, h, cx, cy, window)
     vmax = state["vmax"]
     # Row 1: the three models; row 2: the input and where each INT8 model departs from FP32
