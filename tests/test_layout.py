@@ -40,7 +40,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
 #: model checks, slots, deadlines), the model sets, the tabs (each a package: layout + handlers),
 #: the page that composes them (ui), and what drives it from outside (server, measure).
 APP_STAGES: tuple[tuple[str, ...], ...] = (
-    ("config",),
+    ("config", "outputs"),
     ("render",),
     ("boundary",),
     ("models",),
@@ -163,6 +163,36 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
         (pkg / f).write_text("")
     (pkg / "sub" / "c.py").write_text("def f():\n    from ..a import x\n    from . import b\n")
     assert {"a", "sub.b"} <= imports_of(pkg / "sub" / "c.py", pkg)
+
+
+#: The longest a function in qatie/ or app/ may be, in lines (its def to its last line): a longer
+#: one does several things that want names of their own.
+FUNCTION_LINES_MAX = 100
+#: Functions allowed to be longer, each with the reason (none today).
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def long_functions(root: Path) -> dict[str, int]:
+    out = {}
+    for p in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > FUNCTION_LINES_MAX:
+                    out[f"{p.relative_to(root.parent)}::{node.name}"] = lines
+    return out
+
+
+@ROOTS
+def test_no_function_is_too_long(root):
+    assert set(long_functions(root)) - set(LONG_FUNCTIONS) == set(), long_functions(root)
+
+
+def test_the_length_check_itself(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text("def short():\n    pass\n\n\ndef long():\n" + "    x = 1\n" * FUNCTION_LINES_MAX)
+    assert long_functions(pkg) == {"pkg/m.py::long": FUNCTION_LINES_MAX + 1}
 
 
 @ROOTS

@@ -23,7 +23,7 @@ from qatie.runtime.cpu import int8_path
 from qatie.errors import QatieError
 
 from app.boundary import uploads
-from app import config, models, render
+from app import config, models, outputs, render
 from app.compare import authors
 from app.compare import pipeline as core
 from app.compare import example_cache
@@ -47,11 +47,8 @@ SKIP = gr.skip
 
 
 def as_slots(update: dict) -> list:
-    """A named update as Gradio's list of event outputs (a name left out: unchanged)."""
-    unknown = set(update) - set(OUTPUT_NAMES)
-    if unknown:
-        raise KeyError(f"not a Compare output: {sorted(unknown)}")
-    return [update[name] if name in update else SKIP() for name in OUTPUT_NAMES]
+    """A named update as Gradio's list of the Compare events' outputs (a name left out: unchanged)."""
+    return outputs.as_slots(OUTPUT_NAMES, update)
 
 
 def user_error(exc: BaseException, what: str = "comparing") -> gr.Error:

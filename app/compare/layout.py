@@ -73,113 +73,123 @@ def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab
     """The tab's components, in the current Tab context. `examples`: show the example gallery;
     `authors_visible`: show the authors' TFLite picture for `default_set`."""
     with gr.Row(elem_id="compare-row"):
-        with gr.Column(scale=1, min_width=300, elem_id="compare-inputs"):
-            gr.Markdown("**Examples** (phone-camera photos with their clean originals): click one",
-                        elem_id="examples-label")
-            gallery = gr.Gallery([(p, label) for p, _, label in first_view.examples()],
-                                 label="Examples: click one", show_label=False, columns=4, rows=1,
-                                 height=100,
-                                 allow_preview=False, object_fit="cover", buttons=[],
-                                 interactive=False, elem_id="examples") if examples else None
-            image_in = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"],
-                                format="png", height=220, elem_id="photo")
-            ref_note = gr.Markdown("", elem_id="ref-note")
-            run_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-            api_btn = gr.Button("Compare (API)", visible=False)
-            with gr.Accordion("Advanced: full size, models, ground truth", open=False, elem_id="advanced"):
-                full_size = gr.Checkbox(
-                    label=f"Full size (tiled): don't downscale photos over {config.MAX_INPUT_MP:g} MP "
-                          f"(up to {config.FULL_SIZE_MAX_MP:g} MP; slower)", value=False)
-                model_set = gr.Dropdown(models.choices(None), value=default_set, label="Models",
-                                        allow_custom_value=True,
-                                        info="Sets you train in the Train tab appear here (this session only).")
-                gr.Markdown("**Ground truth (optional):** simulate a phone photo, or add a reference.")
-                simulate = gr.Checkbox(label="Simulate a phone photo: degrade my clean upload first "
-                                             "(the upload becomes the ground truth)", value=False)
-                with gr.Row():
-                    seed = gr.Number(label="Degradation seed", value=0, precision=0, minimum=0,
-                                     maximum=2 ** 32 - 1, scale=3)
-                    dice = gr.Button("New seed", size="sm", scale=1)
-                reference_in = gr.Image(label="Reference: the same picture, as it should look",
-                                        type="filepath", sources=["upload", "clipboard"], format="png",
-                                        height=160, elem_id="reference")
-                gr.Markdown("**Your own models** (.onnx; each replaces that slot)")
-                custom_fp32 = gr.File(label="FP32 model", file_types=[".onnx"], type="filepath")
-                custom_ptq = gr.File(label="PTQ-INT8 model", file_types=[".onnx"], type="filepath")
-                custom_qat = gr.File(label="QAT-INT8 model", file_types=[".onnx"], type="filepath")
-        with gr.Column(scale=3, elem_id="compare-results"):
-            headline_html = gr.HTML("", elem_id="headline")
-            notice = gr.Markdown("Loading an example comparison… (or upload a photo and press "
-                                 "**Compare**)", elem_id="notice")
-            zoom_img = gr.Image(label="Where INT8 differs most from FP32 (enlarged crops)", format="png",
-                                show_label=False, interactive=False, elem_id="zoom",
-                                alt_text="Enlarged crops of the spot where a viewer would notice an INT8 model's "
-                                         "difference most: FP32, PTQ-INT8 and QAT-INT8 side by side, with the input "
-                                         "and each INT8 model's error map below",
-                                buttons=["fullscreen"])
+        inputs = _inputs_column(default_set, examples)
+        results = _results_column(authors_visible)
+    return CompareTab(**inputs, **results)
+
+
+def _inputs_column(default_set: str, examples: bool) -> dict:
+    """The left column: examples, the photo, Compare, and the Advanced options."""
+    with gr.Column(scale=1, min_width=300, elem_id="compare-inputs"):
+        gr.Markdown("**Examples** (phone-camera photos with their clean originals): click one",
+                    elem_id="examples-label")
+        gallery = gr.Gallery([(p, label) for p, _, label in first_view.examples()],
+                             label="Examples: click one", show_label=False, columns=4, rows=1,
+                             height=100,
+                             allow_preview=False, object_fit="cover", buttons=[],
+                             interactive=False, elem_id="examples") if examples else None
+        image_in = gr.Image(label="Your photo", type="filepath", sources=["upload", "clipboard"],
+                            format="png", height=220, elem_id="photo")
+        ref_note = gr.Markdown("", elem_id="ref-note")
+        run_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+        api_btn = gr.Button("Compare (API)", visible=False)
+        with gr.Accordion("Advanced: full size, models, ground truth", open=False, elem_id="advanced"):
+            full_size = gr.Checkbox(
+                label=f"Full size (tiled): don't downscale photos over {config.MAX_INPUT_MP:g} MP "
+                      f"(up to {config.FULL_SIZE_MAX_MP:g} MP; slower)", value=False)
+            model_set = gr.Dropdown(models.choices(None), value=default_set, label="Models",
+                                    allow_custom_value=True,
+                                    info="Sets you train in the Train tab appear here (this session only).")
+            gr.Markdown("**Ground truth (optional):** simulate a phone photo, or add a reference.")
+            simulate = gr.Checkbox(label="Simulate a phone photo: degrade my clean upload first "
+                                         "(the upload becomes the ground truth)", value=False)
             with gr.Row():
-                slider_crop = gr.ImageSlider(label="Before/after at that spot (drag the handle)",
-                                             show_label=False, format="png", interactive=False,
-                                             elem_id="slider-crop", buttons=["fullscreen"], scale=3)
-                with gr.Column(scale=2, min_width=240):
-                    gr.Markdown("**Before/after at that spot:** drag the handle between FP32 (left) "
-                                "and the INT8 model that differs more (right). " + about.ZOOM_HELP)
-                    zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom x (% of width)")
-                    zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom y (% of height)")
-                    zoom_window = gr.Dropdown(list(zoom.ZOOM_WINDOWS), value=zoom.DEFAULT_WINDOW,
-                                              label="Zoom window (pixels)")
-            gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
-            heatmap = gr.Image(label="Error heatmaps (INT8 vs FP32, 0–16 levels)", show_label=False,
-                               format="png", interactive=False, elem_id="heatmap", buttons=["fullscreen"],
-                               alt_text="Maps of where each INT8 model differs from FP32: colour difference ΔE00 on top, 8-bit levels below")
-            with gr.Accordion("Error against the reference (with a ground truth)", open=False,
-                              elem_id="vs-ref"):
-                heatmap_ref = gr.Image(label="Each model vs the reference (0–64 levels)", show_label=False,
-                                       format="png", interactive=False, elem_id="heatmap-ref",
-                                       alt_text="Maps of each model's difference from the reference, in 8-bit levels",
-                                       buttons=["fullscreen"])
-            with gr.Accordion("Details: the measurements and what they mean", open=False,
-                              elem_id="details"):
-                verdict_md = gr.Markdown(elem_id="verdict")
-                metrics_df = gr.Dataframe(compare.empty_table(),
-                                          label="Metrics (scroll sideways for every column; latency: one pass of "
-                                                "the model in ONNX Runtime on this server's CPU)", interactive=False,
-                                          wrap=True,
-                                          elem_id="metrics")
-                with gr.Accordion("All numbers (JSON)", open=False):
-                    metrics_json = gr.JSON(label="Metrics")
-                with gr.Accordion("Full-size outputs (PNG; filled in 'Full size (tiled)' mode)",
-                                  open=False):
-                    downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
-            gr.Markdown("**The full pictures** — click one to zoom there.")
-            with gr.Row(equal_height=True):
-                out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input", alt_text="The input photo as the models received it",
-                                     buttons=["fullscreen"], min_width=120)
-                out_fp32 = gr.Image(label="FP32", format="png", interactive=False, elem_id="out-fp32", alt_text="The full-precision (FP32) model's output",
-                                    buttons=["fullscreen"], min_width=120)
-                out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq", alt_text="The PTQ-INT8 model's output",
-                                   buttons=["fullscreen"], min_width=120)
-                out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat", alt_text="The QAT-INT8 model's output",
-                                   buttons=["fullscreen"], min_width=120)
-                # The authors' own INT8 TFLite (paper set, with ai-edge-litert installed).
-                out_authors = gr.Image(label=authors.LABEL, format="png", interactive=False,
-                                       elem_id="out-authors", alt_text="The authors' INT8 TFLite model's output, run as released", buttons=["fullscreen"], min_width=120,
-                                       visible=authors_visible)
-            with gr.Row():
-                slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
-                                            interactive=False, elem_id="slider-ptq", buttons=["fullscreen"])
-                slider_qat = gr.ImageSlider(label="Before/after: FP32 ↔ QAT-INT8", format="png",
-                                            interactive=False, elem_id="slider-qat", buttons=["fullscreen"])
-            inspect = inspect_panel.build_inspect_panel(open=False)
-    return CompareTab(
-        gallery=gallery, image_in=image_in, ref_note=ref_note, run_btn=run_btn, api_btn=api_btn,
-        full_size=full_size, model_set=model_set, simulate=simulate, seed=seed, dice=dice,
-        reference_in=reference_in, custom_fp32=custom_fp32, custom_ptq=custom_ptq, custom_qat=custom_qat,
-        headline_html=headline_html, notice=notice, zoom_img=zoom_img, slider_crop=slider_crop,
-        zoom_x=zoom_x, zoom_y=zoom_y, zoom_window=zoom_window, heatmap=heatmap, heatmap_ref=heatmap_ref,
-        verdict_md=verdict_md, metrics_df=metrics_df, metrics_json=metrics_json, downloads=downloads,
-        out_input=out_input, out_fp32=out_fp32, out_ptq=out_ptq, out_qat=out_qat, out_authors=out_authors,
-        slider_ptq=slider_ptq, slider_qat=slider_qat, inspect=inspect)
+                seed = gr.Number(label="Degradation seed", value=0, precision=0, minimum=0,
+                                 maximum=2 ** 32 - 1, scale=3)
+                dice = gr.Button("New seed", size="sm", scale=1)
+            reference_in = gr.Image(label="Reference: the same picture, as it should look",
+                                    type="filepath", sources=["upload", "clipboard"], format="png",
+                                    height=160, elem_id="reference")
+            gr.Markdown("**Your own models** (.onnx; each replaces that slot)")
+            custom_fp32 = gr.File(label="FP32 model", file_types=[".onnx"], type="filepath")
+            custom_ptq = gr.File(label="PTQ-INT8 model", file_types=[".onnx"], type="filepath")
+            custom_qat = gr.File(label="QAT-INT8 model", file_types=[".onnx"], type="filepath")
+    return dict(gallery=gallery, image_in=image_in, ref_note=ref_note, run_btn=run_btn, api_btn=api_btn,
+                full_size=full_size, model_set=model_set, simulate=simulate, seed=seed, dice=dice,
+                reference_in=reference_in, custom_fp32=custom_fp32, custom_ptq=custom_ptq, custom_qat=custom_qat)
+
+
+def _results_column(authors_visible: bool) -> dict:
+    """The right column: headline, notice, zoom, heatmaps, details, the full pictures, sliders."""
+    with gr.Column(scale=3, elem_id="compare-results"):
+        headline_html = gr.HTML("", elem_id="headline")
+        notice = gr.Markdown("Loading an example comparison… (or upload a photo and press "
+                             "**Compare**)", elem_id="notice")
+        zoom_img = gr.Image(label="Where INT8 differs most from FP32 (enlarged crops)", format="png",
+                            show_label=False, interactive=False, elem_id="zoom",
+                            alt_text="Enlarged crops of the spot where a viewer would notice an INT8 model's "
+                                     "difference most: FP32, PTQ-INT8 and QAT-INT8 side by side, with the input "
+                                     "and each INT8 model's error map below",
+                            buttons=["fullscreen"])
+        with gr.Row():
+            slider_crop = gr.ImageSlider(label="Before/after at that spot (drag the handle)",
+                                         show_label=False, format="png", interactive=False,
+                                         elem_id="slider-crop", buttons=["fullscreen"], scale=3)
+            with gr.Column(scale=2, min_width=240):
+                gr.Markdown("**Before/after at that spot:** drag the handle between FP32 (left) "
+                            "and the INT8 model that differs more (right). " + about.ZOOM_HELP)
+                zoom_x = gr.Slider(0, 100, value=50, step=0.1, label="Zoom x (% of width)")
+                zoom_y = gr.Slider(0, 100, value=50, step=0.1, label="Zoom y (% of height)")
+                zoom_window = gr.Dropdown(list(zoom.ZOOM_WINDOWS), value=zoom.DEFAULT_WINDOW,
+                                          label="Zoom window (pixels)")
+        gr.Markdown("**Error heatmaps** — " + about.HEATMAP_HELP)
+        heatmap = gr.Image(label="Error heatmaps (INT8 vs FP32, 0–16 levels)", show_label=False,
+                           format="png", interactive=False, elem_id="heatmap", buttons=["fullscreen"],
+                           alt_text="Maps of where each INT8 model differs from FP32: colour difference ΔE00 on top, 8-bit levels below")
+        with gr.Accordion("Error against the reference (with a ground truth)", open=False,
+                          elem_id="vs-ref"):
+            heatmap_ref = gr.Image(label="Each model vs the reference (0–64 levels)", show_label=False,
+                                   format="png", interactive=False, elem_id="heatmap-ref",
+                                   alt_text="Maps of each model's difference from the reference, in 8-bit levels",
+                                   buttons=["fullscreen"])
+        with gr.Accordion("Details: the measurements and what they mean", open=False,
+                          elem_id="details"):
+            verdict_md = gr.Markdown(elem_id="verdict")
+            metrics_df = gr.Dataframe(compare.empty_table(),
+                                      label="Metrics (scroll sideways for every column; latency: one pass of "
+                                            "the model in ONNX Runtime on this server's CPU)", interactive=False,
+                                      wrap=True,
+                                      elem_id="metrics")
+            with gr.Accordion("All numbers (JSON)", open=False):
+                metrics_json = gr.JSON(label="Metrics")
+            with gr.Accordion("Full-size outputs (PNG; filled in 'Full size (tiled)' mode)",
+                              open=False):
+                downloads = gr.File(label="Full-size outputs", file_count="multiple", interactive=False)
+        gr.Markdown("**The full pictures** — click one to zoom there.")
+        with gr.Row(equal_height=True):
+            out_input = gr.Image(label="Input", format="png", interactive=False, elem_id="out-input", alt_text="The input photo as the models received it",
+                                 buttons=["fullscreen"], min_width=120)
+            out_fp32 = gr.Image(label="FP32", format="png", interactive=False, elem_id="out-fp32", alt_text="The full-precision (FP32) model's output",
+                                buttons=["fullscreen"], min_width=120)
+            out_ptq = gr.Image(label="PTQ-INT8", format="png", interactive=False, elem_id="out-ptq", alt_text="The PTQ-INT8 model's output",
+                               buttons=["fullscreen"], min_width=120)
+            out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat", alt_text="The QAT-INT8 model's output",
+                               buttons=["fullscreen"], min_width=120)
+            # The authors' own INT8 TFLite (paper set, with ai-edge-litert installed).
+            out_authors = gr.Image(label=authors.LABEL, format="png", interactive=False,
+                                   elem_id="out-authors", alt_text="The authors' INT8 TFLite model's output, run as released", buttons=["fullscreen"], min_width=120,
+                                   visible=authors_visible)
+        with gr.Row():
+            slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
+                                        interactive=False, elem_id="slider-ptq", buttons=["fullscreen"])
+            slider_qat = gr.ImageSlider(label="Before/after: FP32 ↔ QAT-INT8", format="png",
+                                        interactive=False, elem_id="slider-qat", buttons=["fullscreen"])
+        inspect = inspect_panel.build_inspect_panel(open=False)
+    return dict(headline_html=headline_html, notice=notice, zoom_img=zoom_img, slider_crop=slider_crop,
+                zoom_x=zoom_x, zoom_y=zoom_y, zoom_window=zoom_window, heatmap=heatmap, heatmap_ref=heatmap_ref,
+                verdict_md=verdict_md, metrics_df=metrics_df, metrics_json=metrics_json, downloads=downloads,
+                out_input=out_input, out_fp32=out_fp32, out_ptq=out_ptq, out_qat=out_qat, out_authors=out_authors,
+                slider_ptq=slider_ptq, slider_qat=slider_qat, inspect=inspect)
 
 
 def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state: gr.State, default_set: str) -> None:

@@ -28,7 +28,7 @@ import gradio as gr
 
 from qatie.errors import QatieError
 
-from app import config, models
+from app import config, models, outputs
 from app.boundary import guard, uploads
 from app.boundary import slots
 from app.compare.handlers import user_error
@@ -241,6 +241,11 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
         events.put(("error", exc))
 
 
+#: The Train event's outputs, by name (`app.outputs`): the status line, the curves, the files, the
+#: session's model sets, and the Compare and Benchmark tabs' model lists.
+TRAIN_OUTPUTS = ("status", "curves", "files", "sets", "compare_models", "bench_models")
+
+
 def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos=None,
           session_sets=None, request: gr.Request = None):
     """Train FP32, quantize it with PTQ and QAT, export the three ONNX models.
@@ -250,158 +255,172 @@ def train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_l
     """
     try:
         with slots.one_per_session(request, "A training"), slots.heavy_slot(request, "The training"):
-            yield from _train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method,
-                              photos, session_sets, request)
+            settings = _settings(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method)
+            for update in TrainingRun(settings, photos, session_sets, request).stream():
+                yield outputs.as_slots(TRAIN_OUTPUTS, update)
     except (slots.BusyError, slots.SlotWaitError) as exc:
         raise gr.Error(str(exc), title="One request at a time") from None
 
 
-def _train(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method, photos, session_sets,
-           request):
+def _settings(data, init, width, fp32_steps, qat_steps, batch_size, patch, lr, qat_lr, ptq_method) -> TrainSettings:
     try:
         s = TrainSettings(data=data, init=init, width=int(width), fp32_steps=int(fp32_steps), qat_steps=int(qat_steps),
                           batch_size=int(batch_size), patch=int(patch), lr=float(lr), qat_lr=float(qat_lr),
                           ptq_method=ptq_method)
         _validate(s)
+        return s
     except (TypeError, ValueError) as exc:
         raise gr.Error(f"Invalid training settings: {exc}") from None
     except Exception as exc:
         raise user_error(exc, "reading the training settings") from None
 
-    session = getattr(request, "session_hash", None) or uuid.uuid4().hex
-    with _STOPS_LOCK:
-        old = _STOPS.get(session)
-    if old is not None:
-        old.set()  # one training per session: a new one replaces the previous
-    if not _TRAIN_SLOT.acquire(timeout=20):
-        raise gr.Error("Another training is running on this server (one at a time keeps Compare fast for "
-                       "everyone). Try again in a few minutes.")
-    run_id = uuid.uuid4().hex[:8]
-    out = config.work_dir("train", session[:16], run_id)
-    try:
-        if s.data == DATA_UPLOADS:
-            spec, n_photos = _prepare_uploads(photos, out / "photos")
-            data_desc = f"{n_photos} uploaded photo(s)"
-        else:
-            spec, data_desc = "samples", "the built-in samples"
-    except Exception as exc:
-        shutil.rmtree(out, ignore_errors=True)
-        _TRAIN_SLOT.release()
-        raise user_error(exc, "reading the training photos") from None
 
-    stop = threading.Event()
-    with _STOPS_LOCK:
-        _STOPS[session] = stop
-    timed_out = threading.Event()
-    watchdog = threading.Timer(TRAIN_DEADLINE_S, lambda: (timed_out.set(), stop.set()))
-    watchdog.daemon = True
-    events: queue.Queue = queue.Queue()
-    worker = threading.Thread(target=_pipeline, args=(s, spec, out, events, stop), name=f"qatie-train-{run_id}",
-                              daemon=True)
-    total = s.fp32_steps + s.qat_steps
-    points: list[dict] = []
-    stage = "Starting…"
-    t0 = time.time()
-    last_yield = 0.0
-    finished = None
-    error = None
-    width_used = s.width
-    plot_dir = config.work_dir("train_plots")
+class TrainingRun:
+    """One training: the server's training slot, the worker thread running `_pipeline`, its
+    watchdog, and the named updates `stream()` yields while it runs and when it ends."""
 
-    def curves() -> str:
-        for old in plot_dir.glob(f"{run_id}_*.png"):  # Gradio keeps its own copy of what was sent
+    def __init__(self, s: TrainSettings, photos, session_sets, request):
+        self.s, self.session_sets = s, session_sets
+        self.session = getattr(request, "session_hash", None) or uuid.uuid4().hex
+        with _STOPS_LOCK:
+            old = _STOPS.get(self.session)
+        if old is not None:
+            old.set()  # one training per session: a new one replaces the previous
+        if not _TRAIN_SLOT.acquire(timeout=20):
+            raise gr.Error("Another training is running on this server (one at a time keeps Compare fast for "
+                           "everyone). Try again in a few minutes.")
+        self.run_id = uuid.uuid4().hex[:8]
+        self.out = config.work_dir("train", self.session[:16], self.run_id)
+        try:
+            if s.data == DATA_UPLOADS:
+                self.spec, n_photos = _prepare_uploads(photos, self.out / "photos")
+                self.data_desc = f"{n_photos} uploaded photo(s)"
+            else:
+                self.spec, self.data_desc = "samples", "the built-in samples"
+        except Exception as exc:
+            shutil.rmtree(self.out, ignore_errors=True)
+            _TRAIN_SLOT.release()
+            raise user_error(exc, "reading the training photos") from None
+        self.stop, self.timed_out = threading.Event(), threading.Event()
+        self.events: queue.Queue = queue.Queue()
+        self.points: list[dict] = []
+        self.speed: dict[str, tuple[int, float]] = {}  # stage → (first step seen, when)
+        self.latest = None  # (stage, step, steps, (first step, when)) of the last step reported
+        self.stage = "Starting…"
+        self.finished = self.error = None
+        self.plot_dir = config.work_dir("train_plots")
+
+    def curves(self) -> str:
+        for old in self.plot_dir.glob(f"{self.run_id}_*.png"):  # Gradio keeps its own copy of what was sent
             old.unlink(missing_ok=True)
-        return plot_curves(points, s.fp32_steps, total, plot_dir / f"{run_id}_{uuid.uuid4().hex[:6]}.png")
+        s = self.s
+        return plot_curves(self.points, s.fp32_steps, s.fp32_steps + s.qat_steps,
+                           self.plot_dir / f"{self.run_id}_{uuid.uuid4().hex[:6]}.png")
 
-    speed: dict[str, tuple[int, float]] = {}  # stage → (first step seen, when)
-    latest = None  # (stage, step, steps, (first step, when)) of the last step reported
-    try:
-        worker.start()
-        watchdog.start()
-        yield (f"**{stage}** (estimated {estimate_s(s) / 60:.0f} min; stopped after {TRAIN_DEADLINE_S / 60:.0f} min "
-               "at most)", curves(), None, gr.skip(), gr.skip(), gr.skip())
+    def stream(self):
+        with _STOPS_LOCK:
+            _STOPS[self.session] = self.stop
+        watchdog = threading.Timer(TRAIN_DEADLINE_S, lambda: (self.timed_out.set(), self.stop.set()))
+        watchdog.daemon = True
+        worker = threading.Thread(target=_pipeline, args=(self.s, self.spec, self.out, self.events, self.stop),
+                                  name=f"qatie-train-{self.run_id}", daemon=True)
+        try:
+            worker.start()
+            watchdog.start()
+            yield {"status": f"**{self.stage}** (estimated {estimate_s(self.s) / 60:.0f} min; stopped after "
+                             f"{TRAIN_DEADLINE_S / 60:.0f} min at most)", "curves": self.curves(), "files": None}
+            yield from self._follow(worker)
+        finally:
+            self.stop.set()
+            watchdog.cancel()
+            with _STOPS_LOCK:
+                if _STOPS.get(self.session) is self.stop:
+                    del _STOPS[self.session]
+            # The worker stops within a step; then its folder goes unless the run finished (also when
+            # the client left and this generator was closed), and the server's training slot frees up.
+            threading.Thread(target=_after_worker, args=(worker, None if self.finished is not None else self.out),
+                             name=f"qatie-train-cleanup-{self.run_id}", daemon=True).start()
+        yield self._outcome()
+
+    def _follow(self, worker: threading.Thread):
+        """Drain the worker's events; a progress update about every 1.5 s until it ends."""
+        t0, last_yield = time.time(), 0.0
         while True:
             try:
-                kind, payload = events.get(timeout=0.5)
+                kind, payload = self.events.get(timeout=0.5)
             except queue.Empty:
                 kind, payload = None, None
-            if kind == "stage":
-                stage = payload
-                latest = None  # the previous stage's "step n of n" does not describe this one
-            elif kind in ("fp32", "qat"):
-                offset = 0 if kind == "fp32" else s.fp32_steps
-                point = {"step": payload["step"] + offset, "loss": payload["loss"], "stage": kind.upper()}
-                if "val" in payload:
-                    point["val"] = payload["val"]
-                points.append(point)
-                # Measured speed of this stage: from its first reported step to now.
-                first = speed.setdefault(kind, (payload["step"], time.time()))
-                latest = (kind, payload["step"], payload["steps"], first)
-            elif kind == "done":
-                finished = payload
-                break
-            elif kind == "cancelled":
-                break
-            elif kind == "error":
-                error = payload
-                break
-            elif kind is None and not worker.is_alive():
-                break
+            if kind is None and not worker.is_alive() or self._ended(kind, payload):
+                return
             now = time.time()
             if now - last_yield >= 1.5:
                 last_yield = now
-                yield (progress_md(stage, latest, now, now - t0, s.qat_steps), curves(), gr.skip(), gr.skip(),
-                       gr.skip(), gr.skip())
-    finally:
-        stop.set()
-        watchdog.cancel()
-        with _STOPS_LOCK:
-            if _STOPS.get(session) is stop:
-                del _STOPS[session]
-        # The worker stops within a step; then its folder goes unless the run finished (also when
-        # the client left and this generator was closed), and the server's training slot frees up.
-        threading.Thread(target=_after_worker, args=(worker, None if finished is not None else out),
-                         name=f"qatie-train-cleanup-{run_id}", daemon=True).start()
+                yield {"status": progress_md(self.stage, self.latest, now, now - t0, self.s.qat_steps),
+                       "curves": self.curves()}
 
-    if error is not None:
-        shutil.rmtree(out, ignore_errors=True)
-        if isinstance(error, QatieError):
-            raise user_error(error, "training")
-        log.error("training failed:\n%s", "".join(traceback.format_exception(error)))
-        raise gr.Error(f"Training failed ({type(error).__name__}: {guard.public_text(str(error))[:300]}). "
-                       "The server log has the details.")
-    if finished is None:
-        shutil.rmtree(out, ignore_errors=True)
-        if timed_out.is_set():
-            raise gr.Error(f"Training was stopped at this demo's time limit ({TRAIN_DEADLINE_S / 60:.0f} minutes). "
-                           "Nothing was added to your models; try fewer steps or smaller settings.")
-        yield "**Cancelled.** Nothing was added to your models.", curves(), None, gr.skip(), gr.skip(), gr.skip()
-        return
+    def _ended(self, kind, payload) -> bool:
+        """Take in one worker event; True when it ends the run."""
+        if kind == "stage":
+            self.stage = payload
+            self.latest = None  # the previous stage's "step n of n" does not describe this one
+        elif kind in ("fp32", "qat"):
+            offset = 0 if kind == "fp32" else self.s.fp32_steps
+            point = {"step": payload["step"] + offset, "loss": payload["loss"], "stage": kind.upper()}
+            if "val" in payload:
+                point["val"] = payload["val"]
+            self.points.append(point)
+            # Measured speed of this stage: from its first reported step to now.
+            first = self.speed.setdefault(kind, (payload["step"], time.time()))
+            self.latest = (kind, payload["step"], payload["steps"], first)
+        elif kind == "done":
+            self.finished = payload
+        elif kind == "error":
+            self.error = payload
+        return kind in ("done", "cancelled", "error")
 
-    try:
-        from qatie.runtime import enhancer as rt
+    def _outcome(self) -> dict:
+        """The last update: the new model set, or why there is none."""
+        if self.error is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+            if isinstance(self.error, QatieError):
+                raise user_error(self.error, "training")
+            log.error("training failed:\n%s", "".join(traceback.format_exception(self.error)))
+            raise gr.Error(f"Training failed ({type(self.error).__name__}: "
+                           f"{guard.public_text(str(self.error))[:300]}). The server log has the details.")
+        if self.finished is None:
+            shutil.rmtree(self.out, ignore_errors=True)
+            if self.timed_out.is_set():
+                raise gr.Error(f"Training was stopped at this demo's time limit ({TRAIN_DEADLINE_S / 60:.0f} "
+                               "minutes). Nothing was added to your models; try fewer steps or smaller settings.")
+            return {"status": "**Cancelled.** Nothing was added to your models.", "curves": self.curves(),
+                    "files": None}
+        return self._new_set()
 
-        for name in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx"):
-            rt.OnnxEnhancer(out / name, threads=1)  # fail here, clearly, rather than in Compare
-        side = models.sidecar(out / "int8_qat.onnx") or {}
-        width_used = side.get("width", width_used)
-    except Exception as exc:
-        raise user_error(exc, "checking the trained models") from None
+    def _new_set(self) -> dict:
+        s, out = self.s, self.out
+        try:
+            from qatie.runtime import enhancer as rt
 
-    sets = dict(session_sets or {})
-    key = f"trained-{run_id}"
-    start = ("from the shipped FP32" if s.fp32_steps == 0 else "fine-tuned shipped FP32") \
-        if s.init == INIT_SHIPPED else "from scratch"
-    label = (f"Trained #{len(sets) + 1}: width {width_used}, {s.fp32_steps} FP32 + {s.qat_steps} QAT steps "
-             f"({start}, {data_desc})")
-    sets[key] = {"label": label, "paths": {"fp32": str(out / "fp32.onnx"), "ptq": str(out / "int8_ptq.onnx"),
-                                           "qat": str(out / "int8_qat.onnx")}}
-    files = [str(out / n) for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt",
-                                    "int8_ptq.json", "int8_qat.json") if (out / n).is_file()]
-    choice = gr.update(choices=models.choices(sets), value=key)
-    status = (f"**Done in {finished:.0f} s.** “{label}” is now selected in the Compare tab (for this browser "
-              f"session only — shipped models stay available). Download the models below.")
-    yield status, curves(), files, sets, choice, gr.update(choices=models.choices(sets))
+            for name in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx"):
+                rt.OnnxEnhancer(out / name, threads=1)  # fail here, clearly, rather than in Compare
+            width_used = (models.sidecar(out / "int8_qat.onnx") or {}).get("width", s.width)
+        except Exception as exc:
+            raise user_error(exc, "checking the trained models") from None
+        sets = dict(self.session_sets or {})
+        key = f"trained-{self.run_id}"
+        start = ("from the shipped FP32" if s.fp32_steps == 0 else "fine-tuned shipped FP32") \
+            if s.init == INIT_SHIPPED else "from scratch"
+        label = (f"Trained #{len(sets) + 1}: width {width_used}, {s.fp32_steps} FP32 + {s.qat_steps} QAT steps "
+                 f"({start}, {self.data_desc})")
+        sets[key] = {"label": label, "paths": {"fp32": str(out / "fp32.onnx"), "ptq": str(out / "int8_ptq.onnx"),
+                                               "qat": str(out / "int8_qat.onnx")}}
+        files = [str(out / n) for n in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt",
+                                        "int8_ptq.json", "int8_qat.json") if (out / n).is_file()]
+        status = (f"**Done in {self.finished:.0f} s.** “{label}” is now selected in the Compare tab (for this "
+                  "browser session only — shipped models stay available). Download the models below.")
+        return {"status": status, "curves": self.curves(), "files": files, "sets": sets,
+                "compare_models": gr.update(choices=models.choices(sets), value=key),
+                "bench_models": gr.update(choices=models.choices(sets))}
 
 
 def _after_worker(worker: threading.Thread, remove: Path | None) -> None:

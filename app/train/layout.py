@@ -85,11 +85,14 @@ def build() -> TrainTab:
 def wire(tab: TrainTab, session_sets: gr.State, model_dropdowns: Sequence[gr.Dropdown]) -> None:
     """Train (the public /train endpoint) and Cancel. The trained set goes into `session_sets`
     and into each of `model_dropdowns` (the Compare and Benchmark tabs' model lists)."""
+    compare_models, bench_models = model_dropdowns
+    by_name = {"status": tab.status, "curves": tab.curves, "files": tab.files, "sets": session_sets,
+               "compare_models": compare_models, "bench_models": bench_models}
     t_evt = tab.run.click(
         train_tab.train,
         [tab.data, tab.init, tab.width, tab.fp32, tab.qat, tab.batch, tab.patch, tab.lr, tab.qat_lr, tab.method,
          tab.photos, session_sets],
-        [tab.status, tab.curves, tab.files, session_sets, *model_dropdowns],
+        [by_name[name] for name in train_tab.TRAIN_OUTPUTS],  # the order `app.outputs.as_slots` lays out
         api_name="train", concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY, time_limit=3600,
         show_progress="hidden",  # one progress display: the status line (no overlay on the curves)
     )

@@ -275,7 +275,40 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
     g = proto.graph
     keep = set(keep_float or ())
     dropped = set().union(*float_islands(g, keep).values()) if keep else set()
-    inits = {i.name: i for i in g.initializer}
+    new_nodes, bypass, tensors, dq_scale = _quantize_activations(g, params, full_ranges, dropped)
+    weights, weight_nodes = _quantize_weights(g, new_nodes, keep, dq_scale)
+    del g.node[:]
+    g.node.extend(_toposort(weight_nodes + new_nodes, g))
+    # The tracer gives every QPoint marker output a made-up symbolic shape (one scale's H, W
+    # reused for others, even for the batch dim). ORT plans buffer reuse from value_info: where a
+    # DequantizeLinear survives fusion (a keep-float conv's input) that plan broke on the second
+    # image size ("Shape mismatch attempting to re-use buffer"). ORT infers the shapes itself.
+    markers = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"} | set(bypass)
+    kept_info = [v for v in g.value_info if v.name not in markers]
+    del g.value_info[:]
+    g.value_info.extend(kept_info)
+    _fix_output(g)
+    opt = optimize_int8(proto)  # value-preserving speed-ups for ONNX Runtime (docs/performance.md)
+    for t in tensors:
+        opt.fix_sidecar_tensor(t)
+    doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
+    _finish(proto, path, doc)
+    # The invariant, checked on the weights as written (after the passes padded and merged convs):
+    # 0 = the exact integer result on every CPU (`qatie.runtime.int8_reference.saturable_pairs` reads it back).
+    pairs = sum(risky_weight_pairs(numpy_helper.to_array(i)) for i in g.initializer
+                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
+    sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,
+               "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
+               "keep_float": sorted(keep), "float_points": [n for n in (qp.qname for qp in model.qpoints()) if n in dropped],
+               "saturable_pairs": pairs, "tensors": tensors, "weights": weights, "graph_opt": opt.changes}
+    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1))
+    return path
+
+
+def _quantize_activations(g, params: dict, full_ranges: dict, dropped: set[str]):
+    """Each QPoint marker → QuantizeLinear + DequantizeLinear with its scale and zero point (a
+    dropped one — inside a keep-float island — is bypassed). Returns (nodes, bypassed outputs,
+    the sidecar's tensor records, each DQ output's scale)."""
     tensors, dq_scale = [], {}
     new_nodes, bypass = [], {}
     for node in list(g.node):
@@ -304,9 +337,17 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
             while name in bypass:
                 name = bypass[name]
             node.input[i] = name
+    return new_nodes, bypass, tensors, dq_scale
+
+
+def _quantize_weights(g, nodes: list, keep: set[str], dq_scale: dict):
+    """Every conv outside `keep`: pair-safe int8 per-channel weights and int32 bias (scale = input
+    scale × weight scale) behind DequantizeLinear nodes. Returns (the sidecar's weight records,
+    the new DQ nodes)."""
+    inits = {i.name: i for i in g.initializer}
     weights, weight_nodes = [], []
-    pads = {n.output[0]: n.input[0] for n in new_nodes if n.op_type == "Pad"}  # sub-pixel phases pad first
-    for node in new_nodes:
+    pads = {n.output[0]: n.input[0] for n in nodes if n.op_type == "Pad"}  # sub-pixel phases pad first
+    for node in nodes:
         if node.op_type != "Conv" or conv_name(node) in keep:
             continue
         x_name, w_name, module = pads.get(node.input[0], node.input[0]), node.input[1], conv_name(node)
@@ -338,32 +379,7 @@ def export_int8(model: QATIENet, ranges: Ranges, path, source: str, meta: dict |
             node.input[2] = f"{b_name}_dq"
         weights.append({"conv": node.name, "module": module, "weight": w_name, "scales": sw.tolist()})
         weight_nodes += extra
-    del g.node[:]
-    g.node.extend(_toposort(weight_nodes + new_nodes, g))
-    # The tracer gives every QPoint marker output a made-up symbolic shape (one scale's H, W
-    # reused for others, even for the batch dim). ORT plans buffer reuse from value_info: where a
-    # DequantizeLinear survives fusion (a keep-float conv's input) that plan broke on the second
-    # image size ("Shape mismatch attempting to re-use buffer"). ORT infers the shapes itself.
-    markers = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"} | set(bypass)
-    kept_info = [v for v in g.value_info if v.name not in markers]
-    del g.value_info[:]
-    g.value_info.extend(kept_info)
-    _fix_output(g)
-    opt = optimize_int8(proto)  # value-preserving speed-ups for ONNX Runtime (docs/performance.md)
-    for t in tensors:
-        opt.fix_sidecar_tensor(t)
-    doc = f"qatie INT8 ({source}), width {model.width}, variant {model.variant}"
-    _finish(proto, path, doc)
-    # The invariant, checked on the weights as written (after the passes padded and merged convs):
-    # 0 = the exact integer result on every CPU (`qatie.runtime.int8_reference.saturable_pairs` reads it back).
-    pairs = sum(risky_weight_pairs(numpy_helper.to_array(i)) for i in g.initializer
-                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
-    sidecar = {"model": path.name, "source": source, "command": current_command(), "width": model.width, "variant": model.variant,
-               "spec": SPEC.to_dict() | {"float_ops": list(SPEC.float_ops)}, "meta": meta or {},
-               "keep_float": sorted(keep), "float_points": [n for n in (qp.qname for qp in model.qpoints()) if n in dropped],
-               "saturable_pairs": pairs, "tensors": tensors, "weights": weights, "graph_opt": opt.changes}
-    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1))
-    return path
+    return weights, weight_nodes
 
 
 def sidecar_path(onnx_path) -> Path:

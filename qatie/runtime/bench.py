@@ -235,18 +235,7 @@ def run_benchmark(
     size, None where it did not run), file_mb, peak_rss_mb (fresh-process peak; None when
     `measure_memory` is False or the probe failed).
     """
-    if not models:
-        raise QatieError("no models to benchmark: pass at least one .onnx path or a name (fp32, ptq, qat)")
-    if not sizes:
-        raise QatieError("no sizes to benchmark: pass at least one HxW size")
-    sizes = [parse_size(s) if isinstance(s, str) else (int(s[0]), int(s[1])) for s in sizes]
-    for h, w in sizes:
-        if h < 1 or w < 1:
-            raise QatieError(f"size {h}x{w} must be at least 1x1")
-    if not isinstance(runs, int) or runs < 1:
-        raise QatieError(f"runs must be an integer ≥ 1, got {runs!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise QatieError(f"warmup must be an integer ≥ 0, got {warmup!r}")
+    sizes = _checked_request(models, sizes, runs, warmup)
     say = progress or (lambda msg: None)
 
     labelled = _labels(models)
@@ -256,82 +245,18 @@ def run_benchmark(
 
     ref = _TFLiteReference(reference_tflite, threads) if reference_tflite else None
     machine = machine_info(threads)
-    if ref is not None:
-        try:
-            from importlib.metadata import version
-
-            machine["ai_edge_litert"] = version("ai-edge-litert")
-        except Exception:
-            pass
     reference_info = None
     if ref is not None:
-        matched = [s for s in sizes if s == ref.size]
-        reference_info = {
-            "path": str(ref.path),
-            "size": _size_str(*ref.size),
-            "input_dtype": str(ref.dtype),
-            "timed_at": [_size_str(*s) for s in matched],
-        }
-        if not matched:
-            reference_info["note"] = (
-                f"not timed: its input is fixed at {_size_str(*ref.size)} (H×W) and no requested size matches"
-            )
+        machine["ai_edge_litert"] = _litert_version()
+        reference_info = _reference_info(ref, sizes)
 
     rows: list[dict] = []
     for h, w in sizes:
-        x = make_input(h, w)
-        entries: list[tuple[str, Callable[[], object]]] = [
-            (label, (lambda e=enhancers[label]: e.run_nchw(x))) for label in labels
-        ]
-        if ref is not None and (h, w) == ref.size:
-            entries.append((REFERENCE_NAME, ref.runner(ref.prepare(x))))
-        samples: dict[str, list[float]] = {label: [] for label, _ in entries}
-        say(f"{_size_str(h, w)}: warm-up ×{warmup}, then {runs} interleaved rounds of {len(entries)} models")
-        for _ in range(warmup):
-            for _, fn in entries:
-                fn()
-        n = len(entries)
-        for r in range(runs):
-            for label, fn in entries[r % n:] + entries[: r % n]:  # rotate the order every round
-                samples[label].append(rt.measure_latency(fn, warmup=0, runs=1)["samples_ms"][0])
-        stats = {label: rt.summarize_ms(s) for label, s in samples.items()}
-        base_med = stats[baseline]["median_ms"]
-        ref_med = stats[REFERENCE_NAME]["median_ms"] if REFERENCE_NAME in stats else None
-        for label, _ in entries:
-            st = stats[label]
-            if label == REFERENCE_NAME:
-                path, kind, is_int8, size_bytes = ref.path, "tflite", np.issubdtype(ref.dtype, np.integer), ref.size_bytes
-            else:
-                e = enhancers[label]
-                path, kind, is_int8, size_bytes = e.path, "onnx", e.is_int8, e.size_bytes
-            rows.append({
-                "model": label,
-                "path": str(path),
-                "size": _size_str(h, w),
-                "kind": kind,
-                "is_int8": bool(is_int8),
-                "median_ms": st["median_ms"],
-                "min_ms": st["min_ms"],
-                "max_ms": st["max_ms"],
-                "runs": st["runs"],
-                "samples_ms": st["samples_ms"],
-                "ratio_to_fp32": st["median_ms"] / base_med,
-                "ratio_to_reference": None if ref_med is None else st["median_ms"] / ref_med,
-                "file_mb": _mb(size_bytes),
-                "peak_rss_mb": None,
-            })
+        rows += _time_size(h, w, labels, enhancers, baseline, ref, runs, warmup, say)
 
     if measure_memory:
         for row in rows:
-            h, w = parse_size(row["size"])
-            say(f"peak RSS: {row['model']} at {row['size']} (fresh process)")
-            kind = "tflite" if row["kind"] == "tflite" else "onnx"
-            probe = _probe_peak_rss(kind, Path(row["path"]), h, w, threads)
-            row["peak_rss_mb"] = probe.get("peak_rss_mb")
-            if probe.get("baseline_rss_mb") is not None:
-                row["baseline_rss_mb"] = probe["baseline_rss_mb"]
-            if probe.get("error"):
-                row["peak_rss_error"] = probe["error"]
+            _add_peak_rss(row, threads, say)
 
     return {
         "machine": machine,
@@ -348,6 +273,93 @@ def run_benchmark(
         ),
         "results": rows,
     }
+
+
+def _checked_request(models, sizes, runs, warmup) -> list[tuple[int, int]]:
+    """The sizes as (H, W); a clear error for an empty or impossible request."""
+    if not models:
+        raise QatieError("no models to benchmark: pass at least one .onnx path or a name (fp32, ptq, qat)")
+    if not sizes:
+        raise QatieError("no sizes to benchmark: pass at least one HxW size")
+    sizes = [parse_size(s) if isinstance(s, str) else (int(s[0]), int(s[1])) for s in sizes]
+    for h, w in sizes:
+        if h < 1 or w < 1:
+            raise QatieError(f"size {h}x{w} must be at least 1x1")
+    if not isinstance(runs, int) or runs < 1:
+        raise QatieError(f"runs must be an integer ≥ 1, got {runs!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise QatieError(f"warmup must be an integer ≥ 0, got {warmup!r}")
+    return sizes
+
+
+def _litert_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    except Exception:
+        return None
+
+
+def _reference_info(ref: "_TFLiteReference", sizes: list[tuple[int, int]]) -> dict:
+    matched = [s for s in sizes if s == ref.size]
+    info = {"path": str(ref.path), "size": _size_str(*ref.size), "input_dtype": str(ref.dtype),
+            "timed_at": [_size_str(*s) for s in matched]}
+    if not matched:
+        info["note"] = f"not timed: its input is fixed at {_size_str(*ref.size)} (H×W) and no requested size matches"
+    return info
+
+
+def _time_size(h: int, w: int, labels: list[str], enhancers: dict, baseline: str, ref, runs: int, warmup: int,
+               say) -> list[dict]:
+    """One size: warm-up, then `runs` interleaved rounds (order rotated each round); one row per model."""
+    x = make_input(h, w)
+    entries: list[tuple[str, Callable[[], object]]] = [
+        (label, (lambda e=enhancers[label]: e.run_nchw(x))) for label in labels
+    ]
+    if ref is not None and (h, w) == ref.size:
+        entries.append((REFERENCE_NAME, ref.runner(ref.prepare(x))))
+    samples: dict[str, list[float]] = {label: [] for label, _ in entries}
+    say(f"{_size_str(h, w)}: warm-up ×{warmup}, then {runs} interleaved rounds of {len(entries)} models")
+    for _ in range(warmup):
+        for _, fn in entries:
+            fn()
+    n = len(entries)
+    for r in range(runs):
+        for label, fn in entries[r % n:] + entries[: r % n]:  # rotate the order every round
+            samples[label].append(rt.measure_latency(fn, warmup=0, runs=1)["samples_ms"][0])
+    stats = {label: rt.summarize_ms(s) for label, s in samples.items()}
+    base_med = stats[baseline]["median_ms"]
+    ref_med = stats[REFERENCE_NAME]["median_ms"] if REFERENCE_NAME in stats else None
+    rows = []
+    for label, _ in entries:
+        st = stats[label]
+        if label == REFERENCE_NAME:
+            path, kind, is_int8, size_bytes = ref.path, "tflite", np.issubdtype(ref.dtype, np.integer), ref.size_bytes
+        else:
+            e = enhancers[label]
+            path, kind, is_int8, size_bytes = e.path, "onnx", e.is_int8, e.size_bytes
+        rows.append({
+            "model": label, "path": str(path), "size": _size_str(h, w), "kind": kind, "is_int8": bool(is_int8),
+            "median_ms": st["median_ms"], "min_ms": st["min_ms"], "max_ms": st["max_ms"], "runs": st["runs"],
+            "samples_ms": st["samples_ms"], "ratio_to_fp32": st["median_ms"] / base_med,
+            "ratio_to_reference": None if ref_med is None else st["median_ms"] / ref_med,
+            "file_mb": _mb(size_bytes), "peak_rss_mb": None,
+        })
+    return rows
+
+
+def _add_peak_rss(row: dict, threads: int, say) -> None:
+    """The row's model loaded and run once in a fresh process: its peak RSS (and the baseline)."""
+    h, w = parse_size(row["size"])
+    say(f"peak RSS: {row['model']} at {row['size']} (fresh process)")
+    kind = "tflite" if row["kind"] == "tflite" else "onnx"
+    probe = _probe_peak_rss(kind, Path(row["path"]), h, w, threads)
+    row["peak_rss_mb"] = probe.get("peak_rss_mb")
+    if probe.get("baseline_rss_mb") is not None:
+        row["baseline_rss_mb"] = probe["baseline_rss_mb"]
+    if probe.get("error"):
+        row["peak_rss_error"] = probe["error"]
 
 
 # --------------------------------------------------------------------------------------------

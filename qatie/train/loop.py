@@ -137,13 +137,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str
     if distributed and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     torch.manual_seed(cfg.seed)
-    if cfg.loss not in LOSSES:
-        raise QatieError(f"unknown loss {cfg.loss!r}: choose {', '.join(LOSSES)}")
-    loss_fn = LOSSES[cfg.loss]
-    if cfg.distill and teacher is None:
-        raise QatieError("distill > 0 needs a teacher model (it is a QAT option: qatie qat --distill)")
-    if not 0.0 <= cfg.distill <= 1.0:
-        raise QatieError(f"distill must be in [0, 1], got {cfg.distill}")
+    loss_fn = _loss_of(cfg, teacher)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     sources = [load_source(s, part="train") for s in cfg.data]
@@ -185,21 +179,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str
         x = torch.from_numpy(inp).to(device).contiguous(memory_format=torch.channels_last)
         t = torch.from_numpy(tgt).to(device).contiguous(memory_format=torch.channels_last)
         lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        y = net(x)
-        loss = loss_fn(y, t) if cfg.distill < 1 else 0.0
-        if cfg.distill:
-            with torch.no_grad():
-                y_teacher = teacher(x)
-            loss = (1 - cfg.distill) * loss + cfg.distill * loss_fn(y, y_teacher)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        loss_val = _optimizer_step(net, model, opt, loss_fn, teacher, cfg, x, t, lr)
         step += 1
-        loss_val = float(loss.detach())
         event = {"step": step, "steps": cfg.steps, "loss": loss_val, "lr": lr, "elapsed_s": time.time() - t0}
         if rank == 0 and (step % cfg.val_every == 0 or step == cfg.steps):
             event["val"] = evaluate_sets(model, val_sets, device)
@@ -225,3 +206,33 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, model=None, kind: str
     if rank == 0:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _loss_of(cfg: TrainConfig, teacher) -> Callable:
+    """The loss function the recipe names, after checking the distillation options."""
+    if cfg.loss not in LOSSES:
+        raise QatieError(f"unknown loss {cfg.loss!r}: choose {', '.join(LOSSES)}")
+    if cfg.distill and teacher is None:
+        raise QatieError("distill > 0 needs a teacher model (it is a QAT option: qatie qat --distill)")
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise QatieError(f"distill must be in [0, 1], got {cfg.distill}")
+    return LOSSES[cfg.loss]
+
+
+def _optimizer_step(net, model, opt, loss_fn, teacher, cfg: TrainConfig, x, t, lr: float) -> float:
+    """One step at learning rate `lr`: the loss against the targets, mixed with the loss against
+    the teacher's output by `cfg.distill`; returns the loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    y = net(x)
+    loss = loss_fn(y, t) if cfg.distill < 1 else 0.0
+    if cfg.distill:
+        with torch.no_grad():
+            y_teacher = teacher(x)
+        loss = (1 - cfg.distill) * loss + cfg.distill * loss_fn(y, y_teacher)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return float(loss.detach())
