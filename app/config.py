@@ -1,7 +1,7 @@
 """Paths, limits and thread counts of the app — the one place they are chosen.
 
-Everything here can be overridden with environment variables (documented in README's App
-section), so a Space, a test or a benchmark can change them without code edits.
+Everything here can be overridden with environment variables (documented in docs/app.md,
+"Settings"), so a Space, a test or a benchmark can change them without code edits.
 """
 from __future__ import annotations
 
