@@ -12,7 +12,6 @@ they would otherwise shadow.)
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -32,11 +31,12 @@ def load(name_or_path, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
 
 def train_fp32(config, out, resume: bool = False, progress=None) -> Path:
     """FP32 training (`qatie train`): `config` is a `TrainConfig`, a dict of its fields or a JSON
-    file (configs/fp32_c32.json is the shipped recipe). Returns the run's best checkpoint."""
+    file (of its fields, or a run recipe such as configs/restoration.json). Returns the run's best
+    checkpoint."""
     from qatie.train.loop import TrainConfig, train
 
     if isinstance(config, (str, Path)):
-        config = json.loads(Path(config).read_text())
+        config = TrainConfig.load(config)
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     if not isinstance(config, TrainConfig):
@@ -66,3 +66,55 @@ def export_onnx(checkpoint, out) -> Path:
     from qatie.quantize.qat import export_checkpoint
 
     return export_checkpoint(checkpoint, out)
+
+
+def run_recipe(recipe, steps=None, say: Callable[[str], None] = print) -> dict[str, Path]:
+    """`qatie run`: every step of a `RunRecipe` (or its JSON file) in order — or only `steps`
+    (names from `qatie.config.RUN_STEPS`) — each writing the file the next one reads. Training
+    and QAT resume from their run folders, so an interrupted run continues. Returns the files."""
+    from qatie.config import RUN_STEPS, RunRecipe
+
+    if not isinstance(recipe, RunRecipe):
+        recipe = RunRecipe.load(recipe)
+    wanted = list(RUN_STEPS) if steps is None else list(steps)
+    unknown = [s for s in wanted if s not in RUN_STEPS]
+    if unknown:
+        raise QatieError(f"unknown run steps {', '.join(unknown)}: choose from {', '.join(RUN_STEPS)}")
+    files = recipe.files()
+    files["fp32_pt"].parent.mkdir(parents=True, exist_ok=True)
+    for step, what in recipe.plan():
+        if step in wanted:
+            say(f"[{recipe.name}] {step}: {what}")
+            _RUN_STEP[step](recipe, files)
+    return files
+
+
+def _run_fp32(recipe, files) -> None:
+    if recipe.import_tflite:
+        from qatie.paper.tflite import save_import
+
+        save_import(recipe.import_tflite, files["fp32_pt"])
+        return
+    from qatie.model.checkpoint import release_copy
+
+    best = train_fp32(recipe.train_configs()[0], recipe.work_path("fp32"), resume=True)
+    release_copy(best, files["fp32_pt"])
+
+
+def _run_qat(recipe, files) -> None:
+    from qatie.model.checkpoint import release_copy
+
+    last = files["fp32_pt"]
+    for i, cfg in enumerate(recipe.qat_configs(), start=1):
+        out = recipe.work_path(f"qat{i}").with_suffix(".pt")
+        last = finetune_qat(last, out, config=cfg, resume=True, run_dir=recipe.work_path(f"qat{i}"))
+    release_copy(last, files["qat_pt"])
+
+
+_RUN_STEP = {
+    "fp32": _run_fp32,
+    "fp32_onnx": lambda recipe, files: export_onnx(files["fp32_pt"], files["fp32_onnx"]),
+    "ptq": lambda recipe, files: calibrate_ptq(files["fp32_pt"], files["ptq_onnx"], config=recipe.ptq_configs()[0]),
+    "qat": _run_qat,
+    "qat_onnx": lambda recipe, files: export_onnx(files["qat_pt"], files["qat_onnx"]),
+}

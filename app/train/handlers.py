@@ -169,6 +169,24 @@ def _prepare_uploads(files, folder: Path) -> tuple[str, int]:
     return f"clean:{folder}", len(files)
 
 
+def stage_configs(s: TrainSettings, spec: str, width: int, threads: int):
+    """The tab's settings as the package's recipes (`qatie.config`): (TrainConfig, PTQConfig,
+    QATConfig). What the tab does not set is the shipped recipe's: the loss and data mix for FP32,
+    distillation with ranges calibrated then learned for QAT."""
+    from qatie.config import PTQConfig, QATConfig, TrainConfig
+
+    train_cfg = TrainConfig(data=[spec], width=width, steps=max(1, s.fp32_steps), batch_size=s.batch_size,
+                            patch=s.patch, lr=s.lr, min_lr=s.lr / 50,
+                            warmup_steps=min(50, max(1, s.fp32_steps // 10)), seed=s.seed,
+                            val_every=max(1, s.fp32_steps // 8), val_limit=8,
+                            checkpoint_every=max(1, s.fp32_steps), threads=threads)
+    ptq_cfg = PTQConfig(method=s.ptq_method, calib=spec, num_calib=s.num_calib, seed=s.seed)
+    qat_cfg = QATConfig(data=(spec,), steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size, patch=s.patch,
+                        num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4), val_limit=8,
+                        threads=threads)  # validated on the FP32 curves' photos
+    return train_cfg, ptq_cfg, qat_cfg
+
+
 def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", stop: threading.Event) -> None:
     """Worker thread: every stage posts events; exceptions are posted, never raised."""
     try:
@@ -179,7 +197,6 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
         threads = _threads()
         torch.set_num_threads(threads)
         from qatie.model.checkpoint import load_model, save_checkpoint
-        from qatie.config import PTQConfig, QATConfig, TrainConfig
         from qatie.quantize.ptq import run_ptq
         from qatie.quantize.qat import export_checkpoint, run_qat
         from qatie.train.loop import train
@@ -194,13 +211,10 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             width = model.width
         else:
             model, width = None, s.width
+        cfg, ptq_cfg, qat_cfg = stage_configs(s, spec, width, threads)
 
         if s.fp32_steps > 0:
             events.put(("stage", f"FP32 training: {s.fp32_steps} steps"))
-            cfg = TrainConfig(data=[spec], width=width, steps=s.fp32_steps, batch_size=s.batch_size, patch=s.patch,
-                              lr=s.lr, min_lr=s.lr / 50, warmup_steps=min(50, max(1, s.fp32_steps // 10)),
-                              seed=s.seed, val_every=max(1, s.fp32_steps // 8), val_limit=8,
-                              checkpoint_every=s.fp32_steps, threads=threads)  # loss and data mix: the shipped recipe's
             summary = train(cfg, out / "fp32_run", model=model, progress=lambda e: events.put(("fp32", e)),
                             should_stop=stop.is_set)
             if stop.is_set():
@@ -220,15 +234,11 @@ def _pipeline(s: TrainSettings, spec: str, out: Path, events: "queue.Queue", sto
             events.put(("cancelled", None))
             return
         events.put(("stage", f"PTQ: calibrating ({s.ptq_method}, {s.num_calib} images) and exporting INT8"))
-        run_ptq(fp32_pt, out / "int8_ptq.onnx", PTQConfig(method=s.ptq_method, calib=spec, num_calib=s.num_calib, seed=s.seed))
+        run_ptq(fp32_pt, out / "int8_ptq.onnx", ptq_cfg)
         if stop.is_set():
             events.put(("cancelled", None))
             return
         events.put(("stage", f"QAT fine-tuning: {s.qat_steps} steps"))
-        # the rest as the shipped QAT recipe (QATConfig's defaults): distilled, ranges calibrated then learned
-        qat_cfg = QATConfig(data=(spec,), steps=s.qat_steps, lr=s.qat_lr, batch_size=s.batch_size, patch=s.patch,
-                            num_calib=s.num_calib, seed=s.seed, val_every=max(1, s.qat_steps // 4), val_limit=8,
-                            threads=threads)  # validated on the FP32 curves' photos
         run_qat(fp32_pt, out / "qat.pt", qat_cfg, progress=lambda e: events.put(("qat", e)), should_stop=stop.is_set)
         if stop.is_set():
             events.put(("cancelled", None))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qatie.config import PTQConfig, QATConfig
+from qatie.config import PTQConfig, QATConfig, read_json_object
 from qatie.errors import QatieError
 
 
@@ -36,16 +36,10 @@ def _progress_bar(total: int, desc: str):
 def cmd_train(args) -> int:
     from qatie.train.loop import TrainConfig, train
 
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
-    for key in ("width", "steps", "batch_size", "patch", "lr", "loss", "seed", "variant", "threads", "device"):
-        val = getattr(args, key)
-        if val is not None:
-            base[key] = val
-    if args.data:
-        base["data"] = args.data
-    if args.val:
-        base["val_data"] = args.val
-    cfg = TrainConfig.from_dict(base)
+    flags = {key: getattr(args, key) for key in ("width", "steps", "batch_size", "patch", "lr", "loss", "seed",
+                                                 "variant", "threads", "device")}
+    cfg = TrainConfig.resolve(TrainConfig.load(args.config) if args.config else None, data=args.data or None,
+                              val_data=args.val or None, **flags)
     summary = train(cfg, args.out, resume=args.resume, progress=_progress_bar(cfg.steps, "train"))
     print(f"trained {summary['steps_done']} steps in {summary['wall_s']:.0f} s → {args.out}/last.pt, {args.out}/best.pt")
     return 0
@@ -59,18 +53,7 @@ def _degradation_config(text: str | None):
 
     if not text:
         return EVAL_DEGRADATION
-    src = text if text.lstrip().startswith("{") else None
-    if src is None:
-        path = Path(text)
-        if not path.is_file():
-            raise QatieError(f"--config {text}: no such file (give a JSON file or an inline JSON object)")
-        src = path.read_text()
-    try:
-        fields = json.loads(src)
-    except json.JSONDecodeError as e:
-        raise QatieError(f"--config {text[:80]}: not valid JSON ({e})") from None
-    if not isinstance(fields, dict):
-        raise QatieError(f"--config {text[:80]}: expected a JSON object of DegradationConfig fields")
+    fields = read_json_object(text, "DegradationConfig (a JSON file or an inline JSON object)")
     known = {f.name for f in dataclasses.fields(EVAL_DEGRADATION)}
     unknown = set(fields) - known
     if unknown:
@@ -313,4 +296,20 @@ def cmd_report(args) -> int:
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     build_report(args.out, ckpt_dir=args.checkpoints, sizes=sizes, threads=args.threads, runs=args.runs, limit=args.limit,
                  readme=args.readme)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from qatie.api import run_recipe
+    from qatie.config import RunRecipe
+
+    recipe = RunRecipe.load(args.recipe)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()] if args.steps else None
+    if args.dry_run:
+        for step, what in recipe.plan():
+            if steps is None or step in steps:
+                print(f"[{recipe.name}] {step}: {what}")
+        return 0
+    files = run_recipe(recipe, steps=steps)
+    print(f"[{recipe.name}] done: " + ", ".join(str(files[k]) for k in files if files[k].is_file()))
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qatie.cli.commands import (cmd_bench, cmd_degrade, cmd_deviation, cmd_enhance, cmd_eval, cmd_export, cmd_import_tflite,
-                       cmd_inspect, cmd_ptq, cmd_qat, cmd_report, cmd_train)
-from qatie.config import CALIBRATION_METHODS, PTQConfig, QATConfig
+from qatie.cli.commands import (cmd_bench, cmd_degrade, cmd_deviation, cmd_enhance, cmd_eval, cmd_export,
+                                cmd_import_tflite, cmd_inspect, cmd_ptq, cmd_qat, cmd_report, cmd_run, cmd_train)
+from qatie.config import CALIBRATION_METHODS, RUN_STEPS, PTQConfig, QATConfig
 from qatie.errors import QatieError
 
 
@@ -25,7 +25,8 @@ def _train(sub) -> None:
                          "SPEC: clean:DIR | pairs:INPUT_DIR,TARGET_DIR | dped:ROOT[:phone] | samples")
     cmd.add_argument("--data", action="append", metavar="SPEC", help="training data (repeatable)")
     cmd.add_argument("--val", action="append", metavar="SPEC", help="extra validation pairs to monitor (repeatable)")
-    cmd.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
+    cmd.add_argument("--config", help="JSON file of TrainConfig fields, or a run recipe (its \"train\"); flags "
+                                      "override it")
     cmd.add_argument("--out", required=True, help="output folder (last.pt, best.pt, train_log.jsonl)")
     cmd.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     cmd.add_argument("--width", type=int, help="network width c (the paper's: 16, 24, 32; any integer ≥ 4)")
@@ -94,7 +95,7 @@ def _ptq(sub) -> None:
                          "of --calib and write the INT8 QDQ ONNX model (QuantSpec: int8 per-channel weights, "
                          "uint8 per-tensor activations) with its JSON sidecar of scales and zero points.")
     cmd.add_argument("--checkpoint", required=True, help="FP32 .pt checkpoint")
-    cmd.add_argument("--config", metavar="JSON", help="a PTQConfig recipe (configs/ptq_*.json); flags override it")
+    cmd.add_argument("--config", metavar="JSON", help="a PTQConfig recipe, or a run recipe (its \"ptq\"; configs/*.json); flags override it")
     p_default = PTQConfig()  # the defaults the help names are the recipe's own
     cmd.add_argument("--method", choices=CALIBRATION_METHODS,
                      help=f"range calibration (default {p_default.method}: the standard PTQ baseline)")
@@ -138,12 +139,12 @@ def _qat(sub) -> None:
                          description="Fine-tune an FP32 checkpoint with fake quantization of exactly the "
                          "QuantSpec's tensors (ranges initialised by calibration, then learned, or moving averages "
                          "with --no-learnable). Writes a QAT checkpoint (weights + ranges). Defaults: the shipped "
-                         "recipe (qatie.config.QATConfig, configs/qat_c32.json).")
+                         "recipe (qatie.config.QATConfig; configs/restoration.json).")
     cmd.add_argument("--checkpoint", required=True,
                      help="FP32 .pt checkpoint to start from, or a QAT one to continue (its weights and ranges)")
     cmd.add_argument("--teacher", help="the FP32 checkpoint to distil from when continuing a QAT checkpoint "
                                        "(default: the source it records)")
-    cmd.add_argument("--config", metavar="JSON", help="a QATConfig recipe (configs/qat_*.json); flags override it")
+    cmd.add_argument("--config", metavar="JSON", help="a QATConfig recipe, or a run recipe (its first QAT stage; configs/*.json); flags override it")
     cmd.add_argument("--data", action="append", metavar="SPEC", help="training data (repeatable; default samples)")
     cmd.add_argument("--val", action="append", metavar="SPEC", help="extra validation pairs to monitor")
     q_default = QATConfig()
@@ -229,8 +230,19 @@ def _report(sub) -> None:
     cmd.set_defaults(func=cmd_report)
 
 
+def _run(sub) -> None:
+    cmd = sub.add_parser("run", help="every stage of a run recipe (configs/*.json): FP32, ONNX, PTQ, QAT, INT8 ONNX",
+                         description="Run a recipe (qatie.config.RunRecipe): the FP32 model (trained or imported), its "
+                                     "ONNX export, PTQ, the QAT stages and the INT8 export, each step writing the "
+                                     "file the next reads. Training and QAT resume from their run folders.")
+    cmd.add_argument("recipe", help="run recipe JSON (configs/restoration.json, configs/paper.json)")
+    cmd.add_argument("--steps", help="only these steps, comma-separated: " + ", ".join(RUN_STEPS))
+    cmd.add_argument("--dry-run", action="store_true", help="print what each step would do and write, run nothing")
+    cmd.set_defaults(func=cmd_run)
+
+
 #: One function per subcommand, in the order `qatie --help` lists them.
-SUBCOMMANDS = (_train, _degrade, _enhance, _eval, _ptq, _inspect, _qat, _import_tflite, _export, _bench, _deviation,
+SUBCOMMANDS = (_run, _train, _degrade, _enhance, _eval, _ptq, _inspect, _qat, _import_tflite, _export, _bench, _deviation,
                _report)
 
 

@@ -15,7 +15,7 @@ model re-grades every photo (measured: −7.5 dB on the real PolyU pairs). A sha
 stays clean and a share is only mildly degraded: an enhancer must learn to leave a good photo alone, not only to fix bad
 ones (the commonest failure of models trained on synthetic degradations is re-grading photos
 that were already right). Even half was too many for real photos: the shipped model trains
-with `p_tone = 0` (configs/fp32_c32.json; docs/training.md, "The phone-camera degradation model"), while the
+with `p_tone = 0` (configs/restoration.json; docs/training.md, "The phone-camera degradation model"), while the
 evaluation sets keep the tone errors. Everything is drawn from one numpy Generator seeded by the caller, so
 a seed gives the same degraded image on every machine.
 """
