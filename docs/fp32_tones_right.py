@@ -25,7 +25,7 @@ def main() -> int:
     import numpy as np
 
     from qatie.data.datasets import EVAL_DEGRADATION, eval_pairs
-    from qatie.analysis.evaluate import load_enhancer
+    from qatie.runtime.enhancer import load_enhancer
     from qatie.metrics import psnr, ssim
 
     pairs = eval_pairs(clean_dir=REPO.parent / "shared" / "data" / "clean", seed=args.seed,

@@ -24,7 +24,7 @@ def load(name_or_path, threads: int = 2) -> Callable[[np.ndarray], np.ndarray]:
     """An enhancer (H×W×3 float [0,1] → the same) for a shipped name (`fp32`, `ptq`, `qat`,
     `paper`, `paper-ptq`, `paper-qat`), an `.onnx` file (ONNX Runtime) or a `.pt` checkpoint
     (torch: FP32, or a QAT checkpoint's INT8 simulation)."""
-    from qatie.analysis.evaluate import load_enhancer
+    from qatie.runtime.enhancer import load_enhancer
 
     return load_enhancer(name_or_path, threads=threads)
 

@@ -8,7 +8,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from conftest import make_image
 from qatie.errors import CheckpointError, ModelFileError, QatieError
-from qatie.analysis.evaluate import evaluate, format_table, load_enhancer
+from qatie.analysis.evaluate import evaluate, format_table
+from qatie.runtime.enhancer import load_enhancer
 from qatie.util import jsonable
 from qatie.metrics import agreement, error_levels, psnr, ssim
 

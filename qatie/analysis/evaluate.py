@@ -2,16 +2,13 @@
 the first model (how INT8 models are scored against their FP32 parent).
 
 An enhancer is named by a string: a `.pt` checkpoint (run in torch), an `.onnx` file or a
-shipped model name (`fp32`, `ptq`, `qat`; run in ONNX Runtime). `load_enhancer` turns that
-string into a plain function image → image, so evaluation, the CLI and the app treat every
-backend the same way. torch is imported only for `.pt` files.
+shipped model name (run in ONNX Runtime); `qatie.runtime.enhancer.load_enhancer`, the one model
+loader, turns it into a plain function image → image.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -19,40 +16,9 @@ import numpy as np
 from qatie.errors import QatieError
 from qatie.metrics import agreement, psnr, ssim
 
-Enhancer = Callable[[np.ndarray], np.ndarray]
+from qatie.runtime.enhancer import Enhancer, load_enhancer
+
 INPUT = "input"
-
-
-def _torch_enhancer(path: Path, threads: int) -> Enhancer:
-    import torch
-
-    from qatie.model.checkpoint import load_model
-
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_model(path).eval()
-
-    def enhance(image: np.ndarray) -> np.ndarray:
-        img = np.asarray(image, dtype=np.float32)
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise QatieError(f"image must be H×W×3 RGB, got shape {img.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
-        with torch.no_grad():
-            y = model(x)[0]
-        return np.ascontiguousarray(y.permute(1, 2, 0).numpy(), dtype=np.float32)
-
-    return enhance
-
-
-def load_enhancer(name_or_path: str | os.PathLike, threads: int = 2) -> Enhancer:
-    """A function H×W×3 float32 [0,1] → H×W×3 float32 [0,1] for a `.pt`/`.pth` checkpoint, an `.onnx`
-    file or a shipped model name. Missing or broken files raise CheckpointError/ModelFileError."""
-    text = os.fspath(name_or_path)
-    if text.lower().endswith((".pt", ".pth")):
-        return _torch_enhancer(Path(text), threads)
-    from qatie.runtime.enhancer import get_enhancer
-
-    return get_enhancer(text, threads=threads).enhance
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -93,7 +93,7 @@ def cmd_degrade(args) -> int:
 
 
 def cmd_enhance(args) -> int:
-    from qatie.analysis.evaluate import load_enhancer
+    from qatie.runtime.enhancer import load_enhancer
     from qatie.imageio import read_image, write_image
 
     out = Path(args.output)

@@ -26,6 +26,7 @@ from qatie.errors import QatieError
 from qatie.report.model_card import LABELS, render_markdown, sync_readme
 from qatie.paths import REPO_ROOT as REPO
 from qatie.util import sha256
+from qatie.runtime.enhancer import load_enhancer
 
 SHARED = REPO.parent / "shared"
 SHIPPED = {"fp32": "fp32.onnx", "ptq": "int8_ptq.onnx", "qat": "int8_qat.onnx"}
@@ -283,7 +284,7 @@ def build_report(out_md, ckpt_dir=REPO / "checkpoints", shared: Path | None = SH
         progress(f"evaluating on {desc} …")
         descriptions[set_name] = desc
         res = evaluate(list(all_models), pairs, threads=threads,
-                       enhancers={k: _enhancer(p, threads) for k, p in all_models.items()})
+                       enhancers={k: load_enhancer(p, threads) for k, p in all_models.items()})
         results[set_name] = res
         tones[set_name] = tone_statistics(pairs)
         if set_name == "synthetic":
@@ -341,12 +342,6 @@ def exactness(ckpt_dir: Path, photos: list[Path], threads: int = 2) -> dict:
         out[path.name] = {"saturable_pairs": saturable_pairs(path), "runtime_saturable_pairs": runtime_saturable_pairs(path),
                           "photos": len(images), "max_levels_vs_exact": worst}
     return out
-
-
-def _enhancer(path: Path, threads: int):
-    from qatie.runtime.enhancer import get_enhancer
-
-    return get_enhancer(path, threads=threads).enhance
 
 
 def _json_default(o):

@@ -30,9 +30,9 @@ def paper_section(eval_sets: dict, shared: Path | None, threads: int = 2, runs: 
     docs/paper_model.md; it is timed, not scored)."""
     from qatie.runtime.bench import run_benchmark
     from qatie.analysis.evaluate import evaluate
-    from qatie.runtime.enhancer import get_enhancer
+    from qatie.runtime.enhancer import load_enhancer
 
-    enhancers = {m: get_enhancer(m, threads=threads).enhance for m in PAPER}
+    enhancers = {m: load_enhancer(m, threads=threads) for m in PAPER}
     ref = shared / "reference" if shared else None
     small = ref / "qatie_official_int8_100x100.tflite" if ref else None
     models = list(PAPER)

@@ -415,6 +415,43 @@ def get_enhancer(path: str | os.PathLike, threads: int = 2) -> OnnxEnhancer:
         return enhancer
 
 
+#: What every loaded model is to its callers: H×W×3 float32 [0, 1] → the same.
+Enhancer = Callable[[np.ndarray], np.ndarray]
+
+
+def load_enhancer(name_or_path: str | os.PathLike, threads: int = 2) -> Enhancer:
+    """The one model loader: a `.pt`/`.pth` checkpoint (torch: FP32, or a QAT checkpoint's INT8
+    simulation), an `.onnx` file or a shipped name (`fp32`, `ptq`, `qat`, `paper`, `paper-ptq`,
+    `paper-qat`; ONNX Runtime, one cached session per file) → an `Enhancer`. torch is imported
+    only for checkpoints. Missing or broken files raise CheckpointError / ModelFileError."""
+    text = os.fspath(name_or_path)
+    if text.lower().endswith((".pt", ".pth")):
+        return _torch_enhancer(Path(text), threads)
+    return get_enhancer(text, threads=threads).enhance
+
+
+def _torch_enhancer(path: Path, threads: int) -> Enhancer:
+    """A checkpoint run in torch (float32, no grad)."""
+    import torch
+
+    from qatie.model.checkpoint import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(path).eval()
+
+    def enhance(image: np.ndarray) -> np.ndarray:
+        img = np.asarray(image, dtype=np.float32)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise QatieError(f"image must be H×W×3 RGB, got shape {img.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+        with torch.no_grad():
+            y = model(x)[0]
+        return np.ascontiguousarray(y.permute(1, 2, 0).numpy(), dtype=np.float32)
+
+    return enhance
+
+
 def clear_cache() -> None:
     """Forget every cached session (tests, or to free memory)."""
     with _CACHE_LOCK:
@@ -491,6 +528,7 @@ __all__ = [
     "OnnxEnhancer",
     "clear_cache",
     "get_enhancer",
+    "load_enhancer",
     "measure_latency",
     "peak_rss_mb",
     "resolve_onnx",
