@@ -21,7 +21,8 @@ from onnx import helper, numpy_helper
 
 import qatie.export.to_onnx as export_mod
 from qatie.export import graph_opt
-from qatie.export.to_onnx import export_int8, sidecar_path
+from qatie.export.sidecar import sidecar_path
+from qatie.export.to_onnx import export_int8
 from qatie.model.network import build_model
 from qatie.model.quant import calibrate
 from qatie.runtime.enhancer import OnnxEnhancer, session_options

@@ -11,7 +11,8 @@ import torch
 from onnx import numpy_helper
 
 from qatie.errors import CheckpointError
-from qatie.export.to_onnx import export_fp32, export_int8, sidecar_path
+from qatie.export.sidecar import sidecar_path
+from qatie.export.to_onnx import export_fp32, export_int8
 from qatie.model.quant import (CALIBRATION_METHODS, act_qparams, calibrate, current_ranges, free_points,
                          prepare_qat, quant_params)
 from qatie.runtime.enhancer import OnnxEnhancer

@@ -34,12 +34,17 @@ def stage_of(name: str) -> str:
     return "other"
 
 
+def sidecar_path(onnx_path) -> Path:
+    """Where a model's sidecar lives: beside it, same name, `.json`."""
+    return Path(onnx_path).with_suffix(".json")
+
+
 def read_sidecar(model) -> dict:
     """The sidecar of an INT8 model: `model` is the .onnx path, the .json path or the dict."""
     if isinstance(model, Mapping):
         return dict(model)
     p = Path(model)
-    side = p if p.suffix.lower() == ".json" else p.with_suffix(".json")
+    side = p if p.suffix.lower() == ".json" else sidecar_path(p)
     try:
         data = json.loads(side.read_text())
     except FileNotFoundError:

@@ -25,6 +25,7 @@ import torch.nn as nn
 from onnx import helper, numpy_helper
 
 from qatie.export.graph_opt import optimize_fp32, optimize_int8
+from qatie.export.sidecar import sidecar_path
 from qatie.model.network import QATIENet, QConv2d, Up, delta_phase_weights, phase_weights, swapped_hooks
 from qatie.provenance import current_command
 from qatie.model.pair_safety import risky_weight_pairs
@@ -380,10 +381,6 @@ def _quantize_weights(g, nodes: list, keep: set[str], dq_scale: dict):
         weights.append({"conv": node.name, "module": module, "weight": w_name, "scales": sw.tolist()})
         weight_nodes += extra
     return weights, weight_nodes
-
-
-def sidecar_path(onnx_path) -> Path:
-    return Path(onnx_path).with_suffix(".json")
 
 
 def _toposort(nodes, graph) -> list:
