@@ -16,6 +16,8 @@
   X-Forwarded-For address) each submit a 1-MP compare at once; then another visitor does: that lone visitor's time to outputs and to the final
   update, the flooders' outcomes, and (for a server started here) its RSS with children, peak
   during the flood and once it is over.
+* **QAT step cost** (`--qat-cost`, no app): what a QAT step costs in FP32 steps at the Train
+  tab's defaults on one torch thread — the range the Train tab's time estimate uses.
 * **First view** (`--first-view`): in headless Chromium (/usr/bin/chromium, Playwright), from
   navigating to the page until the first view's comparison (the example's headline and enlarged
   crops, computed at start-up and cached) is on screen; a fresh browser page each time, median
@@ -214,6 +216,41 @@ def time_first_view(url: str, runs: int) -> dict:
     return {"loads_s": times, "median_s": statistics.median(times)}
 
 
+def qat_step_cost(steps: int = 60) -> dict:
+    """What a QAT step costs in FP32 steps at the Train tab's defaults, one torch thread, in this
+    process (no app): `steps` FP32 steps, then as many QAT steps from that model; speeds measured
+    after the first 5 steps of each (`app.train.progress.QAT_STEP_COST_RANGE`)."""
+    import dataclasses
+
+    import torch
+
+    from qatie.model.checkpoint import load_model, save_checkpoint
+    from qatie.quantize.qat import run_qat
+    from qatie.train.loop import train
+
+    from app.train import handlers as tt
+
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp(prefix="qatie-qat-cost-"))
+    s = dataclasses.replace(tt.DEFAULTS, fp32_steps=steps, qat_steps=steps)
+    train_cfg, _, qat_cfg = tt.stage_configs(s, "samples", s.width, threads=1)
+    never = 10 ** 6  # no validation or checkpoints inside the timed steps
+    seen: dict[str, list[tuple[int, float]]] = {"fp32": [], "qat": []}
+    train(dataclasses.replace(train_cfg, val_every=never, checkpoint_every=never), folder / "fp32",
+          progress=lambda e: seen["fp32"].append((e["step"], time.perf_counter())))
+    save_checkpoint(folder / "fp32.pt", load_model(folder / "fp32" / "last.pt"), kind="fp32",
+                    config=train_cfg.to_dict())
+    run_qat(folder / "fp32.pt", folder / "qat.pt", dataclasses.replace(qat_cfg, val_every=never),
+            progress=lambda e: seen["qat"].append((e["step"], time.perf_counter())))
+
+    def rate(kind: str) -> float:
+        (s0, t0), (s1, t1) = seen[kind][5], seen[kind][-1]
+        return (s1 - s0) / (t1 - t0)
+
+    return {"steps": steps, "fp32_steps_per_s": round(rate("fp32"), 3), "qat_steps_per_s": round(rate("qat"), 3),
+            "qat_step_cost": round(rate("fp32") / rate("qat"), 2)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="measure an app already running at this URL (no cold start)")
@@ -224,6 +261,8 @@ def main(argv=None) -> int:
                     help="also measure a lone visitor's 1-MP compare while N other sessions each submit one")
     ap.add_argument("--first-view", action="store_true",
                     help="also time page load → first view's comparison on screen, in headless Chromium")
+    ap.add_argument("--qat-cost", action="store_true",
+                    help="only measure what a QAT step costs in FP32 steps at the Train tab's defaults (no app)")
     args = ap.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="qatie-measure-"))
     from qatie.runtime.cpu import cpu_name, int8_path
@@ -232,6 +271,13 @@ def main(argv=None) -> int:
                     "cpu": cpu_name(), "int8_path": int8_path(), "load_avg_1m": round(os.getloadavg()[0], 2)}
     print(f"CPU: {report['cpu']} ({report['cpus']} usable cores, INT8 kernels: {report['int8_path']}); "
           f"load average before: {report['load_avg_1m']}")
+    if args.qat_cost:
+        report["qat_cost"] = q = qat_step_cost()
+        print(f"Train tab defaults, one torch thread: FP32 {q['fp32_steps_per_s']} steps/s, QAT {q['qat_steps_per_s']} "
+              f"steps/s: a QAT step costs {q['qat_step_cost']} FP32 steps")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+        return 0
 
     def run(url: str, pid: int | None = None) -> None:
         if args.first_view:  # first: the heavier measurements below would only delay it

@@ -272,6 +272,10 @@ def test_about_tab_tables_and_links(server, browser):
 def test_train_progress_and_cancel(server, browser):
     with opened_page(browser, server, DESKTOP) as pg:
         pg.get_by_role("tab", name="Train").click()
+        # The button and the progress line are both on the first screen of a laptop.
+        pg.wait_for_selector("#train-btn")
+        assert box(pg, "#train-btn")["bottom"] <= DESKTOP["height"], box(pg, "#train-btn")
+        assert 0 <= box(pg, "#train-status")["top"] < DESKTOP["height"], box(pg, "#train-status")
         pg.click("#train-btn")
         # One progress display: the status line counts steps and estimates the time left.
         pg.wait_for_function("() => /step \\d+ of \\d+/.test(document.querySelector('#train-status').innerText)",

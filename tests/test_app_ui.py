@@ -171,15 +171,16 @@ def test_model_card_tables_each_have_a_heading_and_no_internal_paths(tmp_path):
 
 
 def test_train_progress_line_has_an_eta_from_measured_speed():
-    from app.train.handlers import QAT_STEP_COST, progress_md
+    from app.train.handlers import progress_md
+    from app.train.progress import QAT_STEP_COST_RANGE
 
     assert progress_md("Loading torch…", None, 100.0, 3.0, 150) == "**Loading torch…** · 0:03 elapsed"
     # 120 steps in 60 s since step 2 → 2 steps/s; 478 left → 3:59; then 150 QAT steps at the measured speed.
     line = progress_md("FP32 training", ("fp32", 122, 600, (2, 40.0)), 100.0, 61.0, 150)
     assert "step 122 of 600 (20%)" in line and "1:01 elapsed" in line
     assert "about 3:59 left in this stage (2.00 steps/s)" in line
-    qat_s = round(150 * QAT_STEP_COST / 2.0)
-    assert f"then 150 QAT steps, about {qat_s // 60}:{qat_s % 60:02d}" in line
+    lo, hi = (round(150 * cost / 2.0) for cost in QAT_STEP_COST_RANGE)
+    assert f"then 150 QAT steps, about {lo // 60}:{lo % 60:02d}–{hi // 60}:{hi % 60:02d}" in line
     assert "\n" not in line
 
 

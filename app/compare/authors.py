@@ -29,6 +29,7 @@ from app.compare.pipeline import PERCEPTUAL_HEADERS, _f, _num, perceptual_cells,
 FILE_NAME = "qatie_official_int8_100x100.tflite"
 PATH = Path(os.environ.get("QATIE_AUTHORS_TFLITE") or REPO_ROOT.parent / "shared" / "reference" / FILE_NAME)
 LABEL = "Authors' INT8 TFLite (as released)"
+SHORT_LABEL = "Authors' TFLite"  # over the picture itself, where the long label covered a corner of it
 INSTALL_NOTICE = ("The authors' own INT8 TFLite model is not shown: `pip install ai-edge-litert` adds it as a "
                   "fourth picture.")
 #: What the latency shown for the authors' picture is (`Beside`).

@@ -149,6 +149,15 @@ NEW_PHOTO_HEADLINE = ('<div class="headline">📷 <b>New photo loaded</b> — pr
                       "the result below is still the previous photo's.</div>")
 
 
+NEW_MODELS_HEADLINE = ('<div class="headline">🔁 <b>Other models selected</b> — press <b>Compare</b> to rate them; '
+                       "the result below is still the previous models'.</div>")
+
+
+def models_changed() -> str:
+    """The model set changed (picked, or a training just finished): the result shown is stale."""
+    return NEW_MODELS_HEADLINE
+
+
 def photo_changed(with_gallery: bool):
     """A photo of the user's own replaced the input: say the result is stale, unmark the example."""
     return (NEW_PHOTO_HEADLINE, gr.update(selected_index=None)) if with_gallery else NEW_PHOTO_HEADLINE

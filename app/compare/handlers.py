@@ -158,6 +158,12 @@ def _drop_reference(prep: core.Prepared) -> None:
                         "its target.")
 
 
+def _working(what: str) -> str:
+    """The headline while a comparison runs: the top of the page says what is happening (on a
+    phone it is the first thing on screen) instead of showing empty boxes."""
+    return f'<div class="headline">⏳ {what}</div>'
+
+
 def _waiting(ahead: int) -> dict:
     return {"notice": f"⏳ Waiting for a free slot — {ahead} request(s) ahead of yours. Visitors are served in "
                       "turn; your comparison starts as soon as a slot frees."}
@@ -304,6 +310,7 @@ class CompareRun:
         update = empty_outputs(_notice(self.prep, self.model_set, self.overrides,
                                        "Running FP32, PTQ-INT8 and QAT-INT8…"))
         update["input"] = self.shown["input"]
+        update["headline"] = _working("Running FP32, PTQ-INT8 and QAT-INT8 on your photo…")
         self.mark("input ready")
         return update
 
@@ -328,7 +335,8 @@ class CompareRun:
                                            self.request_dir))
         self.mark("outputs ready (models " + ", ".join(f"{r} {self.latencies[r][0]:.0f} ms"
                                                        for r in models.ROLES) + ")")
-        return {"notice": self.notice("Measuring…"), **{role: self.shown[role] for role in models.ROLES}}
+        return {"notice": self.notice("Measuring…"), **{role: self.shown[role] for role in models.ROLES},
+                "headline": _working("The three outputs are below — now measuring what a viewer would notice…")}
 
     # -- 3. the analysis ----------------------------------------------------------------------
     def _analyse(self) -> dict:

@@ -237,6 +237,8 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
     for event in (tab.image_in.upload, tab.image_in.clear):
         event(first_view.drop_example_reference, tab.reference_in, tab.reference_in, queue=False,
               api_visibility="private")
+    # Other models (picked, or a training that just finished selects its set): the result is the old ones'.
+    tab.model_set.change(first_view.models_changed, None, tab.headline_html, queue=False, api_visibility="private")
     for event in (tab.reference_in.change, tab.simulate.change, tab.model_set.change):
         event(first_view.reference_note, [tab.reference_in, tab.simulate, tab.model_set], tab.ref_note, queue=False,
               api_visibility="private")

@@ -40,18 +40,19 @@ def build() -> TrainTab:
     """The tab's components, in the current Tab context."""
     gr.Markdown(
         "Train a small FP32 model, quantize it with **PTQ** (calibration only) and **QAT** (a short "
-        "fine-tune with simulated INT8), and export all three to ONNX. The line above the curves shows "
-        "the step, the time elapsed and the time left at the measured speed. The new set joins the Compare and Benchmark tabs' model lists "
-        "for *this browser session* only; the shipped models stay. Short trainings make weak "
+        "fine-tune with simulated INT8), and export all three to ONNX. The new set joins the Compare and "
+        "Benchmark tabs' model lists for *this browser session* only. Short trainings make weak "
         "enhancers — the point is to watch what quantization does to them.")
-    gr.Markdown(train_tab.budget_md(), elem_id="train-budget")
+    with gr.Accordion("Compute budget of this demo", open=False):
+        gr.Markdown(train_tab.budget_md(), elem_id="train-budget")
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             t_data = gr.Radio([train_tab.DATA_SAMPLES, train_tab.DATA_UPLOADS],
                               value=train_tab.DATA_SAMPLES, label="Training photos")
             t_photos = gr.File(label=f"Your photos (clean and well exposed; up to "
                                      f"{train_tab.MAX_TRAIN_PHOTOS}; degraded on the fly)",
-                               file_count="multiple", file_types=["image"], type="filepath")
+                               file_count="multiple", file_types=["image"], type="filepath",
+                               visible=False)  # shown when "My photos" is picked (`wire`)
             t_init = gr.Radio([train_tab.INIT_SCRATCH, train_tab.INIT_SHIPPED],
                               value=train_tab.INIT_SCRATCH, label="Start from")
             d = train_tab.DEFAULTS
@@ -97,3 +98,6 @@ def wire(tab: TrainTab, session_sets: gr.State, model_dropdowns: Sequence[gr.Dro
         show_progress="hidden",  # one progress display: the status line (no overlay on the curves)
     )
     tab.cancel.click(train_tab.cancel, None, tab.status, cancels=[t_evt], queue=False, api_visibility="private")
+    # The upload box only when it is used: the Train button stays on the first screen.
+    tab.data.change(lambda d: gr.update(visible=d == train_tab.DATA_UPLOADS), tab.data, tab.photos, queue=False,
+                    api_visibility="private")

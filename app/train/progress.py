@@ -6,9 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-#: A QAT step (fake quantization and a teacher pass) costs this many FP32 steps (0.94 vs 0.165 s at the
-#: Train tab's defaults): the budget counts it so, and the ETA before QAT starts uses it.
-QAT_STEP_COST = 5.5
+#: What a QAT step (fake quantization and a teacher pass) costs in FP32 steps at the Train tab's
+#: defaults, on one torch thread (`python -m app.measure --qat-cost`): 2.2 on a lightly loaded 2-core AMD EPYC
+#: (AVX2), 5.5 on the same machine under load (~7): the per-step overhead of fake quantization grows
+#: more with load than the convolutions do. The time left before QAT starts is given as this range;
+#: once QAT runs, its own measured speed.
+QAT_STEP_COST_RANGE = (2.2, 5.5)
+#: The budget counts a QAT step at the top of the range.
+QAT_STEP_COST = QAT_STEP_COST_RANGE[1]
 
 def plot_curves(points: list[dict], fp32_steps: int, total_steps: int, path: Path) -> str:
     """Loss (left) and validation PSNR of the model vs the unprocessed input (right), FP32 then QAT
@@ -83,7 +88,7 @@ def _mmss(seconds: float) -> str:
 def progress_md(stage: str, latest, now: float, elapsed: float, qat_steps: int) -> str:
     """The Train tab's one progress line: stage, step i of n, time elapsed and — once two steps
     have been seen — the time left in this stage at the speed measured so far (and, during FP32,
-    the QAT stage's estimate from that speed: a QAT step costs `QAT_STEP_COST` FP32 steps)."""
+    the QAT stage's estimate from that speed: a QAT step costs `QAT_STEP_COST_RANGE` FP32 steps)."""
     line = f"**{stage}** · {_mmss(elapsed)} elapsed"
     if latest is None:
         return line
@@ -93,5 +98,6 @@ def progress_md(stage: str, latest, now: float, elapsed: float, qat_steps: int) 
         rate = (step - first_step) / (now - t_first)  # steps per second
         line += f" · about {_mmss((steps - step) / rate)} left in this stage ({rate:.2f} steps/s)"
         if kind == "fp32" and qat_steps:
-            line += f"; then {qat_steps} QAT steps, about {_mmss(qat_steps * QAT_STEP_COST / rate)}"
+            lo, hi = (qat_steps * cost / rate for cost in QAT_STEP_COST_RANGE)
+            line += f"; then {qat_steps} QAT steps, about {_mmss(lo)}–{_mmss(hi)}"
     return line
