@@ -305,11 +305,10 @@ class CompareRun:
 
     # -- 1. the input -----------------------------------------------------------------------
     def _show_input(self) -> dict:
-        disp, self.display_scale = _display(self.prep.image)
-        self.shown["input"] = render.save_png(disp, self.request_dir / "input.png")
+        """Blank the previous result at once (the photo itself is on screen in the upload box; its
+        PNG here goes out with the three outputs, encoded beside them, not before the models)."""
         update = empty_outputs(_notice(self.prep, self.model_set, self.overrides,
                                        "Running FP32, PTQ-INT8 and QAT-INT8…"))
-        update["input"] = self.shown["input"]
         update["headline"] = _working("Running FP32, PTQ-INT8 and QAT-INT8 on your photo…")
         self.mark("input ready")
         return update
@@ -331,11 +330,12 @@ class CompareRun:
         except Exception as exc:
             raise user_error(exc, "running the models") from None
         # Encoded together once the passes are done (on both cores), so no pass is timed beside one.
-        self.shown.update(render.save_pngs({role: _display(self.outputs[role])[0] for role in models.ROLES},
-                                           self.request_dir))
+        disp, self.display_scale = _display(prep.image)
+        self.shown.update(render.save_pngs({"input": disp, **{role: _display(self.outputs[role])[0]
+                                                              for role in models.ROLES}}, self.request_dir))
         self.mark("outputs ready (models " + ", ".join(f"{r} {self.latencies[r][0]:.0f} ms"
                                                        for r in models.ROLES) + ")")
-        return {"notice": self.notice("Measuring…"), **{role: self.shown[role] for role in models.ROLES},
+        return {"notice": self.notice("Measuring…"), **{k: self.shown[k] for k in ("input", *models.ROLES)},
                 "headline": _working("The three outputs are below — now measuring what a viewer would notice…")}
 
     # -- 3. the analysis ----------------------------------------------------------------------
