@@ -22,7 +22,7 @@ from app.about import texts as about
 from app.compare import authors
 from app.compare import example_cache
 from app.compare import first_view
-from app.inspect import panel as inspect_panel
+from app.inspect import layout as inspect_panel
 from app.about import modelcard
 from app.train import handlers as train_tab
 from app.about import layout as tab_about

@@ -189,7 +189,7 @@ def test_inspect_calibration_falls_back_to_sample_photos_when_the_sets_photos_ar
     built-in samples, and the note says so instead of failing on a missing folder."""
     import json
 
-    from app.inspect import panel as ip
+    from app.inspect import handlers as ip
 
     paths = {r: str(tmp_path / f"{r}.onnx") for r in ("fp32", "ptq", "qat")}
     meta = {"calib": f"clean:{tmp_path / 'absent'}", "num_calib": 4, "seed": 1}

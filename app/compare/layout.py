@@ -18,7 +18,7 @@ from app.compare import authors
 from app.compare import handlers as compare
 from app.compare import first_view
 from app.boundary import guard
-from app.inspect import panel as inspect_panel
+from app.inspect import layout as inspect_panel
 from app.compare import zoom
 
 #: After an example click: bring the result into view when it is not (phones: it is below the inputs).
