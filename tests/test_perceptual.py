@@ -79,3 +79,16 @@ def test_measuring_grid_keeps_small_pictures_whole_and_halves_a_megapixel():
     assert pc.grid_factor(512, 512) == 1 and pc.grid_factor(816, 1224) == 2
     a = np.zeros((816, 1224, 3), np.uint8)
     assert pc.delta_e00(a, a).shape == (408, 612)
+
+
+@pytest.mark.parametrize("h, w", [(816, 1224), (1081, 1921), (2000, 3001)])
+def test_the_measuring_grid_is_each_blocks_mean(h, w):
+    """`_reduced` sums blocks in integers (fast); that is exactly the float64 mean of each block,
+    on the whole grid and on a sample of its cells (what the JPEG ladder reads)."""
+    u8 = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    k = pc.grid_factor(h, w)
+    gh, gw = h // k, w // k
+    mean = u8[:gh * k, :gw * k].reshape(gh, k, gw, k, 3).mean(axis=(1, 3)).astype(np.float32) / 255.0
+    assert k > 1 and np.array_equal(pc._reduced(u8), mean)
+    cells = np.random.default_rng(0).choice(gh * gw, 500, replace=False)
+    assert np.array_equal(pc._reduced(u8, cells=cells), mean.reshape(-1, 3)[cells])

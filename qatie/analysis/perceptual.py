@@ -67,13 +67,28 @@ def grid_factor(h: int, w: int) -> int:
     return k
 
 
-def _reduced(u8: np.ndarray) -> np.ndarray:
+def _reduced(u8: np.ndarray, cells: np.ndarray | None = None) -> np.ndarray:
+    """The picture on the measuring grid: each k×k block's mean, float32 in [0, 1] (uint8 as is
+    when k = 1). `cells`: only these grid cells (flat indices), as an N×3 array. Block sums are
+    exact integers, so this is the same as a float64 mean of each block, without the full-size
+    float copy (a tenth of the time)."""
     h, w = u8.shape[:2]
     k = grid_factor(h, w)
     if k == 1:
-        return u8
-    hh, ww = (h // k) * k, (w // k) * k
-    return u8[:hh, :ww].reshape(hh // k, k, ww // k, k, 3).mean(axis=(1, 3)).astype(np.float32) / 255.0
+        return u8 if cells is None else u8.reshape(-1, 3)[cells]
+    gh, gw = h // k, w // k
+    if cells is None:
+        total = np.zeros((gh, gw, 3), np.uint32)
+        for dy in range(k):
+            for dx in range(k):
+                total += u8[dy:gh * k:k, dx:gw * k:k]
+    else:
+        rows, cols = np.divmod(cells, gw)
+        total = np.zeros((len(cells), 3), np.uint32)
+        for dy in range(k):
+            for dx in range(k):
+                total += u8[rows * k + dy, cols * k + dx]
+    return (total / (k * k)).astype(np.float32) / 255.0
 
 
 def lab(u8: np.ndarray) -> np.ndarray:
@@ -131,7 +146,7 @@ def jpeg_ladder(reference_u8: np.ndarray, qualities=JPEG_QUALITIES, reference_la
     flat = ref_lab.reshape(-1, 3)
     pick = np.random.default_rng(0).choice(len(flat), size=min(sample, len(flat)), replace=False)
     def rung(q: int) -> dict:
-        copy = _reduced(jpeg_copy(reference_u8, q)).reshape(-1, 3)[pick]
+        copy = _reduced(jpeg_copy(reference_u8, q), cells=pick)
         copy = copy.astype(np.float32) / 255.0 if copy.dtype == np.uint8 else copy
         return {"quality": int(q), **summarise(delta_e00_lab(flat[pick], rgb2lab(copy[:, None, :])[:, 0, :]
                                                              .astype(np.float32)))}
