@@ -1,8 +1,8 @@
 """The Compare tab's event handlers (Gradio side of `app.compare.pipeline`). No torch.
 
 `compare` streams named updates ({output name: value}, `OUTPUT_NAMES`) from a `CompareRun`,
-whose stages are the design: the input at once; one pass of each model (the three outputs, and
-each model's first latency sample); the analysis, with the authors' TFLite picture computed
+whose stages are the design: the previous result blanked at once; one pass of each model (the
+three outputs, and each model's first latency sample); the analysis, with the authors' TFLite picture computed
 beside it; more timing rounds while they fit the time budget; a final update carrying every
 output. `as_slots` turns an update into Gradio's list of event outputs.
 """
@@ -229,8 +229,9 @@ def compare_ui(image, reference=None, simulate=False, seed=0, full_size=False, m
 class CompareRun:
     """One comparison, stage by stage; `stream()` yields the named updates:
 
-    1. blank the previous result and show the input (its transfer overlaps the models);
-    2. ONE pass of each model: the three outputs, and each model's first latency sample;
+    1. blank the previous result at once, the headline saying what runs;
+    2. ONE pass of each model: the three outputs (and the input as the models got it), and each
+       model's first latency sample;
     3. the analysis (table, verdict, maps, zoom, sliders) — the authors' TFLite picture (paper set)
        is computed beside it and follows;
     4. more interleaved timing rounds while they fit the time budget, so the latency shown ends as
@@ -282,7 +283,7 @@ class CompareRun:
                 yield example_cache.replay(cached)
                 return
             self.request_dir = config.work_dir("requests", uuid.uuid4().hex)
-            yield self._show_input()
+            yield self._blank()
             yield self._run_models()
             yield self._analyse()
             if self.beside is not None:
@@ -303,8 +304,8 @@ class CompareRun:
     def notice(self, extra: str = "") -> str:
         return _notice(self.prep, self.model_set, self.overrides, extra, self.tflite["note"])
 
-    # -- 1. the input -----------------------------------------------------------------------
-    def _show_input(self) -> dict:
+    # -- 1. blank the previous result ------------------------------------------------------
+    def _blank(self) -> dict:
         """Blank the previous result at once (the photo itself is on screen in the upload box; its
         PNG here goes out with the three outputs, encoded beside them, not before the models)."""
         update = empty_outputs(_notice(self.prep, self.model_set, self.overrides,
