@@ -108,9 +108,45 @@ def table(photos=PHOTOS, threads: int = 1) -> list[dict]:
     return rows
 
 
-def main() -> int:
+def cost(runs: int = 5) -> dict:
+    """What rating costs on a 1-MP photo (1224×816, the astronaut): the CIELAB of one picture on
+    the measuring grid, the ΔE00 map of one INT8 picture, the JPEG ladder — median ms of `runs`."""
+    import statistics
+    import time
+
+    from PIL import Image
+
+    from qatie.analysis.perceptual import JPEG_QUALITIES, delta_e00_lab, jpeg_ladder, lab
+    from qatie.data.datasets import sample_images
+    from qatie.imageio import to_uint8
+
+    photo = np.asarray(Image.fromarray(to_uint8(sample_images(("astronaut",))["astronaut"])).resize((1224, 816)))
+    other = np.clip(photo.astype(np.int16) + np.random.default_rng(0).integers(-3, 4, photo.shape), 0, 255).astype(np.uint8)
+    ref = lab(photo)
+    jobs = {"lab (one picture)": lambda: lab(other), "ΔE00 map (one picture)": lambda: delta_e00_lab(ref, lab(other)),
+            "JPEG ladder": lambda: jpeg_ladder(photo, JPEG_QUALITIES, ref)}
+    out = {}
+    for name, job in jobs.items():
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            job()
+            times.append((time.perf_counter() - t0) * 1000)
+        out[name] = statistics.median(times)
+    return out
+
+
+def main(argv=None) -> int:
+    import sys
+
     from qatie.runtime.cpu import cpu_name, int8_path
 
+    argv = sys.argv[1:] if argv is None else argv
+    if "--cost" in argv:
+        print(f"CPU: {cpu_name()}; a 1-MP photo, median of 5:")
+        for name, ms in cost().items():
+            print(f"  {name}: {ms:.0f} ms")
+        return 0
     print(f"CPU: {cpu_name()} (INT8 kernels: {int8_path()}); classes: "
           + "; ".join(f"{c.rank} {c.name} (share over 1 JND < {c.max_share_visible:.0%}, mean ΔE00 < "
                       f"{c.max_mean_de00:g})" for c in CLASSES[:-1]) + f"; {CLASSES[-1].rank} {CLASSES[-1].name}")
