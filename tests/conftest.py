@@ -118,6 +118,81 @@ def clean_dir(tmp_path) -> Path:
     return d
 
 
+def graph_counts(model=None) -> dict:
+    """The counts of an INT8 export's non-conv parts that graph tests check, derived from the
+    network (the full variant by default), never typed in. `tanh_tables`: each gated encoder
+    quantizes both branches' tanh twice — for its gate (q_ta, q_tb) and for a later concat (q_ca,
+    q_cb) — one lookup table (QLinearSigmoid) each; `instance_norms`: the float islands (each a
+    DequantizeLinear before, a QuantizeLinear after); `uint8_copies`: nodes that move a quantized
+    tensor without arithmetic — each refine block's and fuse's concat, the interleave of each
+    up-conv but the merged one (up1: its phases feed delta), and the interleave of delta computed
+    on up1's phases; `phase_slices`: tensors that are channels of a wider one — up1's phases (one
+    merged conv) and delta's phases (padded to more outputs)."""
+    import torch
+
+    from qatie.model.network import PHASES, Fuse, GatedEncoder, Refine, Up, build_model
+
+    model = model if model is not None else build_model(8)
+    n = lambda kind: sum(isinstance(m, kind) for m in model.modules())  # noqa: E731
+    return {"tanh_tables": sum(len((e.q_ta, e.q_tb, e.q_ca, e.q_cb)) for e in model.modules() if isinstance(e, GatedEncoder)),
+            "instance_norms": n(torch.nn.InstanceNorm2d), "uint8_copies": n(Refine) + n(Fuse) + (n(Up) - 1) + 1,
+            "phase_slices": len(PHASES) + 1}
+
+
+def tolerance(key: str):
+    """The entry `key` of tests/tolerances.py's TOLERANCES; a dotted key reaches into a nested
+    entry ("qat_sim_vs_ort.max_levels")."""
+    from tolerances import TOLERANCES
+
+    entry = TOLERANCES
+    for part in key.split("."):
+        if not isinstance(entry, dict) or part not in entry:
+            raise KeyError(f"{key!r} is not an entry of tests/tolerances.py")
+        entry = entry[part]
+    return entry
+
+
+def _as_array(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor (torch is not imported here: some tests stay torch-free)
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_close(actual, expected, key: str) -> float:
+    """kornia-style: `actual` equals `expected` within the tolerance `key` of tests/tolerances.py,
+    elementwise. The entry is a number (the largest absolute difference allowed) or a dict with
+    `max_abs`, or `abs` and/or `rel` (|actual − expected| ≤ abs + rel·|expected|, as numpy's
+    allclose). Numbers, arrays and torch tensors; `expected` may broadcast to `actual`'s shape.
+    Fails naming the key, the bound and the measured difference (for arrays: the largest and
+    where); returns the largest absolute difference."""
+    entry = tolerance(key)
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"max_abs", "abs", "rel"}
+        if unknown or not entry:
+            raise KeyError(f"tolerance {key!r} has no max_abs / abs / rel (it has {sorted(entry)}): name its leaf")
+        abs_tol, rel_tol = entry.get("max_abs", entry.get("abs", 0.0)), entry.get("rel", 0.0)
+    else:
+        abs_tol, rel_tol = float(entry), 0.0
+    a, e = _as_array(actual), _as_array(expected)
+    if np.broadcast_shapes(a.shape, e.shape) != a.shape:
+        raise AssertionError(f"{key}: shapes differ: actual {a.shape}, expected {e.shape}")
+    e = np.broadcast_to(e, a.shape)
+    diff = np.abs(a - e)
+    bound = abs_tol + rel_tol * np.abs(e)
+    worst = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else 0.0
+    bad = ~(diff <= bound)  # NaN anywhere fails
+    if bad.any():
+        over = np.where(bad, np.nan_to_num(diff - bound, nan=np.inf), -np.inf)
+        i = np.unravel_index(int(np.argmax(over)), a.shape)
+        where = f" at {tuple(int(k) for k in i)}" if a.ndim else ""
+        rule = f"{abs_tol:.3g}" + (f" + {rel_tol:.3g}·|expected|" if rel_tol else "")
+        raise AssertionError(
+            f"{key} (tests/tolerances.py): |actual − expected| = {float(diff[i]):.4g}{where} "
+            f"(actual {float(a[i]):.8g}, expected {float(e[i]):.8g}) exceeds the bound {rule} = {float(bound[i]):.4g}; "
+            f"{int(bad.sum())} of {a.size} values over, largest difference {worst:.4g}")
+    return worst
+
+
 def cli_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -256,16 +256,24 @@ def test_about_tab_tables_and_links(server, browser):
         assert "../shared" not in text and "clean_split.json" not in text
         links = pg.evaluate("() => [...document.querySelectorAll('a')].map(a => a.href)")
         assert any("arxiv.org/abs/2604.21743" in h for h in links) and any("github.com/GenAI4E/QATIE" in h for h in links)
-        # Each table has its own heading, and no number wraps onto a second line.
+        # Each table has its own heading, and no number wraps onto a second line: the text of every
+        # cell lies on one line (its line boxes, counted from the text's client rects: a rect whose
+        # middle is below the previous line's bottom starts a new line).
         tables = pg.evaluate("""() => [...document.querySelectorAll('.card-tables table')].filter(t => t.offsetParent)
             .map(t => { let h = t.previousElementSibling; while (h && !/^H[1-6]$/.test(h.tagName)) h = h.previousElementSibling;
-                        const hs = [...t.querySelectorAll('td')].map(td => td.getBoundingClientRect().height);
-                        return {heading: h ? h.innerText : null, tallest: Math.max(...hs), lowest: Math.min(...hs)}; })""")
+                        const lines = td => { const r = document.createRange(); r.selectNodeContents(td);
+                            const rects = [...r.getClientRects()].filter(x => x.width > 0 && x.height > 0).sort((a, b) => a.top - b.top);
+                            let n = 0, bottom = -Infinity;
+                            for (const x of rects) { if ((x.top + x.bottom) / 2 > bottom) { n++; bottom = x.bottom; } else bottom = Math.max(bottom, x.bottom); }
+                            return n; };
+                        const cells = [...t.querySelectorAll('td')];
+                        return {heading: h ? h.innerText : null, lines: cells.map(lines),
+                                wrapped: cells.filter(td => lines(td) > 1).map(td => td.innerText)}; })""")
         assert tables, "no model card tables on the About tab"
         headings = [t["heading"] for t in tables]
         assert None not in headings and len(set(headings)) == len(headings), headings
         for t in tables:
-            assert t["tallest"] < 1.5 * t["lowest"], f"a cell wraps in the table under {t['heading']!r}"
+            assert max(t["lines"]) == 1, f"cells wrap in the table under {t['heading']!r}: {t['wrapped']}"
         assert pg.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
 
 

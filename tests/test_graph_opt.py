@@ -26,7 +26,7 @@ from qatie.export.to_onnx import export_int8
 from qatie.model.network import build_model
 from qatie.model.quant import calibrate
 from qatie.runtime.enhancer import OnnxEnhancer, session_options
-from conftest import REPO_ROOT, conv_counts, make_image, non_saturating_weights
+from conftest import REPO_ROOT, conv_counts, graph_counts, make_image, non_saturating_weights
 
 SIZES = ((17, 31), (40, 56), (64, 24))
 
@@ -77,12 +77,14 @@ def test_optimised_int8_equals_unoptimised_bit_for_bit(tmp_path, monkeypatch, wi
     # every conv (each up-conv as its phases), up1's phases merged into one (they feed delta together)
     assert ort_ops["QLinearConv"] == conv_counts()["int8"] and ort_ops["Conv"] == 0 and ort_ops["Resize"] == 0, ort_ops
     # No float work left between the integer kernels but the InstanceNorm islands: no QLinearConcat,
-    # no float Tanh, no Q/DQ except around the 5 InstanceNorms and at the input and output.
-    assert ort_ops["QLinearConcat"] == 0 and ort_ops["Tanh"] == 0 and ort_ops["QLinearSigmoid"] == 8, ort_ops
-    assert ort_ops["DequantizeLinear"] == 5 + 1 and ort_ops["QuantizeLinear"] == 5 + 1, ort_ops
+    # no float Tanh (each a lookup table), no Q/DQ except around the InstanceNorms and at the input and output.
+    counts = graph_counts()
+    assert ort_ops["QLinearConcat"] == 0 and ort_ops["Tanh"] == 0, ort_ops
+    assert ort_ops["QLinearSigmoid"] == counts["tanh_tables"], ort_ops
+    assert ort_ops["DequantizeLinear"] == ort_ops["QuantizeLinear"] == counts["instance_norms"] + 1, ort_ops
     # delta's phases are padded to 16 outputs and split straight into its four phases plus the
     # padding channels (no Slice copy of the real ones first)
-    assert [len(n.output) for n in onnx.load(str(opt)).graph.node if n.op_type == "Split"] == [5]
+    assert [len(n.output) for n in onnx.load(str(opt)).graph.node if n.op_type == "Split"] == [conv_counts()["phases"] + 1]
     assert_sidecar_follows_graph(opt)
     side = json.loads(sidecar_path(opt).read_text())
     assert side["graph_opt"] and any("delta" in c for c in side["graph_opt"])

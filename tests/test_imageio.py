@@ -8,6 +8,7 @@ from PIL import Image
 
 from qatie.errors import ImageReadError, QatieError
 from qatie.imageio import decode_image, list_images, read_image, to_uint8, write_image
+from conftest import assert_close
 from tolerances import TOLERANCES
 
 
@@ -116,7 +117,7 @@ def test_16bit_grayscale_png_keeps_precision(tmp_path):
     Image.fromarray(arr).save(p)
     a = read_image(p)
     _check_rgb(a, (7, 13))
-    np.testing.assert_allclose(a[..., 1], arr / 65535.0, atol=TOLERANCES["uint16_to_float32_max_abs"])
+    assert_close(a[..., 1], arr / 65535.0, "uint16_to_float32_max_abs")
 
 
 def test_16bit_rgb_tiff_keeps_precision(tmp_path):
@@ -126,7 +127,7 @@ def test_16bit_rgb_tiff_keeps_precision(tmp_path):
     tifffile.imwrite(p, arr, photometric="rgb")
     a = read_image(p)
     _check_rgb(a, (6, 9))
-    np.testing.assert_allclose(a, arr / 65535.0, atol=TOLERANCES["uint16_to_float32_max_abs"])  # not reduced to 8 bits
+    assert_close(a, arr / 65535.0, "uint16_to_float32_max_abs")  # not reduced to 8 bits
 
 
 def test_cmyk_jpeg(tmp_path):
@@ -134,8 +135,7 @@ def test_cmyk_jpeg(tmp_path):
     Image.new("CMYK", (12, 8), (0, 255, 255, 0)).save(p, quality=95)  # pure red in CMYK
     a = read_image(p)
     _check_rgb(a, (8, 12))
-    r, g, b = a[4, 6]
-    assert r > 0.8 and g < 0.2 and b < 0.2
+    assert_close(a[4, 6], [1, 0, 0], "jpeg_q95_flat_colour")
 
 
 def test_exif_rotated_jpeg(tmp_path):
@@ -147,8 +147,8 @@ def test_exif_rotated_jpeg(tmp_path):
     img.save(p, exif=exif.tobytes(), quality=95)
     a = read_image(p)
     _check_rgb(a, (40, 20))  # transposed shape
-    assert a[2, 10, 0] > 0.8 and a[2, 10, 2] < 0.2  # the left strip is now at the top
-    assert a[-3, 10, 2] > 0.8
+    assert_close(a[2, 10], [1, 0, 0], "jpeg_q95_flat_colour")  # the left (red) strip is now at the top
+    assert_close(a[-3, 10], [0, 0, 1], "jpeg_q95_flat_colour")
 
 
 def test_float_mode_and_32bit_int(tmp_path):
@@ -218,5 +218,6 @@ def test_exif_bomb_png_decodes_upright_in_bounded_memory(tmp_path, order):
     img = read_image(path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 20e6, f"{peak / 1e6:.0f} MB"
+    print(f"EXIF bomb ({order}): peak {peak / 1e6:.2f} MB traced while decoding")
+    assert peak < TOLERANCES["exif_bomb_decode_peak_mb"] * 1e6, f"{peak / 1e6:.0f} MB"
     assert img.shape == (48, 64, 3) and img[:, -8:].min() == 1.0 and img[:, :-8].max() == 0.0

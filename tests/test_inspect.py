@@ -16,6 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import REPO_ROOT, cli_env, conv_counts, make_image, non_saturating_weights, optimized_nodes, random_model
+from tolerances import TOLERANCES
 
 CKPT = REPO_ROOT / "checkpoints"
 shipped = pytest.mark.skipif(not all((CKPT / f).exists() for f in ("fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx")),
@@ -55,7 +56,7 @@ def test_sqnr_of_a_model_against_itself_is_infinite(small):
     rows = layer_sqnr(small["int8"], [small["int8"]], img, labels=["same"], threads=1)
     assert rows and all(r["sqnr_same_db"] == math.inf for r in rows)
     fig = plot_sqnr(rows)  # identical tensors: no bars, only ∞ marks
-    assert not [p for p in fig.axes[0].patches if p.get_height() > 0 and p.get_width() < 0.9]
+    assert not [p for c in fig.axes[0].containers for p in c.patches]
 
 
 def test_rows_list_every_sidecar_tensor_in_order_and_files_agree(small, tmp_path):
@@ -65,13 +66,15 @@ def test_rows_list_every_sidecar_tensor_in_order_and_files_agree(small, tmp_path
     res = inspect_image(small["fp32"], [small["int8"]], img, threads=1)
     names = [t["name"] for t in sidecar(small["int8"])["tensors"]]
     rows = res["layers"]
-    assert [r["name"] for r in rows] == names and len(names) == 93
+    assert [r["name"] for r in rows] == names and sorted(names) == sorted(qp.qname for qp in small["model"].qpoints())
     assert all(r["stage"] in STAGE_NAMES for r in rows)
     assert {r["stage"] for r in rows} == set(STAGE_NAMES)
     # the network input is quantized exactly (8-bit image, scale 1/255): effectively lossless
-    assert rows[0]["name"] == "q_input" and rows[0]["sqnr_ptq_db"] > 100
+    lossless = TOLERANCES["sqnr_float_rounding_only_min_db"]
     finite = [r["sqnr_ptq_db"] for r in rows[1:]]
-    assert all(math.isfinite(v) and v < 100 for v in finite)
+    print(f"SQNR: q_input {rows[0]['sqnr_ptq_db']:.1f} dB, the others {min(finite):.1f}–{max(finite):.1f} dB")
+    assert rows[0]["name"] == "q_input" and rows[0]["sqnr_ptq_db"] > lossless
+    assert all(math.isfinite(v) and v < lossless for v in finite)
     ax = plot_sqnr(res).axes[0]
     bars = [p for c in ax.containers for p in c.patches]
     assert len(bars) == len(names) * len(sqnr_keys(rows)) - sum(  # a bar per tensor and model, ∞ gets a mark
@@ -105,11 +108,14 @@ def test_a_perturbed_scale_drops_that_tensors_sqnr(small, tmp_path):
     shutil.copy(ok.with_suffix(".json"), bad.with_suffix(".json"))
     img = make_image(48, 64, seed=7)
     rows = {r["name"]: r for r in layer_sqnr(small["fp32"], [ok, bad], img, labels=["ok", "bad"], threads=1)}
-    assert rows[target]["sqnr_bad_db"] < rows[target]["sqnr_ok_db"] - 6, rows[target]
+    tol = TOLERANCES["scale_times_16"]
+    print(f"{target} with its scale ×16: SQNR {rows[target]['sqnr_ok_db']:.1f} → {rows[target]['sqnr_bad_db']:.1f} dB, "
+          f"range-only {rows[target]['range_sqnr_ok_db']:.1f} → {rows[target]['range_sqnr_bad_db']:.1f} dB")
+    assert rows[target]["sqnr_bad_db"] < rows[target]["sqnr_ok_db"] - tol["sqnr_min_loss_db"], rows[target]
     # upstream of the perturbed point nothing changes; its own range-only SQNR drops too
     for name in ("q_input", "enc1.q_a", "ref_s2.q.out"):
         assert rows[name]["sqnr_bad_db"] == rows[name]["sqnr_ok_db"]
-    assert rows[target]["range_sqnr_bad_db"] < rows[target]["range_sqnr_ok_db"] - 15  # 16× step: −24 dB
+    assert rows[target]["range_sqnr_bad_db"] < rows[target]["range_sqnr_ok_db"] - tol["range_sqnr_min_loss_db"]
 
 
 def test_probe_sessions_are_cached_and_keep_integer_kernels(small):
@@ -133,8 +139,11 @@ def test_histogram_ranges_equal_the_sidecar(small):
     assert (r["min"], r["max"], r["scale"], r["zero_point"]) == (t["min"], t["max"], t["scale"], t["zero_point"])
     assert r["step"] == t["scale"] and r["label"] == "ptq"
     assert r["grid_min"] == pytest.approx(-t["zero_point"] * t["scale"])
-    assert sum(h["counts"]) == h["values"]["count"] == 8 * 20 * 28  # channels × (H/2) × (W/2)
-    assert h["edges"][0] <= min(h["values"]["min"], r["grid_min"]) and h["edges"][-1] >= r["grid_max"] - 1e-6
+    conv = small["model"].enc1.a  # enc1.q_a is its output: channels × (H/2) × (W/2) values
+    assert sum(h["counts"]) == h["values"]["count"] == conv.out_channels * math.prod(
+        -(-n // s) for n, s in zip(img.shape[:2], conv.stride))
+    # the edges are float32, like the activations they count: the grid's ends rounded to float32
+    assert h["edges"][0] <= min(h["values"]["min"], r["grid_min"]) and h["edges"][-1] >= np.float32(r["grid_max"])
     assert plot_histogram(h).axes[0].get_yscale() == "log"
     # the ONNX tensor name finds the same point
     assert activation_histogram(small["fp32"], t["onnx_tensor"], img, [small["int8"]], threads=1)["name"] == "enc1.q_a"
@@ -228,6 +237,7 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
     photos' degraded test crops). Keeping every conv's island float is an upper bound."""
     from qatie.metrics import psnr
     from qatie.quantize.ptq import run_ptq
+    from qatie.report.build import GOALS
     from qatie.runtime.enhancer import OnnxEnhancer
     from test_quant import parity_images
 
@@ -254,7 +264,9 @@ def test_keep_float_on_the_trained_model_improves_psnr_vs_fp32(tmp_path, monkeyp
 
     p0, p2, p_all = score(base), score(auto), score(every)
     print(f"PSNR vs FP32: K=0 {p0:.3f} dB, auto:2 {p2:.3f} dB, all {len(ranking)} float {p_all:.3f} dB")
-    assert p2 > p0 and p_all > p0 + 0.1
+    # keeping every conv float must gain at least the PSNR difference the project's goals count as
+    # one (QAT-INT8 "within 0.1 dB of FP32", qatie/report/build.py: measured +2.1 dB)
+    assert p2 > p0 and p_all > p0 + GOALS["qat_psnr_gap_db"]
 
 
 @pytest.mark.slow
@@ -322,7 +334,7 @@ def test_cli_inspect_smoke(small, tmp_path, cli):
                "--histogram-plot", str(tmp_path / "h.png"), "--threads", "1")
     assert "◀ worst PTQ" in proc.stdout and "fuse2.q_cat ptq: range" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["image"] == str(img) and len(data["layers"]) == 93
+    assert data["image"] == str(img) and len(data["layers"]) == len(small["model"].qpoints())
     assert set(data["layers"][5]) >= {"name", "stage", "sqnr_ptq_db"}
     assert (tmp_path / "o.csv").is_file() and (tmp_path / "o.png").stat().st_size > 0
     assert (tmp_path / "h.png").stat().st_size > 0
@@ -345,7 +357,7 @@ def test_cli_ptq_keep_float(small, tmp_path, cli):
 
 
 def test_inspect_and_panel_import_without_torch():
-    code = ("import sys; import qatie.analysis, app.inspect.panel; "
+    code = ("import sys; import qatie.analysis, app.inspect.handlers, app.inspect.layout; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=cli_env(), capture_output=True,
                           text=True, timeout=120)
@@ -356,12 +368,12 @@ def test_inspect_and_panel_import_without_torch():
 def test_panel_builds_and_its_handlers_run(small, tmp_path, monkeypatch):
     import gradio as gr
 
-    from app.inspect import panel as ip
+    from app.inspect import handlers as ip, layout as ip_layout
 
     with gr.Blocks():
-        panel = ip.build_inspect_panel()
+        panel = ip_layout.build_inspect_panel()
         state = gr.State({})
-        ip.wire(panel, gr.Image(), state)
+        ip_layout.wire(panel, gr.Image(), state)
     paths = {"fp32": small["fp32"], "ptq": small["int8"], "qat": small["int8"]}
     img = (make_image(40, 48, seed=4) * 255).astype(np.uint8)
     fig, df, files, dropdown, note = ip.analyse(img, paths, threads=1)

@@ -6,6 +6,7 @@ import torch
 import qatie
 from qatie.model.network import VARIANTS, QConv2d, build_model, count_parameters
 from qatie.padding import MIN_SIDE, crop, pad_nchw, pad_torch, plan_padding
+from conftest import assert_close
 from tolerances import TOLERANCES
 
 
@@ -114,8 +115,10 @@ def test_subpixel_form_computes_the_same_function(variant):
         plain = m(x)
         m.set_subpixel(True)
         sub = m(x)
-    tol = TOLERANCES["subpixel_vs_direct"]["max_abs"]
-    assert (plain - x).abs().mean() > 0.01 and (plain - sub).abs().max() < tol
+    # the network does something (not a vacuous comparison): on average it moves a pixel further
+    # than a fresh network, the identity up to 8-bit rounding, may move any one
+    assert (plain - x).abs().mean() > TOLERANCES["untrained_identity_max_abs"]
+    assert_close(sub, plain, "subpixel_vs_direct")
     ys = [torch.randn(2, 5, 6, 7) for _ in range(4)]
     for a in (0, 1):
         for b in (0, 1):
@@ -123,5 +126,5 @@ def test_subpixel_form_computes_the_same_function(variant):
     w, bias = torch.randn(3, 5, 3, 3), torch.randn(3)
     d = F.conv2d(torch.cat(ys, 1), delta_phase_weights(w), bias.repeat(4), padding=1)
     on_phases = unstack_delta(d, 3)
-    assert (on_phases - F.conv2d(interleave_phases(ys), w, bias, padding=1)).abs().max() < tol
+    assert_close(on_phases, F.conv2d(interleave_phases(ys), w, bias, padding=1), "subpixel_vs_direct")
     assert int((delta_phase_weights(w) != 0).sum()) == 4 * w.numel()  # every weight placed once per phase

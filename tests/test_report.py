@@ -32,8 +32,9 @@ def test_report_scores_and_times_every_variant(card):
     summary = out["results"]["synthetic"]["summary"]
     assert variants | {"input"} <= set(summary)
     assert out["results"]["synthetic"]["count"] == 2
-    for k in variants - {"fp32"}:
-        assert 20 < summary[k]["agreement_with_fp32"]["psnr_vs_fp32"]  # a real INT8 model, not a copy
+    band = TOLERANCES["real_int8_vs_fp32_psnr_db"]
+    for k in variants - {"fp32"}:  # a real INT8 model, neither a copy nor broken
+        assert band["min"] < summary[k]["agreement_with_fp32"]["psnr_vs_fp32"] < band["max"], k
     assert {r["model"] for r in out["benchmark"]["results"]} == variants
     assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in out["benchmark"]["results"])
     oracle = out["tone_oracle"]  # undoing tone errors can only help; its input is the table's input
@@ -41,9 +42,10 @@ def test_report_scores_and_times_every_variant(card):
                                                   abs=TOLERANCES["same_metric_two_ways"]["psnr_db"])
     assert oracle["gain_db"] >= 0
     assert (tmp / "crops.png").stat().st_size > 10_000
+    band = TOLERANCES["report_tiled_vs_whole_psnr_db"]
     for key in ("fp32", "ptq", "qat"):  # tiling measured: differs from whole-image output, but not wildly
         t = out["tiling"][key]["256"]
-        assert t["images"] == 2 and 20 < t["psnr_tiled_vs_whole"] < 80
+        assert t["images"] == 2 and band["min"] < t["psnr_tiled_vs_whole"] < band["max"], (key, t)
     md = (tmp / "MODEL_CARD.md").read_text()
     assert "## Goals" in md and "PTQ-INT8 (entropy)" in md and "## Tiling" in md
     from qatie.runtime.cpu import int8_path  # the card names the integer kernels that produced its INT8 numbers
@@ -72,8 +74,9 @@ def test_report_scores_and_times_the_paper_set_at_the_size_asked(card):
     paper = out["paper"]
     assert paper["size"] == "64×96" and [r["model"] for r in paper["benchmark"]["results"]] == list(PAPER)
     assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in paper["benchmark"]["results"])
+    band = TOLERANCES["real_int8_vs_fp32_psnr_db"]
     for m in PAPER[1:]:  # the INT8 versions are real INT8 models of the paper network
-        assert 20 < paper["results"]["synthetic"]["summary"][m]["agreement_with_paper"]["psnr_vs_fp32"] < 80
+        assert band["min"] < paper["results"]["synthetic"]["summary"][m]["agreement_with_paper"]["psnr_vs_fp32"] < band["max"], m
     md = (tmp / "MODEL_CARD.md").read_text()
     assert "Latency of the paper set at 64×96 in one run" in md  # no authors' TFLite at this size
     assert not any("latency" in g["goal"] for g in paper["goals"])

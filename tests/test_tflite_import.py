@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, conv_counts
+from conftest import SHARED, assert_close, conv_counts
 from tolerances import TOLERANCES
 
 REFERENCE = SHARED / "reference"
@@ -44,7 +44,7 @@ def test_import_is_the_papers_network_with_provenance(imported):
     from qatie.model.network import count_parameters
 
     model, info = imported
-    assert count_parameters(model) == 915_331
+    assert count_parameters(model) == 915_331  # the paper's count (docs/paper_model.md), not ours to derive
     assert info["licence"] == "MIT" and len(info["source_sha256"]) == 64
     assert info["instance_norm_eps_stored"] == [1e-05]
     # no conv kept its fresh initialisation (the delta conv starts at zero in build_model)
@@ -79,10 +79,13 @@ def test_a_wrong_mapping_is_caught(imported):
         wrong.ref_s2.t_conv.weight.copy_(wrong.ref_s2.t_conv.weight.transpose(2, 3).clone())
     rows = {r["layer"]: r for r in prove_mapping(SMALL, _crops(1), model=wrong)}
     right = {r["layer"]: r for r in prove_mapping(SMALL, _crops(1), model=model)}
+    print("swapped:", {k: round(rows[k]["conv_sqnr_db"], 2) for k in ("enc1.a", "enc1.b")},
+          "transposed:", round(rows["ref_s2.t_conv"]["conv_sqnr_db"], 2), "right:", round(right["ref_s2.t_conv"]["conv_sqnr_db"], 2))
     for layer in ("enc1.a", "enc1.b"):  # swapped branches: nothing in common
-        assert rows[layer]["conv_sqnr_db"] < 10.0, rows[layer]
-    # a transposed kernel keeps its smooth part (measured 22.5 dB), far below the right one (40.6 dB)
-    assert rows["ref_s2.t_conv"]["conv_sqnr_db"] < right["ref_s2.t_conv"]["conv_sqnr_db"] - 10.0
+        assert rows[layer]["conv_sqnr_db"] < TOL["wrong_conv_max_sqnr_db"], rows[layer]
+    # a transposed kernel keeps its smooth part, far below the right one
+    assert (rows["ref_s2.t_conv"]["conv_sqnr_db"]
+            < right["ref_s2.t_conv"]["conv_sqnr_db"] - TOL["transposed_kernel_min_loss_db"])
     assert rows["ref_s2.u"]["conv_sqnr_db"] >= MIN_CONV_SQNR_DB  # the untouched ones still map
 
 
@@ -97,7 +100,7 @@ def test_both_released_files_carry_the_same_weights(imported):
     sd_small, sd_full = small.state_dict(), full.state_dict()
     for key, value in sd_small.items():
         if key.endswith(".bias") and "norm" not in key:
-            assert torch.allclose(value, sd_full[key], atol=TOL["bias_between_files_max_abs"]), key
+            assert_close(value, sd_full[key], "tflite_import.bias_between_files_max_abs")
         else:
             assert torch.equal(value, sd_full[key]), key
 
@@ -114,7 +117,10 @@ def test_cli_writes_a_checkpoint_that_loads_safely(tmp_path, cli):
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         y = model(x)
-    assert y.shape == x.shape and (y - x).abs().mean() > 0.01  # it changes photos (a DPED look)
+    # it changes photos (a DPED look): on average more than a fresh network (the identity up to
+    # 8-bit rounding) may change any one pixel
+    print(f"mean change: {float((y - x).abs().mean()):.4f}")
+    assert y.shape == x.shape and (y - x).abs().mean() > TOLERANCES["untrained_identity_max_abs"]
 
 
 def test_not_a_tflite_file_is_a_clear_error(tmp_path):
@@ -142,7 +148,9 @@ def test_the_full_hd_file_leaves_the_gates_three_levels_and_that_alone_breaks_co
     model, _ = imported
     img = np.ascontiguousarray(list(sample_images(("coffee",)).values())[0][:192, :256])
     bad, fine = gate_grid_experiment(model, img, full), gate_grid_experiment(model, img, small)
-    assert bad["psnr_vs_fp32_db"] < fine["psnr_vs_fp32_db"] - 8, (bad["psnr_vs_fp32_db"], fine["psnr_vs_fp32_db"])
+    print(f"gate grids vs FP32: full-HD file's {bad['psnr_vs_fp32_db']:.2f} dB, 100×100 file's {fine['psnr_vs_fp32_db']:.2f} dB")
+    assert bad["psnr_vs_fp32_db"] < fine["psnr_vs_fp32_db"] - TOL["three_level_gates_min_loss_db"], (
+        bad["psnr_vs_fp32_db"], fine["psnr_vs_fp32_db"])
     assert model.enc1.q_ta.hook is None  # the experiment leaves the model as it found it
 
 

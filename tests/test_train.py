@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from conftest import assert_close, cli_env
 from qatie.model import checkpoint as ckpt_mod
 from qatie.model.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from qatie.data.datasets import sample_images
@@ -49,7 +49,9 @@ def test_short_training_lowers_loss_and_beats_identity(tmp_path):
     losses = []
     summary = train(cfg, tmp_path / "run", progress=lambda e: losses.append(e["loss"]))
     assert summary["steps_done"] == 150 and len(losses) == 150
-    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20])
+    tol = TOLERANCES["short_training"]
+    drop = np.mean(losses[-20:]) / np.mean(losses[:20])  # the last 20 steps' mean loss over the first 20's
+    assert drop < tol["loss_ratio_max"], drop
     model = load_model(tmp_path / "run" / "last.pt")
     # Held-out photo, degraded with different draws: crops the model has never seen.
     clean = photos[HELD_OUT]
@@ -59,7 +61,8 @@ def test_short_training_lowers_loss_and_beats_identity(tmp_path):
         inp = degrade(tgt, seed_for(f"held{k}", 1), LIGHT)
         gains.append(psnr(_model_output(model, inp), tgt) - psnr(inp, tgt))
     # The fresh model is exactly the identity (delta conv = 0): it must have learnt to do better.
-    assert np.mean(gains) > 0.5, gains
+    print(f"loss: last 20 steps / first 20 = {drop:.3f}; held-out PSNR gains (dB): {np.round(gains, 2).tolist()}")
+    assert np.mean(gains) > tol["held_out_gain_min_db"], gains
     assert min(gains) > 0.0, gains
 
 
@@ -120,8 +123,9 @@ def test_losses():
     o = (t + 0.05 * torch.randn_like(t)).clamp(0, 1)
     assert float(paper_loss(o, t)) == pytest.approx(
         float(2 * psnr_y_loss(o, t) + cosine_loss(o, t) + outlier_loss(o, t)))
-    assert float(psnr_y_loss(t, t)) < -0.4  # PSNR capped by the epsilon, far above 50 dB
-    assert float(cosine_loss(t, t)) == pytest.approx(0.0, abs=TOLERANCES["zero_loss_abs"])
+    # identical images: MSE 0, so PSNR is capped by the epsilon, 10·log10(1/1e-10) = 100 dB → (50 − 100)/100
+    assert float(psnr_y_loss(t, t)) == pytest.approx((50 - 10 * math.log10(1 / 1e-10)) / 100)
+    assert_close(float(cosine_loss(t, t)), 0.0, "zero_loss_abs")
     assert float(l1_loss(o, t)) == pytest.approx(float((o - t).abs().mean()))
     assert set(LOSSES) == {"paper", "l1"}
     o.requires_grad_(True)
