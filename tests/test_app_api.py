@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, assert_exact_on_every_cpu, make_image, random_mo
 from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))  # the app package lives at the repository root
+from app import config as app_config  # noqa: E402  (the limits the server runs with: tests/conftest.py app_server)
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
@@ -190,17 +191,28 @@ def test_zoom_endpoint_uses_this_sessions_result(server, client, tmp_path):
     expect_error(lambda: fresh.predict(50, 50, 48, api_name="/zoom"), "run a comparison first")
 
 
-def test_zoom_moved_during_timing_runs_is_kept(server, tmp_path):
-    me = Client(server.url, verbose=False)
-    path = write_png(tmp_path / "mp.png", photo(800, 1200, 13))  # ~1 MP: the timing runs take a while
-    job = me.submit(handle_file(str(path)), api_name="/compare")
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 120 and not any(isinstance(u[7], str) and u[7] for u in job.outputs()):
-        time.sleep(0.05)  # wait for the analysis (the session's result exists from then on)
-    zoomed = me.predict(12.5, 87.5, 32, api_name="/zoom")
-    if job.done():
-        pytest.skip("the timing runs finished before the zoom: nothing to check on this machine")
-    final = named(job.result())
+def test_zoom_moved_during_timing_runs_is_kept(tmp_path, monkeypatch):
+    """A zoom moved while the compare still times its models is where the final result leaves it.
+    Driven in-process (the handlers the /compare and /zoom endpoints call, sharing the session's
+    state as Gradio does): the compare generator waits at each update, so the zoom is moved at the
+    update that starts the timing runs on every machine. (Through the server, a fast machine
+    finished the timing runs before the zoom arrived and the test had nothing to check.)"""
+    from app import config, models
+    from app.compare import handlers as app_compare
+
+    monkeypatch.setattr(config, "TIMING_RUNS", 3)
+    monkeypatch.setattr(config, "TIMING_BUDGET_S", config.COMPARE_DEADLINE_S)  # every round, whatever the CPU
+    path = write_png(tmp_path / "p.png", photo(120, 160, 13))
+    zoomed, after = None, []
+    for update in app_compare.compare_named(str(path), model_set=models.SHIPPED_KEY):
+        if zoomed is None and update.get("state"):  # the analysis: the session's result exists from here on
+            assert "Timing more runs" in update["notice"], update["notice"]
+            zoomed = app_compare.zoom(update["state"], 12.5, 87.5, 32)
+        elif zoomed is not None:
+            after.append(update)
+    final = after[-1]
+    assert len(after) >= config.TIMING_RUNS - 1, "the timing rounds did not stream after the zoom"
+    assert {v["runs"] for v in final["metrics_json"]["latency_ms"].values()} == {config.TIMING_RUNS}
     assert (final["zoom_x"], final["zoom_y"]) == (12.5, 87.5)
     assert np.array_equal(load(final["zoom"]), load(zoomed))
 
@@ -327,7 +339,9 @@ def test_50_megapixel_photo_is_downscaled_or_refused_quickly(client, tmp_path):
     assert fp32 is not None, f"no outputs after {took:.1f} s"
     assert "Downscaled" in notice and "8660×5800" in notice
     h, w = load(fp32).shape[:2]
-    assert h * w <= 2.0e6 and abs(w / h - 8660 / 5800) < 0.01
+    # at most the app's limit, the aspect kept: each side is rounded down to whole pixels
+    # (app.render.fit_size), so the width is within a pixel of the height × the photo's aspect
+    assert h * w <= app_config.MAX_INPUT_MP * 1e6 and abs(w - round(h * 8660 / 5800)) <= 1, (w, h)
     t0 = time.perf_counter()
     expect_error(lambda: compare(client, path, full_size=True), "limited to")
     assert time.perf_counter() - t0 < 30
@@ -425,6 +439,7 @@ def test_eight_concurrent_compares_get_their_own_results(server, tmp_path):
     with ThreadPoolExecutor(len(photos)) as pool:
         results = list(pool.map(run, range(len(photos))))
     wall = time.perf_counter() - t0
+    corrs = []
     for i, (r, _) in enumerate(results):
         src = load(photos[i])
         assert np.array_equal(load(r["input"]), src), f"request {i} got someone else's input"
@@ -435,9 +450,12 @@ def test_eight_concurrent_compares_get_their_own_results(server, tmp_path):
             # picture's structure must be its photo's too (an enhancer changes tone, not layout).
             assert out.shape == src.shape, f"request {i}: {role} output {out.shape} is not its photo's {src.shape}"
             corr = np.corrcoef(luma, out.astype(float).mean(axis=2).ravel())[0, 1]
-            assert corr > 0.5, f"request {i}: {role} output does not look like its photo (r = {corr:.2f})"
+            corrs.append(corr)
+            assert corr > TOLERANCES["enhanced_vs_own_photo_min_luma_corr"], (
+                f"request {i}: {role} output does not look like its photo (r = {corr:.2f})")
         assert r["metrics_json"]["size"] == [src.shape[1], src.shape[0]]
-    print(f"8 concurrent compares: {wall:.1f} s wall, each {min(t for _, t in results):.1f}–{max(t for _, t in results):.1f} s")
+    print(f"8 concurrent compares: {wall:.1f} s wall, each {min(t for _, t in results):.1f}–{max(t for _, t in results):.1f} s; "
+          f"luma correlation with the own photo {min(corrs):.3f}–{max(corrs):.3f}")
 
 
 # --------------------------------------------------------------------------------------------
