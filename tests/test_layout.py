@@ -219,3 +219,153 @@ def test_every_tolerance_is_read_from_the_table():
     typed = ["assert np.allclose(a, b, atol=" + "1e-5)", "assert d.max() < " + "1e-4"]  # split: not a hit here
     assert all(tolerance_literals(line) for line in typed)
     assert not tolerance_literals('assert np.allclose(a, b, atol=TOLERANCES["x"])')
+
+
+# ---------------------------------------------------------------------------------- thresholds
+#: Floats a test may type into an ordering comparison (`<`, `<=`, `>`, `>=`) inside an assert, each
+#: with the reason. Integers (counts, shapes, indices) and 0.0 / 1.0 (the ends of ranges such as
+#: [0, 1]) are always allowed. Any other float there is a threshold: it lives in tests/tolerances.py
+#: with the reason for its size, and the test reads it.
+TYPED_NUMBERS_ALLOWED: dict[float, str] = {
+    1e6: "mega: megabytes and megapixels to bytes and pixels (a unit conversion, not a bound)",
+}
+#: Names bound to a float literal that such a comparison may use, each with the reason.
+TYPED_NAMES_ALLOWED: dict[str, str] = {
+    "MAX_MP": "tests/test_app_hostile.py: the downscale limit the test *gives* its server (QATIE_MAX_MP); "
+              "comparing with it checks that the app keeps its own setting exactly",
+}
+#: Calls that compare within a tolerance: the positions of their tolerance arguments (pytest.approx(expected,
+#: rel, abs); numpy/torch isclose, allclose and numpy.testing.assert_allclose(a, b, rtol, atol); numpy's
+#: assert_(array_)almost_equal(a, b, decimal); math.isclose and torch.testing.assert_close take keywords
+#: only); their keyword forms are TOLERANCE_KEYWORDS.
+TOLERANCE_CALLS = {"approx": (1, 2), "isclose": (2, 3), "allclose": (2, 3), "assert_allclose": (2, 3),
+                   "assert_almost_equal": (2,), "assert_array_almost_equal": (2,), "assert_close": ()}
+TOLERANCE_KEYWORDS = {"abs", "rel", "atol", "rtol", "abs_tol", "rel_tol", "decimal"}
+ORDERING = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _typed(expr: ast.AST, names: dict[str, int]) -> list[str]:
+    """Floats typed into `expr` as a bound: literals (and names bound to literals) reached through
+    arithmetic only — a number passed *into* a call or an index is an input, not a bound."""
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, float):
+        return [] if expr.value in (0.0, 1.0) or expr.value in TYPED_NUMBERS_ALLOWED else [repr(expr.value)]
+    if isinstance(expr, ast.Name) and expr.id in names and expr.id not in TYPED_NAMES_ALLOWED:
+        return [f"{expr.id} (= a literal, line {names[expr.id]})"]
+    if isinstance(expr, ast.UnaryOp):
+        return _typed(expr.operand, names)
+    if isinstance(expr, ast.BinOp):
+        return _typed(expr.left, names) + _typed(expr.right, names)
+    return []
+
+
+def _literal_names(tree: ast.AST) -> dict[str, int]:
+    """Names assigned a float literal (or arithmetic on literals), anywhere in the file → line."""
+    def literal(e):
+        if isinstance(e, ast.Constant):
+            return isinstance(e.value, (int, float)) and not isinstance(e.value, bool)
+        if isinstance(e, ast.UnaryOp):
+            return literal(e.operand)
+        return isinstance(e, ast.BinOp) and literal(e.left) and literal(e.right)
+
+    out = {}
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        if value is not None and literal(value) and _typed(value, {}) and len(targets) == 1 and isinstance(targets[0], ast.Name):
+            out[targets[0].id] = node.lineno
+    return out
+
+
+def typed_thresholds(source: str) -> list[str]:
+    """Every numeric threshold typed into a test: a float literal bounding an ordering comparison
+    inside an assert, and a literal tolerance given to approx / isclose / allclose /
+    assert_allclose (by keyword or position). Each as 'line: source'."""
+    tree = ast.parse(source)
+    names = _literal_names(tree)
+    hits = []
+
+    def hit(node, what):
+        hits.append(f"{node.lineno}: {what} in `{ast.get_source_segment(source, node)}`")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert):
+            for cmp in ast.walk(node.test):
+                if isinstance(cmp, ast.Compare) and any(isinstance(op, ORDERING) for op in cmp.ops):
+                    for operand in (cmp.left, *cmp.comparators):
+                        for typed in _typed(operand, names):
+                            hit(cmp, typed)
+        if isinstance(node, ast.Call):
+            fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if fn in TOLERANCE_CALLS:
+                args = [a for i, a in enumerate(node.args) if i in TOLERANCE_CALLS[fn]]
+                args += [k.value for k in node.keywords if k.arg in TOLERANCE_KEYWORDS]
+                for arg in args:
+                    literal = [n for n in ast.walk(arg) if isinstance(n, ast.Constant) and isinstance(n.value, (int, float))
+                               and not isinstance(n.value, bool) and n.value != 0]
+                    if literal or _typed(arg, names):
+                        hit(node, f"tolerance {ast.get_source_segment(source, arg)}")
+    return sorted(set(hits), key=lambda h: int(h.split(":")[0]))
+
+
+def test_every_threshold_is_read_from_the_table():
+    """No number that decides pass or fail is typed into a test: each lives in tests/tolerances.py
+    with the reason for its size (what is measured, and why that bound)."""
+    tests = Path(__file__).resolve().parent
+    found = {f.name: typed_thresholds(f.read_text()) for f in sorted(tests.glob("*.py")) if f.name != "tolerances.py"}
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+@pytest.mark.parametrize("snippet, caught", [
+    ("assert d.max() < 0.35 * ref", True),  # any float, not only 1e-N
+    ("assert lo - 1e-6 <= x <= hi", True),
+    ("assert 20.5 < psnr", True),
+    ("assert all(v > 2.5 for v in vals)", True),
+    ("TOL = 0.05\ndef test():\n    assert err < TOL", True),  # through a name
+    ("assert x == pytest.approx(y, abs=" "1e-3)", True),  # split: not a hit for the lint above
+    ("assert x == pytest.approx(y, 1e-3)", True),
+    ("np.testing.assert_allclose(a, b, atol=" "1e-5)", True),
+    ("np.testing.assert_allclose(a, b, 0, 2)", True),
+    ("assert torch.allclose(a, b, rtol=" "1e-4)", True),
+    ("assert math.isclose(a, b, rel_tol=1e-9)", True),
+    ("np.testing.assert_array_almost_equal(a, b, decimal=5)", True),
+    ("torch.testing.assert_close(a, b, atol=" "1e-5, rtol=" "0)", True),
+    ("assert 0.0 <= out.min() and out.max() <= 1.0", False),  # the ends of a range
+    ("assert len(rows) > 2 and x.shape[0] >= 16", False),  # counts and shapes
+    ("assert psnr(a, 0.5) == 31.5", False),  # exact equality; an input to a call
+    ("assert size <= MAX_MP * 1e6", False),  # the allowed name and unit
+    ('assert d < TOLERANCES["x"]["max_abs"]', False),
+    ('assert x == pytest.approx(y, abs=TOLERANCES["x"])', False),
+    ("assert x == pytest.approx(0.25)", False),  # the default relative tolerance: an exact check
+    ("np.testing.assert_allclose(a, b, atol=" "0)", False),
+    ('assert_close(a, b, "fp32_onnx_vs_torch")', False),  # tests/conftest.py's: the key names a table entry
+])
+def test_the_threshold_lint_itself(snippet, caught):
+    assert bool(typed_thresholds(snippet)) is caught, typed_thresholds(snippet)
+
+
+def early_returns(source: str) -> list[str]:
+    """`return` statements in the body of a test function itself (not in a function it defines):
+    a test that returns when something is missing passes without checking anything."""
+    out = []
+
+    def visit(node, test):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue
+            if isinstance(child, ast.Return):
+                out.append(f"{test}:{child.lineno}")
+            visit(child, test)
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            visit(node, node.name)
+    return out
+
+
+def test_no_test_passes_by_returning_early():
+    """A test that cannot check what it is about says so with pytest.skip(reason), never `return`."""
+    tests = Path(__file__).resolve().parent
+    found = {f.name: early_returns(f.read_text()) for f in sorted(tests.glob("test_*.py"))}
+    assert {k: v for k, v in found.items() if v} == {}
+    assert early_returns("def test_x():\n    if not ok:\n        return\n    assert f()\n") == ["test_x:3"]
+    assert early_returns("def test_x():\n    def helper():\n        return 1\n    assert helper()\n") == []
