@@ -66,11 +66,13 @@ def build() -> TrainTab:
                 t_qat_lr = gr.Number(value=d.qat_lr, label="QAT learning rate")
                 t_method = gr.Radio(["minmax", "percentile", "entropy"], value=d.ptq_method,
                                     label="PTQ calibration method")
+        with gr.Column(scale=2):
+            # The button with the progress line right under it, at the top: both on the first screen.
             with gr.Row():
                 t_run = gr.Button("Train and quantize", variant="primary", elem_id="train-btn")
                 t_cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
-        with gr.Column(scale=2):
-            t_status = gr.Markdown("Press **Train and quantize** to start.", elem_id="train-status")
+            t_status = gr.Markdown("Set the run on the left (the defaults take a few minutes), then press "
+                                   "**Train and quantize**.", elem_id="train-status")
             gr.Markdown("**Training curves** (live)")
             t_curves = gr.Image(label="Training curves (live)", show_label=False, format="png", interactive=False,
                                 elem_id="train-curves",
