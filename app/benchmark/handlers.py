@@ -14,7 +14,7 @@ import pandas as pd
 
 from qatie.runtime import bench
 
-from app import config, models, render
+from app import config, models, outputs, render
 from app.boundary import guard
 from app.boundary import slots
 from app.compare.handlers import user_error
@@ -143,11 +143,16 @@ def files_for(model_set, session_sets=None) -> str:
         return f"*{exc}*"
 
 
+#: The Benchmark event's outputs, by name (`app.outputs`).
+BENCH_OUTPUTS = ("plot", "table", "status")
+
+
 def run(model_set, session_sets=None, sizes=None, threads=2, runs=3, request: gr.Request = None):
-    """Time the three models of a set at each chosen size; streams (plot, table, status)."""
+    """Time the three models of a set at each chosen size; streams the plot, the table and a status line."""
     try:
         with slots.one_per_session(request, "A benchmark"), slots.heavy_slot(request, "The benchmark"):
-            yield from _run(model_set, session_sets, sizes, threads, runs)
+            for update in _run(model_set, session_sets, sizes, threads, runs):
+                yield outputs.as_slots(BENCH_OUTPUTS, update)
     except (slots.BusyError, slots.SlotWaitError) as exc:
         raise gr.Error(str(exc), title="One request at a time") from None
 
@@ -177,7 +182,7 @@ def _run(model_set, session_sets, sizes, threads, runs):
     deadline = guard.Deadline(config.BENCH_DEADLINE_S, "The benchmark", shrink=False)  # timed as `qatie bench`
     try:
         for i, (h, w) in enumerate(sorted(sizes, key=lambda s: s[0] * s[1])):
-            yield gr.skip(), gr.skip(), f"Timing {w}×{h} ({i + 1}/{len(sizes)}): 1 warm-up + {runs} interleaved runs per model…"
+            yield {"status": f"Timing {w}×{h} ({i + 1}/{len(sizes)}): 1 warm-up + {runs} interleaved runs per model…"}
             try:
                 with deadline.onnx():
                     res = bench.run_benchmark([paths[r] for r in models.ROLES], [(h, w)], threads=threads, runs=runs,
@@ -190,11 +195,12 @@ def _run(model_set, session_sets, sizes, threads, runs):
                 r["mp"] = h * w / 1e6
                 rows.append(r)
             plot = _plot(rows, threads, out_dir / f"bench_{uuid.uuid4().hex[:8]}.png")
-            yield plot, _table(rows), f"Timed {i + 1}/{len(sizes)} sizes."
+            yield {"plot": plot, "table": _table(rows), "status": f"Timed {i + 1}/{len(sizes)} sizes."}
         m = res.get("machine", {}) if rows else {}
-        yield plot, _table(rows), (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
-                                     f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
-                                     f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}."
-                                     + ("\n\n" + busy_warning(rows) if busy_warning(rows) else ""))
+        yield {"plot": plot, "table": _table(rows),
+               "status": (f"Done: {model_set.label}, {threads} thread(s), median of {runs} run(s) after 1 warm-up, "
+                          f"onnxruntime {m.get('onnxruntime', '?')}, {m.get('cpu_model') or 'CPU'} "
+                          f"({config.effective_cpus()} usable cores), INT8 kernels: {m.get('int8_path', '?')}."
+                          + ("\n\n" + busy_warning(rows) if busy_warning(rows) else ""))}
     finally:
         deadline.cancel()

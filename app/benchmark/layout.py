@@ -60,8 +60,9 @@ def build(default_set: str, card) -> BenchmarkTab:
 
 def wire(tab: BenchmarkTab, session_sets: gr.State) -> None:
     """Run (the public /benchmark endpoint) and the file list that follows the chosen set."""
+    by_name = {"plot": tab.plot, "table": tab.table, "status": tab.status}
     tab.run.click(bench_tab.run, [tab.model_set, session_sets, tab.sizes, tab.threads, tab.runs],
-                  [tab.plot, tab.table, tab.status],
+                  [by_name[name] for name in bench_tab.BENCH_OUTPUTS],  # the order `app.outputs.as_slots` lays out
                   api_name="benchmark", concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY,
                   time_limit=900)
     tab.model_set.change(bench_tab.files_for, [tab.model_set, session_sets], tab.files, api_visibility="private",
