@@ -497,10 +497,13 @@ def test_train_adds_a_model_set_to_this_session_only(server, tmp_path):
     status, curves, files, choice, _bench_choice = _train(me)
     assert "Done" in status, status
     names = sorted(Path(f).name for f in files)
-    assert {"fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt"} <= set(names)
+    assert {"fp32.onnx", "int8_ptq.onnx", "int8_qat.onnx", "fp32.pt", "qat.pt", "int8_ptq.json",
+            "int8_qat.json"} <= set(names)
     for f in files:  # what the Train tab writes is exact on every CPU
         if Path(f).name.startswith("int8_") and Path(f).suffix == ".onnx":
             assert_exact_on_every_cpu(f)
+    leaks = [s for s in _strings_in_downloads(files) if "qatie-app-" in s or re.search(r"(^|:)/(tmp|work|home)/", s)]
+    assert not leaks, f"the downloads name server paths: {leaks[:5]}"
     assert load(curves).shape[1] >= 800, "the loss / validation curves"
     key = choice["value"] if isinstance(choice, dict) else choice
     assert str(key).startswith("trained-")
@@ -509,6 +512,33 @@ def test_train_adds_a_model_set_to_this_session_only(server, tmp_path):
     assert "Trained #1" in r["notice"]
     other = Client(server.url, verbose=False)
     expect_error(lambda: compare(other, img, model_set=key), "unknown model set")
+
+
+def _strings_in_downloads(files) -> list[str]:
+    """Every string inside the trained checkpoints and sidecars a user downloads."""
+    import json
+
+    import torch
+
+    found: list[str] = []
+
+    def walk(v):
+        if isinstance(v, str):
+            found.append(v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    for f in map(Path, files):
+        if f.suffix == ".pt":
+            walk(torch.load(f, map_location="cpu", weights_only=True))
+        elif f.suffix == ".json":
+            walk(json.loads(f.read_text()))
+    return found
 
 
 def test_train_cancel_stops_the_worker(server):
