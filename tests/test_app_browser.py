@@ -141,6 +141,10 @@ def test_first_view_shows_the_answer_at_desktop_size(server, browser):
         headers = pg.evaluate("() => [...document.querySelectorAll('#metrics th')].map(t => t.innerText.trim())")
         assert headers[0] == "Model" and "1" not in headers
         assert "QAT-INT8" in pg.inner_text("#verdict")
+        # Every column in view on a laptop: the table does not scroll sideways.
+        sideways = pg.evaluate("() => { const v = document.querySelector('#metrics .virtual-table-viewport');"
+                               " return v ? v.scrollWidth - v.clientWidth : -1; }")
+        assert sideways == 0, f"the metrics table scrolls sideways by {sideways} px at {DESKTOP['width']} px"
         # Clicking a full picture moves the crops there.
         before = pg.evaluate("() => document.querySelector('#zoom img').src")
         pg.locator("#out-fp32 img").click(position={"x": 20, "y": 20})

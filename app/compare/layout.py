@@ -156,9 +156,9 @@ def _results_column(authors_visible: bool) -> dict:
                           elem_id="details"):
             verdict_md = gr.Markdown(elem_id="verdict")
             metrics_df = gr.Dataframe(compare.empty_table(),
-                                      label="Metrics (scroll sideways for every column; latency: one pass of "
-                                            "the model in ONNX Runtime on this server's CPU)", interactive=False,
-                                      wrap=True,
+                                      label="Metrics (latency: one pass of the model in ONNX Runtime on this "
+                                            "server's CPU)", interactive=False, wrap=True,
+                                      column_widths=compare.TABLE_COLUMN_WIDTHS,  # every column in view
                                       elem_id="metrics")
             with gr.Accordion("All numbers (JSON)", open=False):
                 metrics_json = gr.JSON(label="Metrics")
