@@ -7,7 +7,8 @@ uploaded model) runs in a worker process with hard limits, so a bomb can only ki
   `(fn, args, kwargs)` one after the other until its pipe closes.
 * `Box` leases one worker for one request and kills it when the request ends: whatever the
   upload did to that process's memory is returned to the system with it.
-* Spare workers are started ahead (`config.BOX_SPARES`, replenished when a box closes), so a
+* Spare workers are started ahead (`config.BOX_SPARES`, replenished when a box closes, once no heavy
+  request runs: a start never competes with a timed model pass), so a
   request does not wait for the imports.
 * Results come back through a restricted unpickler: plain values and numpy arrays only, never an
   arbitrary class — a worker whose memory an upload corrupted cannot run code in the server.
@@ -169,12 +170,29 @@ def _close_pipes(proc: subprocess.Popen) -> None:
             pass
 
 
+#: A spare worker's start (its imports: ~0.3 s of one core) waits while heavy requests run — at
+#: most this long — so it never runs beside a model pass being timed (it made the FP32 pass that
+#: follows a photo's decoding 0.2 s slower). One spare is still there for the next request.
+REFILL_WAIT_S = 30.0
+
+
+def _wait_until_idle(limit_s: float = REFILL_WAIT_S) -> None:
+    import time
+
+    from app.boundary.slots import SLOTS
+
+    end = time.monotonic() + limit_s
+    while SLOTS.busy() and time.monotonic() < end:
+        time.sleep(0.2)
+
+
 def replenish() -> None:
-    """Start spare workers up to `config.BOX_SPARES` (in the background: imports take ~0.3 s)."""
+    """Start spare workers up to `config.BOX_SPARES` (in the background, once no heavy request runs)."""
     def fill():
         if not _filling.acquire(blocking=False):  # one filler at a time: never more than BOX_SPARES
             return
         try:
+            _wait_until_idle()
             with _spares_lock:
                 _spares[:] = [p for p in _spares if p.poll() is None]
                 missing = config.BOX_SPARES - len(_spares)
