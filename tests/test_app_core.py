@@ -178,11 +178,13 @@ def test_example_photos_are_reproducible(tmp_path):
     """make_examples is deterministic and the shipped references are exactly its clean photos.
     (The inputs depend on the degradation model, which may be retuned: after that, rerun
     `python -m app.compare.make_examples`; the shipped inputs must at least have the right shapes.)"""
-    from app.compare.make_examples import make_examples
+    from app.compare.make_examples import OUT_DIR, make_examples
 
     a = make_examples(tmp_path / "a")
     b = make_examples(tmp_path / "b")
     assert a == b and 4 <= len(a) <= 6
+    # By default it writes where the app reads them: the shipped examples, file for file.
+    assert sorted(p.name for p in OUT_DIR.glob("*_input.png")) == sorted(r["input"] for r in a)
     total = 0
     for r in a:
         for key in ("input", "reference"):

@@ -25,7 +25,9 @@ from qatie.data.degrade import degrade, seed_for
 from qatie.imageio import to_uint8, write_image
 from qatie.metrics import psnr, ssim
 
-OUT_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+from app import config
+
+OUT_DIR = config.EXAMPLES_DIR  # assets/examples, where the app reads them
 
 #: (skimage photo, seed for `seed_for(name, seed)`) — fixed so the files are reproducible; chosen
 #: for a clearly visible, realistic degradation (input PSNR about 24–27 dB).
