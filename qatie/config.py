@@ -237,7 +237,7 @@ class RunRecipe:
         """(step, what it does and writes) for each step, in order."""
         f = self.files()
         src = (f"import {self.import_tflite}" if self.import_tflite else
-               f"train {TrainConfig.from_dict(self.train).steps} steps in {self.work_path('fp32')}")
+               f"train {self.train_configs()[0].steps} steps in {self.work_path('fp32')}")
         qat = " → ".join(f"{c.steps} steps" for c in self.qat_configs())
         return [("fp32", f"{src} → {f['fp32_pt']}"), ("fp32_onnx", f"export → {f['fp32_onnx']}"),
                 ("ptq", f"{self.ptq_configs()[0].method} PTQ → {f['ptq_onnx']}"),

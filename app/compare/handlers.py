@@ -94,7 +94,7 @@ def _overrides(custom_fp32, custom_ptq, custom_qat) -> dict[str, tuple[str, str]
     return out
 
 
-#: The metrics table's column widths (its 9 columns, `core.table`), in pixels: every column fits the
+#: The metrics table's column widths (its 9 columns, `core.table_headers`), in pixels: every column fits the
 #: results column of a 1440-px window (long headers and cells wrap), and on a phone each stays
 #: readable (≥ 90 px) with the table scrolling sideways in its box.
 TABLE_COLUMN_WIDTHS = ["114px", "96px", "100px", "90px", "96px", "100px", "90px", "90px", "90px"]
@@ -103,8 +103,7 @@ TABLE_COLUMN_WIDTHS = ["114px", "96px", "100px", "90px", "96px", "100px", "90px"
 def empty_table() -> pd.DataFrame:
     """The metrics table before a result (its columns without a reference, no rows — never
     Gradio's "1 2 3")."""
-    return pd.DataFrame(columns=["Model", *core.PERCEPTUAL_HEADERS, "Agreement with full precision: PSNR (dB)",
-                                 "Max error vs FP32 (levels)", "Latency (ms)", "File (MB)"])
+    return pd.DataFrame(columns=core.table_headers(reference=False))
 
 
 def empty_outputs(notice: str) -> dict:

@@ -308,15 +308,22 @@ def perceptual_cells(m: dict | None) -> list[str]:
     return [p["class_name"], _num(100 * p["share_visible"], ".1f") + " %", _num(p["mean_de00"], ".2f"), like]
 
 
+def table_headers(reference: bool) -> list[str]:
+    """The metrics table's 9 column names, with a reference (scores against it first) or without."""
+    if reference:
+        return (["Model", "PSNR vs reference (dB)", "SSIM vs reference"] + PERCEPTUAL_HEADERS[:2]
+                + ["Agreement with FP32 (dB)", "Max error vs FP32 (levels)", "Latency (ms)", "File (MB)"])
+    return (["Model"] + PERCEPTUAL_HEADERS + ["Agreement with full precision: PSNR (dB)",
+                                              "Max error vs FP32 (levels)", "Latency (ms)", "File (MB)"])
+
+
 def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, float]) -> tuple[list[str], list[list[str]]]:
     """(headers, rows) of the metrics table, always 9 columns: the perceptual columns (what a
     viewer would notice, `qatie.analysis.perceptual`) first, then PSNR/SSIM vs the reference when
     there is one (else agreement with full precision), the level error, latency and file size."""
     models = result["models"]
-    lat_head = "Latency (ms)"
+    headers = table_headers(bool(result["reference"]))
     if result["reference"]:
-        headers = (["Model", "PSNR vs reference (dB)", "SSIM vs reference"] + PERCEPTUAL_HEADERS[:2]
-                   + ["Agreement with FP32 (dB)", "Max error vs FP32 (levels)", lat_head, "File (MB)"])
         inp = result["input"]
         rows = [["Input (unprocessed)", _num(inp["psnr_db"], ".2f"), _num(inp["ssim"], ".4f")] + ["—"] * 6]
         for role in ROLES:
@@ -329,8 +336,6 @@ def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, f
                 _latency_cell(latencies.get(role, [])), f"{sizes_mb[role]:.2f}",
             ])
     else:
-        headers = (["Model"] + PERCEPTUAL_HEADERS + ["Agreement with full precision: PSNR (dB)",
-                                                     "Max error vs FP32 (levels)", lat_head, "File (MB)"])
         rows = []
         for role in ROLES:
             m = models[role]
