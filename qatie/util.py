@@ -26,6 +26,21 @@ def file_sha(path, n: int = 16) -> str:
     return sha256(Path(path))[:n]
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'1920x1080' (H×W, height first — the order NCHW/NHWC dims and the authors' file names
+    use; 'x', 'X' or '×') → (1920, 1080)."""
+    from qatie.errors import QatieError
+
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise QatieError(f"size {text!r} is not HxW (e.g. 1920x1080, height first)") from None
+    if h < 1 or w < 1:
+        raise QatieError(f"size {text!r} must be at least 1x1")
+    return h, w
+
+
 def atomic_write(path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`: a reader
     (or a crash) never sees half a file. The temporary name keeps the suffix (image writers and

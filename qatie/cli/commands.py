@@ -251,10 +251,30 @@ def cmd_import_tflite(args) -> int:
 def cmd_export(args) -> int:
     from qatie.quantize.qat import export_checkpoint
 
+    if args.format == "tflite":
+        return _export_tflite(args)
+    if not args.checkpoint:
+        raise QatieError("export --format onnx needs --checkpoint")
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"→ {out}")
     if out.with_suffix(".json").exists():  # an INT8 export (an FP32 one has no sidecar)
         _print_exactness(out)
+    return 0
+
+
+def _export_tflite(args) -> int:
+    import tempfile
+
+    from qatie.export.to_tflite import check_size, export_tflite
+    from qatie.quantize.qat import export_checkpoint
+
+    if bool(args.model) == bool(args.checkpoint):
+        raise QatieError("export --format tflite needs one of --model (an INT8 model) or --checkpoint (a QAT .pt)")
+    check_size(args.size)  # before any ONNX export
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or export_checkpoint(args.checkpoint, Path(tmp) / f"{Path(args.checkpoint).stem}.onnx")
+        out = export_tflite(model, args.out, args.size)
+    print(f"→ {out} ({out.stat().st_size / 1e6:.2f} MB, LiteRT INT8, input {args.size} HxW float32 NHWC in [0, 1])")
     return 0
 
 

@@ -180,11 +180,18 @@ def _import_tflite(sub) -> None:
 
 
 def _export(sub) -> None:
-    cmd = sub.add_parser("export", help="checkpoint → ONNX (FP32, or INT8 for a QAT checkpoint)",
+    cmd = sub.add_parser("export", help="checkpoint → ONNX (FP32, or INT8 for a QAT checkpoint); INT8 → LiteRT",
                          description="An FP32 checkpoint becomes the FP32 ONNX model; a QAT checkpoint the "
-                         "INT8 QDQ ONNX model with its learned ranges (+ JSON sidecar).")
-    cmd.add_argument("--checkpoint", required=True)
-    cmd.add_argument("--out", required=True, help="output .onnx")
+                         "INT8 QDQ ONNX model with its learned ranges (+ JSON sidecar). --format tflite writes "
+                         "the LiteRT (TFLite) INT8 model of a QATIE INT8 model with its own scales, for one "
+                         "input size (docs/litert.md).")
+    cmd.add_argument("--format", choices=("onnx", "tflite"), default="onnx")
+    cmd.add_argument("--checkpoint", help="the .pt to export (onnx; with tflite: a QAT checkpoint, through ONNX)")
+    cmd.add_argument("--model", help="tflite: a shipped INT8 model (paper-qat, paper-ptq, qat, ptq) or an INT8 .onnx")
+    cmd.add_argument("--size", default="1920x1080",
+                     help="tflite: the fixed input size, HEIGHTxWIDTH (1920x1080 = portrait full HD, as the "
+                     "authors' file; 1080x1920 landscape)")
+    cmd.add_argument("--out", required=True, help="output .onnx or .tflite")
     cmd.set_defaults(func=cmd_export)
 
 

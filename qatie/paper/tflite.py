@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qatie.errors import ModelFileError, QatieError
+from qatie.errors import ModelFileError
 from qatie.metrics import sqnr_db
 from qatie.util import sha256
 
@@ -37,21 +37,10 @@ _BLOCKS = [("enc1", ("a", "b")), ("ref_s2", _REFINE), ("enc2", ("a", "b")), ("re
 
 
 def _interpreter(path, preserve_all: bool = False, threads: int = 1):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise QatieError("reading TFLite models needs the optional package ai-edge-litert "
-                         "(pip install ai-edge-litert)") from None
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such TFLite file")
-    try:
-        it = Interpreter(model_path=str(path), num_threads=threads,
-                         experimental_preserve_all_tensors=preserve_all)
-        it.allocate_tensors()
-    except Exception as e:  # the interpreter raises ValueError/RuntimeError on a bad flatbuffer
-        raise ModelFileError(f"{path.name}: not a readable TFLite model ({type(e).__name__}: {str(e)[:160]})") from None
-    return it
+    """The authors' file in LiteRT (`qatie.runtime.litert.interpreter`, XNNPACK as shipped)."""
+    from qatie.runtime.litert import interpreter
+
+    return interpreter(path, preserve_all=preserve_all, threads=threads)
 
 
 def _dequantize(it, idx: int) -> np.ndarray:

@@ -33,6 +33,7 @@ from qatie.runtime import enhancer as rt
 from qatie.runtime.cpu import machine_summary
 from qatie.errors import ModelFileError, QatieError
 from qatie.paths import REPO_ROOT
+from qatie.util import parse_size  # noqa: F401 — `bench.parse_size` for callers
 
 REFERENCE_NAME = "reference_tflite"
 _PKG_PARENT = REPO_ROOT  # the folder holding the qatie package (a worker's PYTHONPATH)
@@ -57,18 +58,6 @@ def make_input(height: int, width: int, seed: int = 0) -> np.ndarray:
         noise += plane
         np.clip(noise, 0.0, 1.0, out=img[0, c])
     return img
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1920x1080' (H×W; 'x', 'X' or '×') → (1920, 1080)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise QatieError(f"size {text!r} is not HxW (e.g. 1920x1080, height first)") from None
-    if h < 1 or w < 1:
-        raise QatieError(f"size {text!r} must be at least 1x1")
-    return h, w
 
 
 def _size_str(h: int, w: int) -> str:
