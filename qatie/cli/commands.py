@@ -283,7 +283,7 @@ def cmd_bench(args) -> int:
 
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     result = run_benchmark(args.models.split(","), sizes, threads=args.threads, runs=args.runs,
-                           warmup=args.warmup, reference_tflite=args.reference_tflite)
+                           warmup=args.warmup, reference_tflite=args.reference_tflite, litert=args.litert)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

@@ -205,6 +205,8 @@ def _bench(sub) -> None:
     cmd.add_argument("--runs", type=int, default=5)
     cmd.add_argument("--warmup", type=int, default=1)
     cmd.add_argument("--reference-tflite", metavar="PATH", help="also time the authors' INT8 TFLite model")
+    cmd.add_argument("--litert", action="store_true",
+                     help="also time each INT8 model's LiteRT export at each size (same rounds, same threads)")
     _json(cmd, "every row and the machine")
     cmd.set_defaults(func=cmd_bench)
 

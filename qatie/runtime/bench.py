@@ -94,8 +94,9 @@ def machine_info(threads: Optional[int] = None) -> dict:
 # The TFLite reference
 # --------------------------------------------------------------------------------------------
 
-class _TFLiteReference:
-    """The authors' TFLite model: fixed input shape, read from the interpreter."""
+class _TFLiteFile:
+    """A TFLite model — the authors' file, or QATIE's own LiteRT export: fixed input shape, read
+    from the interpreter (XNNPACK, LiteRT's default CPU kernels)."""
 
     def __init__(self, path: str | os.PathLike, threads: int):
         try:
@@ -162,7 +163,7 @@ def _probe_main(kind: str, path: str, height: int, width: int, threads: int) -> 
         enh = rt.OnnxEnhancer(path, threads=threads)
         enh.run_nchw(x)
     else:
-        ref = _TFLiteReference(path, threads)
+        ref = _TFLiteFile(path, threads)
         ref.runner(ref.prepare(x))()
     print(json.dumps({"peak_rss_mb": rt.peak_rss_mb(), "baseline_rss_mb": baseline}))
 
@@ -212,6 +213,7 @@ def run_benchmark(
     reference_tflite: str | None = None,
     measure_memory: bool = True,
     progress: Optional[Callable[[str], None]] = None,
+    litert: bool = False,
 ) -> dict:
     """Time each ONNX model (path or shipped name `fp32`/`ptq`/`qat`) at each H×W size.
 
@@ -223,6 +225,10 @@ def run_benchmark(
     called/stemmed "fp32", else the first), ratio_to_reference (÷ the TFLite median at that
     size, None where it did not run), file_mb, peak_rss_mb (fresh-process peak; None when
     `measure_memory` is False or the probe failed).
+
+    `litert`: each INT8 model also runs as its LiteRT export at each size (`qatie.export.to_tflite`,
+    written into the cache folder), in the same rounds: rows `<model>@litert`, kind "litert" —
+    beside the authors' file at its size, the same model on the same runtime.
     """
     sizes = _checked_request(models, sizes, runs, warmup)
     say = progress or (lambda msg: None)
@@ -232,7 +238,7 @@ def run_benchmark(
     labels = [label for label, _ in labelled]
     baseline = next((l for l, p in labelled if l == "fp32" or p.stem == "fp32"), labels[0])
 
-    ref = _TFLiteReference(reference_tflite, threads) if reference_tflite else None
+    ref = _TFLiteFile(reference_tflite, threads) if reference_tflite else None
     machine = machine_info(threads)
     reference_info = None
     if ref is not None:
@@ -241,7 +247,8 @@ def run_benchmark(
 
     rows: list[dict] = []
     for h, w in sizes:
-        rows += _time_size(h, w, labels, enhancers, baseline, ref, runs, warmup, say)
+        lite = _litert_files(labelled, enhancers, h, w, threads, say) if litert else {}
+        rows += _time_size(h, w, labels, enhancers, baseline, ref, runs, warmup, say, lite)
 
     if measure_memory:
         for row in rows:
@@ -256,8 +263,8 @@ def run_benchmark(
         "reference": reference_info,
         "timing": (
             "interleaved rounds, order rotated each round; onnx: OnnxEnhancer.run_nchw on float32 "
-            "NCHW (pad, run, crop, clip); tflite: set_tensor+invoke+get_tensor on input already in "
-            "the model's dtype/layout; peak_rss_mb: fresh process loading one model and running "
+            "NCHW (pad, run, crop, clip); tflite and litert: set_tensor+invoke+get_tensor on input already in "
+            "the model's dtype/layout (XNNPACK); peak_rss_mb: fresh process loading one model and running "
             "one image (includes Python + runtime import baseline, see baseline_rss_mb)"
         ),
         "results": rows,
@@ -290,7 +297,7 @@ def _litert_version() -> str | None:
         return None
 
 
-def _reference_info(ref: "_TFLiteReference", sizes: list[tuple[int, int]]) -> dict:
+def _reference_info(ref: "_TFLiteFile", sizes: list[tuple[int, int]]) -> dict:
     matched = [s for s in sizes if s == ref.size]
     info = {"path": str(ref.path), "size": _size_str(*ref.size), "input_dtype": str(ref.dtype),
             "timed_at": [_size_str(*s) for s in matched]}
@@ -299,13 +306,27 @@ def _reference_info(ref: "_TFLiteReference", sizes: list[tuple[int, int]]) -> di
     return info
 
 
+def _litert_files(labelled, enhancers: dict, h: int, w: int, threads: int, say) -> dict[str, "_TFLiteFile"]:
+    """{"<model>@litert": its LiteRT export at H×W} for each INT8 model (written once, cached)."""
+    from qatie.paths import cache_dir
+    from qatie.runtime.litert import litert_file
+
+    out = {}
+    for label, path in labelled:
+        if enhancers[label].is_int8:
+            say(f"{label}: LiteRT export at {_size_str(h, w)}")
+            out[f"{label}@litert"] = _TFLiteFile(litert_file(path, h, w, cache_dir() / "litert"), threads)
+    return out
+
+
 def _time_size(h: int, w: int, labels: list[str], enhancers: dict, baseline: str, ref, runs: int, warmup: int,
-               say) -> list[dict]:
+               say, lite: dict | None = None) -> list[dict]:
     """One size: warm-up, then `runs` interleaved rounds (order rotated each round); one row per model."""
     x = make_input(h, w)
+    lite = lite or {}
     entries: list[tuple[str, Callable[[], object]]] = [
         (label, (lambda e=enhancers[label]: e.run_nchw(x))) for label in labels
-    ]
+    ] + [(label, f.runner(f.prepare(x))) for label, f in lite.items()]
     if ref is not None and (h, w) == ref.size:
         entries.append((REFERENCE_NAME, ref.runner(ref.prepare(x))))
     samples: dict[str, list[float]] = {label: [] for label, _ in entries}
@@ -325,6 +346,8 @@ def _time_size(h: int, w: int, labels: list[str], enhancers: dict, baseline: str
         st = stats[label]
         if label == REFERENCE_NAME:
             path, kind, is_int8, size_bytes = ref.path, "tflite", np.issubdtype(ref.dtype, np.integer), ref.size_bytes
+        elif label in lite:
+            path, kind, is_int8, size_bytes = lite[label].path, "litert", True, lite[label].size_bytes
         else:
             e = enhancers[label]
             path, kind, is_int8, size_bytes = e.path, "onnx", e.is_int8, e.size_bytes
@@ -342,7 +365,7 @@ def _add_peak_rss(row: dict, threads: int, say) -> None:
     """The row's model loaded and run once in a fresh process: its peak RSS (and the baseline)."""
     h, w = parse_size(row["size"])
     say(f"peak RSS: {row['model']} at {row['size']} (fresh process)")
-    kind = "tflite" if row["kind"] == "tflite" else "onnx"
+    kind = "tflite" if row["kind"] in ("tflite", "litert") else "onnx"
     probe = _probe_peak_rss(kind, Path(row["path"]), h, w, threads)
     row["peak_rss_mb"] = probe.get("peak_rss_mb")
     if probe.get("baseline_rss_mb") is not None:
