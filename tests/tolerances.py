@@ -66,6 +66,19 @@ TOLERANCES = {
     # "Moved": a learned range counts as changed when it differs by more than this (relative);
     # float32 round trips alone change a range by < 1e-6.
     "learned_range_moved_rel": 1e-4,
+    # QATIE's own LiteRT export vs QATIE's arithmetic on LiteRT's inputs, op by op, and vs FP32
+    # (tests/test_litert.py, docs/litert.md; `qatie litert-proof`).
+    "litert_export": {
+        # LiteRT requantizes in its own arithmetic (fixed-point multipliers in the builtin kernels,
+        # XNNPACK's LeakyReLU multipliers): one level at a near-tie, never more. Measured: XNNPACK
+        # convs 0 levels, LeakyReLU 3.3 % of values by 1; builtin convs 0.21 %, LeakyReLU 17.5 % by 1.
+        "op_max_levels": 1,
+        # share of values one level off, per op kind, at most (17.5 % measured: builtin LeakyReLU)
+        "op_off_share_max": 0.25,
+        # the same model's LiteRT and ONNX INT8 outputs scored against FP32: the issue's goal
+        # (measured 0.08 dB at full HD: 44.19 vs 44.28 dB; 0.09 dB on a 256×200 crop)
+        "agreement_gap_db": 1.0,
+    },
     # The authors' TFLite files vs the imported torch network (tests/test_tflite_import.py).
     "tflite_import": {
         # each conv's output, fed the TFLite's own input: only that one layer's INT8 rounding

@@ -278,6 +278,42 @@ def _export_tflite(args) -> int:
     return 0
 
 
+def cmd_litert_proof(args) -> int:
+    import tempfile
+
+    from qatie.analysis.litert_parity import agreement, format_rows, op_rows, summary
+    from qatie.export.to_tflite import int8_onnx
+    from qatie.imageio import read_image
+    from qatie.paths import REPO_ROOT, SHIPPED_MODELS
+    from qatie.runtime.cpu import machine_summary
+    from qatie.runtime.int8_reference import default_images
+    from qatie.runtime.litert import litert_file
+
+    onnx_path = int8_onnx(args.model)
+    fp32 = args.fp32 or (REPO_ROOT / SHIPPED_MODELS["paper" if onnx_path.name.startswith("paper") else "fp32"])
+    images = {Path(p).name: read_image(p) for p in args.images} if args.images else default_images((120, 136))
+    out = {"machine": machine_summary(args.threads), "model": str(onnx_path), "proof": {}, "agreement": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kernels in args.kernels.split(","):
+            rows = []
+            for img in images.values():
+                rows += op_rows(litert_file(onnx_path, *img.shape[:2], tmp), onnx_path, img, kernels, args.threads)
+            print(format_rows(rows, kernels) + "\n")
+            out["proof"][kernels] = summary(rows)
+        for name, img in images.items():
+            a = agreement(onnx_path, fp32, img, tmp, threads=args.threads) | {"image": name}
+            out["agreement"].append(a)
+            print(f"{name} {a['size']}: LiteRT vs FP32 {a['litert_vs_fp32_db']:.2f} dB, ONNX INT8 vs FP32 "
+                  f"{a['onnx_vs_fp32_db']:.2f} dB, LiteRT vs ONNX INT8 {a['litert_vs_onnx_db']:.2f} dB")
+    print(f"machine: {out['machine']['cpu']} ({out['machine']['int8_path']}), {args.threads} thread(s)")
+    if args.json:
+        from qatie.util import atomic_write_text, jsonable
+
+        atomic_write_text(args.json, json.dumps(jsonable(out), indent=2) + "\n")
+        print(f"→ {args.json}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from qatie.runtime.bench import format_table, parse_size, run_benchmark, write_json
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from qatie.cli.commands import (cmd_bench, cmd_degrade, cmd_deviation, cmd_enhance, cmd_eval, cmd_export,
-                                cmd_import_tflite, cmd_inspect, cmd_ptq, cmd_qat, cmd_report, cmd_run, cmd_train)
+                                cmd_import_tflite, cmd_inspect, cmd_litert_proof, cmd_ptq, cmd_qat, cmd_report, cmd_run,
+                                cmd_train)
 from qatie.config import CALIBRATION_METHODS, RUN_STEPS, PTQConfig, QATConfig
 from qatie.errors import QatieError
 
@@ -195,6 +196,21 @@ def _export(sub) -> None:
     cmd.set_defaults(func=cmd_export)
 
 
+def _litert_proof(sub) -> None:
+    cmd = sub.add_parser("litert-proof", help="prove a LiteRT export op by op against QATIE's arithmetic",
+                         description="Export an INT8 model to LiteRT at each photo's size and check every int8 "
+                         "tensor of the file against QATIE's arithmetic on LiteRT's own inputs (convs: the exact "
+                         "integer sums of qatie.runtime.int8_reference), per kernel set; then each photo's "
+                         "LiteRT and ONNX INT8 outputs against FP32 (docs/litert.md).")
+    cmd.add_argument("--model", default="paper-qat", help="a shipped INT8 model name or an INT8 .onnx")
+    cmd.add_argument("--fp32", default=None, help="the FP32 .onnx to score against (default: the set's own)")
+    cmd.add_argument("--images", nargs="*", help="photos (default: 120×136 crops of astronaut, coffee, chelsea)")
+    cmd.add_argument("--kernels", default="xnnpack,builtin", help="LiteRT kernel sets to prove: xnnpack, builtin")
+    _threads(cmd)
+    cmd.add_argument("--json", help="also write the rows as JSON here")
+    cmd.set_defaults(func=cmd_litert_proof)
+
+
 def _bench(sub) -> None:
     cmd = sub.add_parser("bench", help="latency of ONNX models in ONNX Runtime",
                          description="Time models at each size (H×W), interleaved, after warm-up; print "
@@ -251,7 +267,7 @@ def _run(sub) -> None:
 
 
 #: One function per subcommand, in the order `qatie --help` lists them.
-SUBCOMMANDS = (_run, _train, _degrade, _enhance, _eval, _ptq, _inspect, _qat, _import_tflite, _export, _bench, _deviation,
+SUBCOMMANDS = (_run, _train, _degrade, _enhance, _eval, _ptq, _inspect, _qat, _import_tflite, _export, _litert_proof, _bench, _deviation,
                _report)
 
 
