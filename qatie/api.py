@@ -68,6 +68,14 @@ def export_onnx(checkpoint, out) -> Path:
     return export_checkpoint(checkpoint, out)
 
 
+def export_tflite(model, out, size: str = "1920x1080") -> Path:
+    """`qatie export --format tflite`: a shipped INT8 model name (`paper-qat`, …) or an INT8 .onnx →
+    a LiteRT INT8 file with QATIE's own scales, for one input size (HEIGHTxWIDTH; docs/litert.md)."""
+    from qatie.export.to_tflite import export_tflite as write
+
+    return write(model, out, size)
+
+
 def run_recipe(recipe, steps=None, say: Callable[[str], None] = print) -> dict[str, Path]:
     """`qatie run`: every step of a `RunRecipe` (or its JSON file) in order — or only `steps`
     (names from `qatie.config.RUN_STEPS`) — each writing the file the next one reads. Training

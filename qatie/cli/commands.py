@@ -294,7 +294,7 @@ def cmd_litert_proof(args) -> int:
     images = {Path(p).name: read_image(p) for p in args.images} if args.images else default_images((120, 136))
     out = {"machine": machine_summary(args.threads), "model": str(onnx_path), "proof": {}, "agreement": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for kernels in args.kernels.split(","):
+        for kernels in [k for k in args.kernels.split(",") if k]:  # "" = the agreement only
             rows = []
             for img in images.values():
                 rows += op_rows(litert_file(onnx_path, *img.shape[:2], tmp), onnx_path, img, kernels, args.threads)

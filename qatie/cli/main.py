@@ -205,7 +205,8 @@ def _litert_proof(sub) -> None:
     cmd.add_argument("--model", default="paper-qat", help="a shipped INT8 model name or an INT8 .onnx")
     cmd.add_argument("--fp32", default=None, help="the FP32 .onnx to score against (default: the set's own)")
     cmd.add_argument("--images", nargs="*", help="photos (default: 120×136 crops of astronaut, coffee, chelsea)")
-    cmd.add_argument("--kernels", default="xnnpack,builtin", help="LiteRT kernel sets to prove: xnnpack, builtin")
+    cmd.add_argument("--kernels", default="xnnpack,builtin",
+                     help="LiteRT kernel sets to prove: xnnpack, builtin (\"\" = only the agreement with FP32)")
     _threads(cmd)
     cmd.add_argument("--json", help="also write the rows as JSON here")
     cmd.set_defaults(func=cmd_litert_proof)
