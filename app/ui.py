@@ -19,7 +19,7 @@ import gradio as gr
 
 from app import config, models
 from app.about import texts as about
-from app.compare import authors
+from app.compare import authors, litert
 from app.compare import example_cache
 from app.compare import first_view
 from app.inspect import layout as inspect_panel
@@ -33,7 +33,8 @@ from app.train import layout as tab_train
 log = logging.getLogger("qatie.app")
 
 CSS = """
-#zoom img, #slider-crop img, #out-input img, #out-fp32 img, #out-ptq img, #out-qat img { image-rendering: pixelated; }
+#zoom img, #slider-crop img, #out-input img, #out-fp32 img, #out-ptq img, #out-qat img, #out-authors img,
+#out-litert img { image-rendering: pixelated; }
 #notice p { margin: 0.2em 0; }
 #header h2 { margin: 0 0 0.2em 0; }
 #header p { margin: 0; }
@@ -91,6 +92,11 @@ def _authors_visible(key) -> bool:
     return key == models.PAPER_KEY and authors.available()
 
 
+def _litert_visible(key) -> bool:
+    """QATIE's QAT-INT8 on LiteRT is there for the paper set, when ai-edge-litert is installed."""
+    return key == models.PAPER_KEY and litert.available()
+
+
 def _inspect_paths(key, session_sets) -> dict | None:
     try:
         return {r: str(p) for r, p in models.resolve_set(key, session_sets).paths.items()}
@@ -119,7 +125,8 @@ def build_demo() -> gr.Blocks:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Compare", id="compare"):
                 compare = tab_compare.build(default_set, examples=bool(rows),
-                                            authors_visible=_authors_visible(default_set))
+                                            authors_visible=_authors_visible(default_set),
+                                            litert_visible=_litert_visible(default_set))
             with gr.Tab("Train", id="train"):
                 train = tab_train.build()
             with gr.Tab("Benchmark", id="benchmark"):
@@ -140,8 +147,10 @@ def build_demo() -> gr.Blocks:
         inspect_paths = gr.State(None)
         compare.model_set.change(_inspect_paths, [compare.model_set, session_sets], inspect_paths,
                                  api_visibility="private")
-        compare.model_set.change(lambda key: gr.update(visible=_authors_visible(key)), compare.model_set,
-                                 compare.out_authors, api_visibility="private", queue=False)
+        compare.model_set.change(lambda key: (gr.update(visible=_authors_visible(key)),
+                                              gr.update(visible=_litert_visible(key))),
+                                 compare.model_set, [compare.out_authors, compare.out_litert],
+                                 api_visibility="private", queue=False)
         inspect_panel.wire(compare.inspect, compare.image_in, inspect_paths,
                            to_paths=lambda v: v or {r: str(p) for r, p in models.shipped_paths(default_set).items()})
     return demo

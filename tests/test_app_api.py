@@ -34,7 +34,8 @@ pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
 
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
-       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors")
+       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors",
+       "litert")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,8 @@ def test_compare_without_reference_is_agreement_with_fp32(client, tmp_path):
     assert headers[1] == "Looks (vs FP32)" and "Agreement with full precision: PSNR (dB)" in headers
     rows = [row[0] for row in r["metrics"]["data"]]
     assert rows[:3] == ["FP32", "PTQ-INT8", "QAT-INT8"]
-    assert rows[3:] == ([] if r["authors"] is None else ["Authors' INT8 TFLite (as released)"])
+    beside = {"authors": "Authors' INT8 TFLite (as released)", "litert": "QATIE QAT-INT8 on LiteRT (phone runtime)"}
+    assert rows[3:] == [label for name, label in beside.items() if r[name] is not None]
     assert r["metrics_json"]["reference"] is None
     assert load(r["fp32"]).shape == (120, 200, 3)
     assert r["heatmap_ref"] is None, "no reference, no vs-reference heatmaps"

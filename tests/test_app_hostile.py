@@ -585,8 +585,9 @@ def test_full_size_is_tiled_with_full_size_downloads(server, client, tmp_path):
     shown = load(r["fp32"])
     assert shown.shape[0] * shown.shape[1] <= MAX_MP * 1e6, "the image shown is a downscaled copy"
     full = {Path(p).name: load(p) for p in r["downloads"]}
-    authors = {"full_authors_tflite.png"} if r["authors"] is not None else set()  # paper set, ai-edge-litert
-    assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"} | authors
+    beside = {f for name, f in (("authors", "full_authors_tflite.png"), ("litert", "full_qat_litert.png"))
+              if r[name] is not None}  # paper set, ai-edge-litert
+    assert set(full) == {"full_input.png", "full_fp32.png", "full_ptq.png", "full_qat.png"} | beside
     assert all(a.shape == src.shape for a in full.values())
     assert np.array_equal(full["full_input.png"], src)
     assert r["metrics_json"]["size"] == [900, 600]

@@ -30,7 +30,8 @@ needs_paper = pytest.mark.skipif(bool(PAPER_MISSING), reason="the paper set is n
 needs_litert = pytest.mark.skipif(not (LITERT and authors.PATH.is_file()),
                                   reason="ai-edge-litert is not installed or the authors' 100×100 file is absent (../shared/reference)")
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
-       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors")
+       "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors",
+       "litert")
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 
 

@@ -21,15 +21,18 @@ import numpy as np
 
 from qatie.paths import REPO_ROOT
 from qatie.imageio import to_uint8
-from qatie.metrics import error_levels, psnr, ssim
 
 from app import models
-from app.compare.pipeline import PERCEPTUAL_HEADERS, _f, _num, perceptual_cells, rate
 
 FILE_NAME = "qatie_official_int8_100x100.tflite"
 PATH = Path(os.environ.get("QATIE_AUTHORS_TFLITE") or REPO_ROOT.parent / "shared" / "reference" / FILE_NAME)
 LABEL = "Authors' INT8 TFLite (as released)"
 SHORT_LABEL = "Authors' TFLite"  # over the picture itself, where the long label covered a corner of it
+#: In sentences ("… could not run").
+NAME = "the authors' TFLite model"
+#: The metrics JSON's key and the full-size download of this picture.
+JSON_KEY = "authors_tflite"
+DOWNLOAD_NAME = "full_authors_tflite.png"
 INSTALL_NOTICE = ("The authors' own INT8 TFLite model is not shown: `pip install ai-edge-litert` adds it as a "
                   "fourth picture.")
 #: What the latency shown for the authors' picture is (`Beside`).
@@ -68,6 +71,7 @@ class Beside:
         from qatie.paper.tflite import AuthorsTFLite
 
         self._deadline = deadline
+        self.file = PATH
         self._image = image_u8.astype(np.float32) / np.float32(255.0)
         self._model = AuthorsTFLite(PATH, threads=1)
         self.how = self._model.how(image_u8.shape)
@@ -114,51 +118,6 @@ class Beside:
             self._run.cancel()
 
 
-def table_row(headers: list[str], metrics: dict, ms: float) -> list[str]:
-    """The metrics table's row for the authors' model, cell by cell from the column names
-    (the table has different columns with and without a reference)."""
-    def cell(h: str) -> str:
-        if h == "Model":
-            return LABEL
-        if h.startswith("Agreement") and "SSIM" in h:
-            return _num(metrics.get("agreement_ssim"), ".4f")
-        if h.startswith("Agreement"):
-            return _num(metrics["agreement_psnr_db"], ".2f")
-        if h.startswith("Mean error vs FP32"):
-            return _num(metrics["mean_levels"], ".2f")
-        if h.startswith("Max error vs FP32"):
-            return _num(metrics["max_levels"], ".0f")
-        if h in PERCEPTUAL_HEADERS:
-            return perceptual_cells(metrics)[PERCEPTUAL_HEADERS.index(h)]
-        if h.startswith("PSNR vs reference"):
-            return _num(metrics.get("psnr_db"), ".2f")
-        if h.startswith("SSIM vs reference"):
-            return _num(metrics.get("ssim"), ".4f")
-        if h.startswith("Latency"):
-            return f"{ms:.0f} (1 core)"
-        if h.startswith("File"):
-            return f"{PATH.stat().st_size / 1e6:.2f}"
-        return "—"
-
-    return [cell(h) for h in headers]
-
-
-def measure(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.ndarray | None, result: dict | None = None) -> dict:
-    """Agreement with the paper FP32 output (the same numbers the INT8 rows show, the perceptual
-    rating on the same scale when the comparison's `result` is given), and the score against
-    the reference when there is one."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    out, fp = _f(out_u8), _f(fp32_u8)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # SSIM (scipy, GIL released) on the other core
-        agreement_ssim = pool.submit(ssim, out, fp)
-        err = error_levels(out, fp)
-        m = {"agreement_psnr_db": psnr(out, fp), "max_levels": float(err.max()),
-             "mean_levels": float(err.mean()), "share_over_2_levels": float((err > 2).mean())}
-        if result is not None and "fp32_lab" in result:
-            m["perceptual"] = rate(result["fp32_lab"], out_u8, result["jpeg_ladder"])[0]
-        m["agreement_ssim"] = agreement_ssim.result()
-    if reference_u8 is not None:
-        ref = _f(reference_u8)
-        m.update(psnr_db=psnr(out, ref), ssim=ssim(out, ref))
-    return m
+def start(prep, model_set: models.ModelSet, deadline) -> Beside:
+    """The picture of this comparison (`prep`: `app.compare.pipeline.Prepared`), started."""
+    return Beside(prep.image, deadline)

@@ -2,9 +2,10 @@
 
 `compare` streams named updates ({output name: value}, `OUTPUT_NAMES`) from a `CompareRun`,
 whose stages are the design: the previous result blanked at once; one pass of each model (the
-three outputs, and each model's first latency sample); the analysis, with the authors' TFLite picture computed
-beside it; more timing rounds while they fit the time budget; a final update carrying every
-output. `as_slots` turns an update into Gradio's list of event outputs.
+three outputs, and each model's first latency sample); the analysis, with the paper set's LiteRT
+pictures (the authors' TFLite file as released, QATIE's QAT-INT8 on LiteRT) computed beside it;
+more timing rounds while they fit the time budget; a final update carrying every output.
+`as_slots` turns an update into Gradio's list of event outputs.
 """
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ from qatie.errors import QatieError
 
 from app.boundary import uploads
 from app import config, models, outputs, render
-from app.compare import authors
+from app.compare import authors, litert
 from app.compare import pipeline as core
 from app.compare import example_cache
 from app.boundary import slots
 from app.compare.zoom import DEFAULT_WINDOW, crop_slider, render_zoom
-from app.compare.verdict import authors_rating, authors_short, headline, verdict
+from app.compare.verdict import headline, picture_rating, picture_short, verdict
 from app.boundary import guard
 
 log = logging.getLogger("qatie.app")
@@ -38,7 +39,12 @@ log = logging.getLogger("qatie.app")
 #: as they are); `as_slots` lays one out in this order for Gradio's event outputs (app/compare/layout.py).
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
                 "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
-                "heatmap_ref", "authors", "state")
+                "heatmap_ref", "authors", "litert", "state")
+#: The INT8 pictures computed beside the analysis (paper set, with ai-edge-litert), by output name:
+#: the authors' TFLite file as released, and QATIE's own QAT-INT8 written to LiteRT. Each module
+#: offers the same names: LABEL, NAME, JSON_KEY, DOWNLOAD_NAME, LATENCY_IS, applies, available,
+#: unavailable_notice, start (→ an object with finish(), cancel() and file).
+BESIDE = {"authors": authors, "litert": litert}
 #: Fixed colour scales (8-bit levels) of the error displays, so a colour means the same on every
 #: photo: quantization error (INT8 vs FP32) and each model against the reference.
 QUANT_SCALE = 16.0
@@ -187,7 +193,8 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     PTQ-INT8, QAT-INT8, FP32↔PTQ slider, FP32↔QAT slider, verdict, metrics table, heatmaps (INT8
     vs FP32), zoom (worst-region crops), zoom x %, zoom y %, metrics (JSON), downloads, headline
     (one line of HTML), worst-region FP32↔INT8 slider, heatmaps vs the reference, the authors' INT8
-    TFLite output (paper set with ai-edge-litert; else None), the result state. `model_set` None
+    TFLite output and QATIE's QAT-INT8 on LiteRT (paper set with ai-edge-litert; else None), the
+    result state. `model_set` None
     means the default set (`models.default_set()`).
     """
     for update in compare_named(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
@@ -238,8 +245,8 @@ class CompareRun:
     1. blank the previous result at once, the headline saying what runs;
     2. ONE pass of each model: the three outputs (and the input as the models got it), and each
        model's first latency sample;
-    3. the analysis (table, verdict, maps, zoom, sliders) — the authors' TFLite picture (paper set)
-       is computed beside it and follows;
+    3. the analysis (table, verdict, maps, zoom, sliders) — the LiteRT pictures (paper set: QATIE's
+       QAT-INT8 on LiteRT, the authors' TFLite file) are computed beside it and follow;
     4. more interleaved timing rounds while they fit the time budget, so the latency shown ends as
        the median of the passes.
 
@@ -254,8 +261,10 @@ class CompareRun:
         self.enh = None
         self.request_dir: Path | None = None
         self.keep_dir = False
-        self.beside = None  # the authors' picture, computed beside the analysis
-        self.tflite = {"note": "", "path": None, "metrics": None, "ms": None}
+        # The pictures computed beside the analysis (`BESIDE`): each its runner while it runs, notice
+        # line, shown file, metrics, latency and details.
+        self.extras = {name: {"beside": None, "note": "", "path": None, "metrics": None, "ms": None}
+                       for name in BESIDE}
         self.shown: dict[str, object] = {}
         self.outputs: dict[str, np.ndarray] = {}
         self.latencies: dict[str, list[float]] = {}
@@ -292,23 +301,29 @@ class CompareRun:
             yield self._blank()
             yield self._run_models()
             yield self._analyse()
-            if self.beside is not None:
-                update = self._authors_picture()
-                if self.more_rounds:  # else the final update, right after, carries it
+            for name in self._pending():
+                update = self._beside_picture(name)
+                if self.more_rounds or self._pending():  # else the final update, right after, carries it
                     yield update
             yield from self._timing_rounds()
             yield self._final()
         finally:
             self.deadline.cancel()
-            if self.beside is not None:
-                self.beside.cancel()
+            for ex in self.extras.values():
+                if ex["beside"] is not None:
+                    ex["beside"].cancel()
             models.close_enhancers(self.enh)
             if self.request_dir is not None and not self.keep_dir:
                 shutil.rmtree(self.request_dir, ignore_errors=True)
             guard.give_back_memory()
 
     def notice(self, extra: str = "") -> str:
-        return _notice(self.prep, self.model_set, self.overrides, extra, self.tflite["note"])
+        return _notice(self.prep, self.model_set, self.overrides, extra,
+                       " ".join(ex["note"] for ex in self.extras.values() if ex["note"]))
+
+    def _pending(self) -> list[str]:
+        """The pictures still computing beside the analysis."""
+        return [name for name, ex in self.extras.items() if ex["beside"] is not None]
 
     # -- 1. blank the previous result ------------------------------------------------------
     def _blank(self) -> dict:
@@ -347,13 +362,8 @@ class CompareRun:
 
     # -- 3. the analysis ----------------------------------------------------------------------
     def _analyse(self) -> dict:
-        if authors.applies(self.model_set, self.overrides):
-            self.tflite["note"] = authors.unavailable_notice()
-            if authors.available():  # its tiles start now, on the core the analysis leaves
-                try:
-                    self.beside = authors.Beside(self.prep.image, self.deadline)
-                except Exception as exc:  # an optional extra: the comparison stands without it
-                    self._authors_failed(exc)
+        for name in BESIDE:
+            self._start_beside(name)
         try:
             self.deadline.check()
             self.result = core.analyse(self.prep, self.outputs)
@@ -367,7 +377,7 @@ class CompareRun:
             self.downloads = [render.save_png(arr, self.request_dir / f"full_{name}.png")
                               for name, arr in (("input", self.prep.image), *self.outputs.items())]
         self.heat, self.heat_ref = heat, heat_ref
-        update = self._measured(final=not more and self.beside is None)
+        update = self._measured(final=not more and not self._pending())
         update.update(
             notice=self.notice("Timing more runs…" if more else ""), heatmap=heat, heatmap_ref=heat_ref,
             zoom=self.zoom_path, zoom_x=self.zx, zoom_y=self.zy, slider_crop=self.crop_pair,
@@ -434,46 +444,64 @@ class CompareRun:
         """The table, verdict and JSON from the numbers so far."""
         headers, rows = core.table(self.result, self.latencies, self.sizes)
         js = _json(self.result, self.latencies, self.sizes, self.prep, self.model_set)
-        tfl = self.tflite
-        if tfl["metrics"] is not None:
-            rows.append(authors.table_row(headers, tfl["metrics"], tfl["ms"]))
-            js["authors_tflite"] = {"label": authors.LABEL, "file": authors.PATH.name, "how": tfl["how"],
-                                    **tfl["metrics"], "latency_ms": round(tfl["ms"], 1),
-                                    "latency_is": authors.LATENCY_IS}
         text = verdict(self.result, self.latencies, self.sizes, final=final)
-        if tfl.get("details"):
-            text += "\n\n" + tfl["details"]
+        for name in self._shown_beside():
+            mod, ex = BESIDE[name], self.extras[name]
+            rows.append(core.picture_row(headers, mod.LABEL, ex["metrics"], ex["ms"], ex["file_mb"]))
+            js[mod.JSON_KEY] = {"label": mod.LABEL, "file": ex["file"], "how": ex["how"], **ex["metrics"],
+                                "latency_ms": round(ex["ms"], 1), "latency_is": mod.LATENCY_IS}
+            text += "\n\n" + ex["details"]
         return {"verdict": text, "metrics": pd.DataFrame(rows, columns=headers), "metrics_json": js}
 
-    # -- 3b. the authors' picture ---------------------------------------------------------------
-    def _authors_picture(self) -> dict:
-        tfl = self.tflite
+    def _shown_beside(self) -> list[str]:
+        """The pictures computed beside the analysis that are in (rated)."""
+        return [name for name, ex in self.extras.items() if ex["metrics"] is not None]
+
+    # -- 3b. the pictures computed beside the analysis -------------------------------------------
+    def _start_beside(self, name: str) -> None:
+        """Start `name`'s picture (`BESIDE`) where it applies: on the core the analysis leaves."""
+        mod, ex = BESIDE[name], self.extras[name]
+        if not mod.applies(self.model_set, self.overrides):
+            return
+        ex["note"] = mod.unavailable_notice()
+        if mod.available():
+            try:
+                ex["beside"] = mod.start(self.prep, self.model_set, self.deadline)
+            except Exception as exc:  # an optional extra: the comparison stands without it
+                self._beside_failed(name, exc)
+
+    def _beside_picture(self, name: str) -> dict:
+        """`name`'s picture once it is done: rated like the INT8 models, shown, in the table."""
+        mod, ex = BESIDE[name], self.extras[name]
         try:
-            out, tfl["ms"], tfl["how"] = self.beside.finish()
-            tfl["metrics"] = authors.measure(out, self.outputs["fp32"], self.prep.reference, self.result)
-            tfl["path"] = render.save_png(_display(out)[0], self.request_dir / "authors.png")
+            out, ms, how = ex["beside"].finish()
+            ex["metrics"] = core.measure_picture(out, self.outputs["fp32"], self.prep.reference, self.result)
+            ex.update(ms=ms, how=how, file=ex["beside"].file.name, file_mb=ex["beside"].file.stat().st_size / 1e6)
+            ex["path"] = render.save_png(_display(out)[0], self.request_dir / f"{name}.png")
             if self.downloads is not None:  # full-size mode: its full-size output too
-                self.downloads.append(render.save_png(out, self.request_dir / "full_authors_tflite.png"))
-            tfl["note"] = f"**{authors.LABEL}**: {authors_short(tfl['metrics'])} (see *Details*)."
-            tfl["details"] = (f"**{authors.LABEL}**: {tfl['how']}; agreement with the paper FP32 "
-                              f"{core._num(tfl['metrics']['agreement_psnr_db'], '.2f')} dB; "
-                              + authors_rating(tfl["metrics"]) + f" Latency: {authors.LATENCY_IS}.")
+                self.downloads.append(render.save_png(out, self.request_dir / mod.DOWNLOAD_NAME))
+            ex["note"] = f"**{mod.LABEL}**: {picture_short(ex['metrics'])} (see *Details*)."
+            ex["details"] = (f"**{mod.LABEL}**: {how}; agreement with the paper FP32 "
+                             f"{core._num(ex['metrics']['agreement_psnr_db'], '.2f')} dB; "
+                             + picture_rating(ex["metrics"]) + f" Latency: {mod.LATENCY_IS}.")
         except guard.DeadlineError as exc:
-            raise user_error(exc, "running the authors' TFLite model") from None
+            raise user_error(exc, f"running {mod.NAME}") from None
         except Exception as exc:  # an optional extra: the comparison stands without it
-            self._authors_failed(exc)
-        self.beside = None
-        update = self._measured(final=self.more_rounds == 0)
-        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""), authors=tfl["path"])
+            ex["metrics"] = None
+            self._beside_failed(name, exc)
+        ex["beside"] = None
+        update = self._measured(final=self.more_rounds == 0 and not self._pending())
+        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""), **{name: ex["path"]})
         if self.downloads is not None:
             update["downloads"] = self.downloads
-        self.mark("authors' picture ready")
+        self.mark(f"{name} picture ready")
         return update
 
-    def _authors_failed(self, exc: BaseException) -> None:
-        log.warning("authors' TFLite model failed: %s: %s", type(exc).__name__, exc)
-        self.tflite["note"] = (f"The authors' TFLite model could not run ({type(exc).__name__}: "
-                               f"{guard.public_text(str(exc))[:200]}).")
+    def _beside_failed(self, name: str, exc: BaseException) -> None:
+        mod = BESIDE[name]
+        log.warning("%s failed: %s: %s", mod.NAME, type(exc).__name__, exc)
+        self.extras[name]["note"] = (f"{mod.NAME[:1].upper()}{mod.NAME[1:]} could not run ({type(exc).__name__}: "
+                                     f"{guard.public_text(str(exc))[:200]}).")
 
     # -- 4. more timing rounds ------------------------------------------------------------------
     def _timing_rounds(self):
@@ -505,7 +533,8 @@ class CompareRun:
                  **self._measured(final=True), "heatmap": self.heat, "zoom": self.zoom_path, "zoom_x": self.zx,
                  "zoom_y": self.zy, "downloads": self.downloads,
                  "headline": headline(self.result, self.latencies, self.sizes), "slider_crop": self.crop_pair,
-                 "heatmap_ref": self.heat_ref, "authors": self.tflite["path"], "state": self.state}
+                 "heatmap_ref": self.heat_ref, **{name: ex["path"] for name, ex in self.extras.items()},
+                 "state": self.state}
         if self.cache_key is not None:  # the files and the full result, for the next click on this example
             self.keep_dir = True
             example_cache.remember(self.cache_key, final)

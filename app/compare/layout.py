@@ -14,7 +14,7 @@ import gradio as gr
 
 from app import config, models
 from app.about import texts as about
-from app.compare import authors
+from app.compare import authors, litert
 from app.compare import handlers as compare
 from app.compare import first_view
 from app.boundary import guard
@@ -64,17 +64,19 @@ class CompareTab:
     out_ptq: gr.Image
     out_qat: gr.Image
     out_authors: gr.Image
+    out_litert: gr.Image
     slider_ptq: gr.ImageSlider
     slider_qat: gr.ImageSlider
     inspect: inspect_panel.Panel
 
 
-def build(default_set: str, examples: bool, authors_visible: bool) -> CompareTab:
+def build(default_set: str, examples: bool, authors_visible: bool, litert_visible: bool = False) -> CompareTab:
     """The tab's components, in the current Tab context. `examples`: show the example gallery;
-    `authors_visible`: show the authors' TFLite picture for `default_set`."""
+    `authors_visible` / `litert_visible`: show the authors' TFLite picture / QATIE's QAT-INT8 on
+    LiteRT for `default_set`."""
     with gr.Row(elem_id="compare-row"):
         inputs = _inputs_column(default_set, examples)
-        results = _results_column(authors_visible)
+        results = _results_column(authors_visible, litert_visible)
     return CompareTab(**inputs, **results)
 
 
@@ -119,7 +121,7 @@ def _inputs_column(default_set: str, examples: bool) -> dict:
                 reference_in=reference_in, custom_fp32=custom_fp32, custom_ptq=custom_ptq, custom_qat=custom_qat)
 
 
-def _results_column(authors_visible: bool) -> dict:
+def _results_column(authors_visible: bool, litert_visible: bool) -> dict:
     """The right column: headline, notice, zoom, heatmaps, details, the full pictures, sliders."""
     with gr.Column(scale=3, elem_id="compare-results"):
         headline_html = gr.HTML("", elem_id="headline")
@@ -179,6 +181,11 @@ def _results_column(authors_visible: bool) -> dict:
             out_authors = gr.Image(label=authors.LABEL, format="png", interactive=False,
                                    elem_id="out-authors", alt_text="The authors' INT8 TFLite model's output, run as released", buttons=["fullscreen"], min_width=120,
                                    visible=authors_visible)
+            # QATIE's own QAT-INT8 written to LiteRT with its own scales (paper set, with ai-edge-litert).
+            out_litert = gr.Image(label=litert.LABEL, format="png", interactive=False, elem_id="out-litert",
+                                  alt_text="QATIE's QAT-INT8 model's output on LiteRT, the phone runtime, with "
+                                           "QATIE's own quantization scales",
+                                  buttons=["fullscreen"], min_width=120, visible=litert_visible)
         with gr.Row():
             slider_ptq = gr.ImageSlider(label="Before/after: FP32 ↔ PTQ-INT8", format="png",
                                         interactive=False, elem_id="slider-ptq", buttons=["fullscreen"])
@@ -189,7 +196,7 @@ def _results_column(authors_visible: bool) -> dict:
                 zoom_x=zoom_x, zoom_y=zoom_y, zoom_window=zoom_window, heatmap=heatmap, heatmap_ref=heatmap_ref,
                 verdict_md=verdict_md, metrics_df=metrics_df, metrics_json=metrics_json, downloads=downloads,
                 out_input=out_input, out_fp32=out_fp32, out_ptq=out_ptq, out_qat=out_qat, out_authors=out_authors,
-                slider_ptq=slider_ptq, slider_qat=slider_qat, inspect=inspect)
+                out_litert=out_litert, slider_ptq=slider_ptq, slider_qat=slider_qat, inspect=inspect)
 
 
 def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state: gr.State, default_set: str) -> None:
@@ -203,7 +210,8 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
                "verdict": tab.verdict_md, "metrics": tab.metrics_df, "heatmap": tab.heatmap, "zoom": tab.zoom_img,
                "zoom_x": tab.zoom_x, "zoom_y": tab.zoom_y, "metrics_json": tab.metrics_json,
                "downloads": tab.downloads, "headline": tab.headline_html, "slider_crop": tab.slider_crop,
-               "heatmap_ref": tab.heatmap_ref, "authors": tab.out_authors, "state": result_state}
+               "heatmap_ref": tab.heatmap_ref, "authors": tab.out_authors, "litert": tab.out_litert,
+               "state": result_state}
     compare_outputs = [by_name[name] for name in compare.OUTPUT_NAMES]  # the order `compare.as_slots` lays out
     tab.run_btn.click(compare.compare_ui, compare_inputs, compare_outputs, api_visibility="private",
                       preprocess=False, concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY,
@@ -251,6 +259,6 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
                        time_limit=60, show_progress="hidden")
     tab.zoom_window.input(compare.zoom, zoom_inputs, tab.zoom_img, api_visibility="private", concurrency_limit=None,
                           time_limit=60, show_progress="hidden")
-    for img in (tab.out_input, tab.out_fp32, tab.out_ptq, tab.out_qat):
+    for img in (tab.out_input, tab.out_fp32, tab.out_ptq, tab.out_qat, tab.out_authors, tab.out_litert):
         img.select(compare.zoom_at_click, [result_state, tab.zoom_window], [tab.zoom_x, tab.zoom_y, tab.zoom_img],
                    api_visibility="private", concurrency_limit=None, time_limit=60, show_progress="hidden")

@@ -347,3 +347,59 @@ def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, f
                              _num(m["max_levels"], ".0f"), _latency_cell(latencies.get(role, [])),
                              f"{sizes_mb[role]:.2f}"])
     return headers, rows
+
+
+# --------------------------------------------------------------------------------------------
+# Another INT8 picture of the same photo (the paper set's LiteRT pictures, computed beside the analysis)
+# --------------------------------------------------------------------------------------------
+
+def measure_picture(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.ndarray | None,
+                    result: dict | None = None) -> dict:
+    """Agreement with the FP32 output (the same numbers the INT8 rows show, the perceptual rating
+    on the same scale when the comparison's `result` is given), and the score against the
+    reference when there is one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out, fp = _f(out_u8), _f(fp32_u8)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # SSIM (scipy, GIL released) on the other core
+        agreement_ssim = pool.submit(ssim, out, fp)
+        err = error_levels(out, fp)
+        m = {"agreement_psnr_db": psnr(out, fp), "max_levels": float(err.max()),
+             "mean_levels": float(err.mean()), "share_over_2_levels": float((err > 2).mean())}
+        if result is not None and "fp32_lab" in result:
+            m["perceptual"] = rate(result["fp32_lab"], out_u8, result["jpeg_ladder"])[0]
+        m["agreement_ssim"] = agreement_ssim.result()
+    if reference_u8 is not None:
+        ref = _f(reference_u8)
+        m.update(psnr_db=psnr(out, ref), ssim=ssim(out, ref))
+    return m
+
+
+def picture_row(headers: list[str], label: str, metrics: dict, ms: float, file_mb: float) -> list[str]:
+    """The metrics table's row of such a picture (`measure_picture`), cell by cell from the column
+    names (the table has different columns with and without a reference); its latency is CPU
+    time on one core."""
+    def cell(h: str) -> str:
+        if h == "Model":
+            return label
+        if h.startswith("Agreement") and "SSIM" in h:
+            return _num(metrics.get("agreement_ssim"), ".4f")
+        if h.startswith("Agreement"):
+            return _num(metrics["agreement_psnr_db"], ".2f")
+        if h.startswith("Mean error vs FP32"):
+            return _num(metrics["mean_levels"], ".2f")
+        if h.startswith("Max error vs FP32"):
+            return _num(metrics["max_levels"], ".0f")
+        if h in PERCEPTUAL_HEADERS:
+            return perceptual_cells(metrics)[PERCEPTUAL_HEADERS.index(h)]
+        if h.startswith("PSNR vs reference"):
+            return _num(metrics.get("psnr_db"), ".2f")
+        if h.startswith("SSIM vs reference"):
+            return _num(metrics.get("ssim"), ".4f")
+        if h.startswith("Latency"):
+            return f"{ms:.0f} (1 core)"
+        if h.startswith("File"):
+            return f"{file_mb:.2f}"
+        return "—"
+
+    return [cell(h) for h in headers]

@@ -123,8 +123,9 @@ def speedup(fp32_ms: float, int8_ms: float) -> str:
     return f"{r:.1f}× faster" if r > 1 else f"{1 / r:.1f}× slower"
 
 
-def authors_rating(metrics: dict) -> str:
-    """The authors' TFLite picture on the INT8 models' scale (one clause)."""
+def picture_rating(metrics: dict) -> str:
+    """Another INT8 picture of the photo (the paper set's LiteRT pictures) on the INT8 models' scale
+    (one clause)."""
     p = metrics.get("perceptual")
     if not p:
         return "not rated"
@@ -132,8 +133,8 @@ def authors_rating(metrics: dict) -> str:
             f"{jpeg_phrase(p['jpeg'])}).")
 
 
-def authors_short(metrics: dict) -> str:
-    """The authors' TFLite picture's class and JPEG place, for the notice line."""
+def picture_short(metrics: dict) -> str:
+    """Another INT8 picture's class and JPEG place, for the notice line."""
     p = metrics.get("perceptual")
     if not p:
         return "not rated"

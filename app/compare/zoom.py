@@ -19,7 +19,8 @@ SLIDER_PX = 480  # the worst-region before/after slider's images
 # Output order of the compare event (the API returns them in this order, minus the State).
 # The first view's outputs (headline, worst-region before/after slider, vs-reference heatmaps) come
 # after the original ones, so API callers reading the first 15 by position are unaffected; the
-# authors' TFLite picture (paper set only, `app.compare.authors`) comes after those.
+# authors' TFLite picture (paper set only, `app.compare.authors`) comes after those, then QATIE's
+# QAT-INT8 on LiteRT (paper set only, `app.compare.litert`).
 
 
 def render_zoom(state: dict, x_pct: float, y_pct: float, window: int, out_dir: Path) -> str:

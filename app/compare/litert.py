@@ -1,0 +1,166 @@
+"""QATIE's own QAT-INT8 model on LiteRT (TFLite), the phone runtime the paper targets, beside
+the authors' file (`app.compare.authors`) on the paper set.
+
+The paper set's QAT-INT8 .onnx is written to LiteRT with QATIE's own quantization parameters
+(`qatie.export.to_tflite`: every conv's int8 weights, per-channel scales and int32 biases as they
+are, every tensor on its own quantization grid — LiteRT's XNNPACK convs then compute QATIE's exact
+integer sums; docs/litert.md). A LiteRT file has one fixed input size, so the file is written at
+this photo's size (in full-size mode: at the ONNX models' tile size, run in the same blended
+tiles), once per size, into the cache folder (`qatie.runtime.litert.litert_file`; about 0.7 s the
+first time). It runs on one thread beside the analysis, like the authors' file, and is rated
+on the same scale as the other INT8 pictures: next to the authors' file as released, it shows
+what the same runtime gives with QATIE's scales. Needs the optional package `ai-edge-litert`,
+imported only when a paper-set comparison runs, so the app's start-up never loads it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qatie.imageio import to_uint8
+
+from app import config, models
+from app.compare import authors
+
+LABEL = "QATIE QAT-INT8 on LiteRT (phone runtime)"
+#: In sentences ("… could not run").
+NAME = "QATIE's QAT-INT8 on LiteRT"
+#: The metrics JSON's key and the full-size download of this picture.
+JSON_KEY = "litert"
+DOWNLOAD_NAME = "full_qat_litert.png"
+INSTALL_NOTICE = ("QATIE's QAT-INT8 on LiteRT (the phone runtime) is not shown: `pip install ai-edge-litert` "
+                  "adds it as a picture.")
+#: What the latency shown for this picture is (`Beside`).
+LATENCY_IS = ("the CPU time of its LiteRT run on one core (it runs beside the analysis; writing and loading "
+              "the file for this photo's size are not counted)")
+#: The cache folder keeps at most this many megabytes of LiteRT files (about 1.1 MB each: one per
+#: photo size seen), the least recently used dropped first.
+CACHE_MAX_MB = 40.0
+
+
+def available() -> bool:
+    """The runtime package is installed (checked without importing it)."""
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def unavailable_notice() -> str:
+    """Why the picture is missing ("" when it is shown)."""
+    return "" if available() else INSTALL_NOTICE
+
+
+def applies(model_set: models.ModelSet, overrides: dict) -> bool:
+    """The paper set, as for the authors' file (its own FP32 rates the picture), with its own
+    QAT-INT8 (an uploaded one has no QATIE sidecar to write the file from)."""
+    return authors.applies(model_set, overrides) and "qat" not in (overrides or {})
+
+
+def cache_folder() -> Path:
+    from qatie.paths import cache_dir
+
+    return cache_dir() / "litert"
+
+
+def file_for(onnx_path: Path, height: int, width: int) -> tuple[Path, float | None]:
+    """(the LiteRT file of `onnx_path` at H×W, seconds spent writing it — None when it was cached).
+    The cache folder is kept small: least recently used files go first (a used file is touched)."""
+    from qatie.runtime.litert import litert_file
+
+    folder = cache_folder()
+    t0 = time.perf_counter()
+    known = set(folder.glob("*.tflite")) if folder.is_dir() else set()
+    path = litert_file(onnx_path, height, width, folder)
+    written = None if path in known else time.perf_counter() - t0
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+    if written is not None:
+        config.prune(folder, CACHE_MAX_MB)
+    return path, written
+
+
+class _Stopped(Exception):
+    """The request ended: the tiles left are not run."""
+
+
+class Beside:
+    """This picture computed beside the comparison's analysis: a background thread writes (or
+    finds) the LiteRT file for the photo's size, loads it into a one-thread interpreter (fresh per
+    request: interpreters are not thread-safe, and one sized for a 2-MP photo holds a few hundred
+    MB) and runs it; LiteRT releases the GIL while it runs. `finish()` waits for it.
+
+    Its latency is the CPU time of the run on one core: the wall-clock time of a run shared with
+    the analysis would measure neither."""
+
+    def __init__(self, image_u8: np.ndarray, onnx_path, tiled: bool, deadline):
+        self._deadline = deadline
+        self._image = image_u8.astype(np.float32) / np.float32(255.0)
+        self._onnx = Path(onnx_path)
+        self._tiled = bool(tiled)
+        h, w = image_u8.shape[:2]
+        self.size = (min(config.TILE, h), min(config.TILE, w)) if self._tiled else (h, w)
+        self.file: Path | None = None
+        self.written_s: float | None = None
+        self._out: np.ndarray | None = None
+        self._cpu_s = 0.0
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, daemon=True, name="qatie-litert")
+        self._thread.start()
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+        self._deadline.check()
+
+    def _work(self) -> None:
+        from qatie.runtime.enhancer import run_tiled
+        from qatie.runtime.litert import LiteRTEnhancer
+
+        try:
+            self._check()
+            self.file, self.written_s = file_for(self._onnx, *self.size)
+            self._check()
+            model = LiteRTEnhancer(self.file, threads=1)
+            c0 = time.thread_time()
+            if self._tiled:
+                y = run_tiled(lambda tile: (self._check(), model.enhance(tile))[1], self._image, config.TILE,
+                              config.TILE_OVERLAP)
+            else:
+                y = model.enhance(self._image)
+            self._cpu_s = time.thread_time() - c0
+            self._out = to_uint8(y)
+        except BaseException as exc:  # noqa: BLE001 — re-raised by finish() in the request's thread
+            self._error = exc
+
+    @property
+    def how(self) -> str:
+        h, w = self.size
+        made = ("written for this size now" if self.written_s is not None else "from the cache")
+        if self.written_s is not None:
+            made += f" in {self.written_s:.1f} s"
+        tiles = f" in overlapping {w}×{h} tiles, blended as the ONNX models' are" if self._tiled else ""
+        return (f"{self._onnx.name} written to LiteRT at {w}×{h} with QATIE's own scales ({made}), run by "
+                f"LiteRT's XNNPACK kernels on one thread{tiles}")
+
+    def finish(self) -> tuple[np.ndarray, float, str]:
+        """(uint8 output, CPU ms on one core, how the file was made and run)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._deadline.check()
+        return self._out, self._cpu_s * 1000.0, self.how
+
+    def cancel(self) -> None:
+        """Stop before the next tile (the request ended); a whole-image run cannot be interrupted."""
+        self._stop.set()
+
+
+def start(prep, model_set: models.ModelSet, deadline) -> Beside:
+    """The picture of this comparison (`prep`: `app.compare.pipeline.Prepared`), started."""
+    return Beside(prep.image, model_set.paths["qat"], prep.tiled, deadline)
