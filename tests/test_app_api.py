@@ -465,9 +465,17 @@ def test_eight_concurrent_compares_get_their_own_results(server, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 def test_benchmark_endpoint(client):
+    """The three models; where ai-edge-litert is installed, the INT8 ones on LiteRT too (the
+    default), or not when the caller says so."""
+    import importlib.util
+
     plot, table, status = client.predict("shipped", sizes=["256×256"], threads=1, runs=1, api_name="/benchmark")
     assert load(plot).shape[1] > 400
-    assert [row[0] for row in table["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
+    on_litert = ["PTQ-INT8 on LiteRT", "QAT-INT8 on LiteRT"] if importlib.util.find_spec("ai_edge_litert") else []
+    assert [row[0] for row in table["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"] + on_litert
+    assert ("on LiteRT" in status) is bool(on_litert)
+    _, plain, _ = client.predict("shipped", sizes=["256×256"], threads=1, runs=1, litert=False, api_name="/benchmark")
+    assert [row[0] for row in plain["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
     assert all(row[1] == "256x256" for row in table["data"])
     assert "Done" in status
     expect_error(lambda: client.predict("shipped", sizes=[], threads=1, runs=1, api_name="/benchmark"), "at least one")

@@ -1,6 +1,7 @@
 """The paper set in the app: the page opens with it when its three files are shipped, the
 restoration set stays one choice away, and the authors' own INT8 TFLite model runs "as released"
-beside it where `ai-edge-litert` is installed. The API checks use the session's app server (`python app.py`,
+beside it where `ai-edge-litert` is installed — and so does QATIE's own QAT-INT8 written to LiteRT
+(which needs only checkpoints/, not ../shared). The API checks use the session's app server (`python app.py`,
 tests/conftest.py, through `gradio_client`); numbers are checked against the pictures returned, never hard-coded.
 """
 from __future__ import annotations
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, assert_close
 from tolerances import TOLERANCES
 
 sys.path.insert(0, str(REPO_ROOT))
 pytest.importorskip("gradio")
 from app import models  # noqa: E402
-from app.compare import authors
+from app.compare import authors, litert
 from app.compare import handlers as app_compare
 
 PAPER_MISSING = models.shipped_missing(models.PAPER_KEY)
@@ -29,6 +30,9 @@ needs_paper = pytest.mark.skipif(bool(PAPER_MISSING), reason="the paper set is n
                                  + ", ".join(PAPER_MISSING) + ")")
 needs_litert = pytest.mark.skipif(not (LITERT and authors.PATH.is_file()),
                                   reason="ai-edge-litert is not installed or the authors' 100×100 file is absent (../shared/reference)")
+#: QATIE's QAT-INT8 on LiteRT needs the runtime package only (its model is checkpoints/paper_int8_qat.onnx).
+needs_litert_runtime = pytest.mark.skipif(not LITERT, reason="ai-edge-litert is not installed (pip install "
+                                          "'qatie[tflite]'): QATIE's QAT-INT8 on LiteRT cannot be written or run")
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
        "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors",
        "litert")
@@ -187,6 +191,7 @@ def test_api_shipped_still_selects_the_restoration_set(client, tmp_path):
         assert js["file_mb"][role] == pytest.approx(models.shipped_paths()[role].stat().st_size / 1e6,
                                                     abs=TOLERANCES["reported_file_mb"])
     assert r["authors"] is None and "authors_tflite" not in js and "ai-edge-litert" not in r["notice"]
+    assert r["litert"] is None and "litert" not in js
     assert [row[0] for row in r["metrics"]["data"]] == ["FP32", "PTQ-INT8", "QAT-INT8"]
 
 
@@ -266,3 +271,181 @@ def test_paper_set_is_not_scored_against_a_restoration_reference(tmp_path):
     r = dict(zip(app_compare.OUTPUT_NAMES, vals))
     assert r["metrics_json"]["reference"] is None and "PSNR vs reference (dB)" not in list(r["metrics"].columns)
     assert "Rated against full precision only" in r["notice"]
+
+
+# --------------------------------------------------------------------------------------------
+# QATIE's QAT-INT8 on LiteRT (the phone runtime), beside the authors' file
+# --------------------------------------------------------------------------------------------
+
+def final_compare(image, **kw) -> dict:
+    """The final update of a comparison run in this process, by output name; its pictures (input,
+    FP32, the LiteRT one) read as arrays while they exist (the request's folder goes when it ends)."""
+    r, shown = None, {}
+    for vals in app_compare.compare(str(image), **kw):
+        r = dict(zip(app_compare.OUTPUT_NAMES, vals))
+        shown.update({k: load(r[k]) for k in ("input", "fp32", "litert") if isinstance(r[k], str)})
+    r["shown"] = shown
+    return r
+
+
+def test_litert_picture_is_for_the_paper_sets_own_qat_model():
+    """It rates the paper QAT export against the paper FP32: not for the restoration set, nor
+    when an upload replaces the FP32 (another reference) or the QAT model (not the file written)."""
+    from app import ui
+
+    paper, shipped = models.shipped_set(models.PAPER_KEY), models.shipped_set(models.SHIPPED_KEY)
+    upload = ("/tmp/model.onnx", "model.onnx")
+    assert litert.applies(paper, {}) and litert.applies(paper, {"ptq": upload})
+    assert not litert.applies(shipped, {})
+    assert not litert.applies(paper, {"fp32": upload}) and not litert.applies(paper, {"qat": upload})
+    assert ui._litert_visible(models.SHIPPED_KEY) is False
+    assert ui._litert_visible(models.PAPER_KEY) is LITERT
+    assert litert.unavailable_notice() == ("" if LITERT else litert.INSTALL_NOTICE)
+    assert list(app_compare.BESIDE) == ["authors", "litert"]
+    assert app_compare.OUTPUT_NAMES[-3:] == ("authors", "litert", "state"), "new outputs go last (API positions)"
+
+
+def test_the_page_has_the_litert_picture_with_alt_text_and_the_benchmark_option():
+    """The picture (with its label and alt text) is on the page for the paper set where the runtime
+    is installed, hidden otherwise; the Benchmark tab offers the LiteRT rows likewise."""
+    import gradio as gr
+
+    from app import ui
+
+    blocks = list(ui.build_demo().blocks.values())
+    picture = next(b for b in blocks if getattr(b, "elem_id", None) == "out-litert")
+    assert isinstance(picture, gr.Image) and picture.label == litert.LABEL
+    assert "LiteRT" in picture.alt_text and "QAT-INT8" in picture.alt_text
+    assert picture.visible is ui._litert_visible(ui.DEFAULT_SET)
+    option = next(b for b in blocks if isinstance(b, gr.Checkbox) and "on LiteRT" in str(b.label))
+    assert option.value is True and option.visible is LITERT
+
+
+@needs_paper
+@needs_litert_runtime
+def test_litert_beside_gives_the_plain_run_exactly(monkeypatch, tmp_path):
+    """Run beside the analysis, the picture is exactly what the LiteRT file gives run plainly; the
+    file is written once per size into the cache folder, then found there; in full-size mode it
+    is written at the ONNX models' tile size and run in their tiles."""
+    from qatie.imageio import to_uint8
+    from qatie.runtime.enhancer import run_tiled
+    from qatie.runtime.litert import LiteRTEnhancer
+
+    from app import config as app_config
+    from app.boundary import guard
+
+    monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path))
+    img = load(small_photo(tmp_path))
+    qat = models.shipped_paths(models.PAPER_KEY)["qat"]
+    first = litert.Beside(img, qat, False, guard.Deadline(120, "The comparison"))
+    out, ms, how = first.finish()
+    h, w = img.shape[:2]
+    assert first.file.parent == tmp_path / "litert" and first.file.name.endswith(f"-{h}x{w}.tflite")
+    assert "written for this size now" in how and f"at {w}×{h}" in how and qat.name in how
+    plain = to_uint8(LiteRTEnhancer(first.file).enhance(img.astype(np.float32) / np.float32(255.0)))
+    assert out.shape == img.shape and out.dtype == np.uint8 and np.array_equal(out, plain)
+    assert ms > 0
+    again = litert.Beside(img, qat, False, guard.Deadline(120, "The comparison"))
+    out2, _, how2 = again.finish()
+    assert again.file == first.file and "from the cache" in how2 and np.array_equal(out2, out)
+
+    tile = h // 2  # full-size mode: tiles of the ONNX models' size
+    monkeypatch.setattr(app_config, "TILE", tile)
+    monkeypatch.setattr(app_config, "TILE_OVERLAP", tile // 8)
+    tiled = litert.Beside(img, qat, True, guard.Deadline(120, "The comparison"))
+    out3, _, how3 = tiled.finish()
+    assert tiled.file.name.endswith(f"-{tile}x{tile}.tflite") and "tiles" in how3
+    one = LiteRTEnhancer(tiled.file)
+    expect = to_uint8(run_tiled(one.enhance, img.astype(np.float32) / np.float32(255.0), tile, tile // 8))
+    assert np.array_equal(out3, expect)
+
+
+@needs_paper
+@needs_litert_runtime
+def test_litert_picture_stops_at_the_compare_deadline(monkeypatch, tmp_path):
+    import time
+
+    from app.boundary import guard
+
+    monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path))
+    late = guard.Deadline(0.001, "The comparison")
+    time.sleep(0.05)
+    beside = litert.Beside(load(small_photo(tmp_path)), models.shipped_paths(models.PAPER_KEY)["qat"], False, late)
+    with pytest.raises(guard.DeadlineError):
+        beside.finish()
+    assert not list((tmp_path / "litert").glob("*.tflite")), "nothing is written after the deadline"
+
+
+@needs_paper
+@needs_litert_runtime
+def test_compare_shows_qatie_qat_on_litert_rated_like_the_int8_models(monkeypatch, tmp_path):
+    """Without the authors' file (no ../shared), the LiteRT picture is still there: scored on the
+    pixels shown, in the table with the same perceptual cells, and the notice and the verdict
+    say what the table says. It is the QAT model: its agreement with FP32 is the QAT row's
+    within the LiteRT export's tolerance."""
+    from qatie.analysis.perceptual import CLASSES
+    from qatie.metrics import error_levels, psnr
+
+    monkeypatch.setattr(authors, "PATH", tmp_path / "absent.tflite")  # this picture does not need it
+    image = small_photo(tmp_path)
+    r = final_compare(image, model_set=models.PAPER_KEY)
+    assert r["authors"] is None and authors.MISSING_NOTICE in r["notice"]
+    assert isinstance(r["litert"], str) and r["litert"].endswith(".png")
+    shown, fp32 = r["shown"]["litert"], r["shown"]["fp32"]
+    assert shown.shape == load(image).shape
+    js = r["metrics_json"]["litert"]
+    h, w = shown.shape[:2]
+    assert js["label"] == litert.LABEL and js["file"].endswith(f"-{h}x{w}.tflite") and js["latency_ms"] > 0
+    assert js["latency_is"] == litert.LATENCY_IS
+    f = np.float32(255)
+    assert_close(js["agreement_psnr_db"], psnr(shown / f, fp32 / f), "reported_metric_vs_recomputed.psnr_db")
+    assert js["max_levels"] == error_levels(shown / f, fp32 / f).max()
+    assert_close(js["agreement_psnr_db"], r["metrics_json"]["models"]["qat"]["agreement_psnr_db"],
+                 "litert_export.agreement_gap_db")
+    table = r["metrics"]
+    assert list(table["Model"]) == ["FP32", "PTQ-INT8", "QAT-INT8", litert.LABEL]
+    row = table[table["Model"] == litert.LABEL].iloc[0]
+    p = js["perceptual"]
+    assert row["Looks (vs FP32)"] == p["class_name"] == CLASSES[p["class"]].name
+    assert row["Agreement with full precision: PSNR (dB)"] == f"{js['agreement_psnr_db']:.2f}"
+    assert row["Latency (ms)"].endswith("(1 core)") and abs(int(row["Latency (ms)"].split()[0]) - js["latency_ms"]) <= 1
+    assert f"**{litert.LABEL}**: {p['class_name']} (" in r["notice"]
+    details = next(par for par in r["verdict"].split("\n\n") if par.startswith(f"**{litert.LABEL}**"))
+    assert CLASSES[p["class"]].sentence in details and litert.LATENCY_IS in details
+    assert f"{js['agreement_psnr_db']:.2f} dB" in details
+
+
+@needs_paper
+def test_without_ai_edge_litert_the_litert_picture_is_a_notice(monkeypatch, tmp_path):
+    """Where the runtime package is missing, neither LiteRT picture runs; the notice says what
+    installing it adds."""
+    monkeypatch.setattr(litert, "available", lambda: False)
+    monkeypatch.setattr(authors, "available", lambda: False)
+    r = final_compare(small_photo(tmp_path), model_set=models.PAPER_KEY)
+    assert r["litert"] is None and "litert" not in r["metrics_json"]
+    assert litert.INSTALL_NOTICE in r["notice"] and "pip install ai-edge-litert" in r["notice"]
+    assert litert.LABEL not in list(r["metrics"]["Model"]) and litert.LABEL not in r["verdict"]
+
+
+@pytest.mark.skipif(bool(RESTORATION_MISSING), reason="the restoration set is not in checkpoints/")
+def test_restoration_set_has_no_litert_picture(tmp_path):
+    r = final_compare(small_photo(tmp_path, 96, 128), model_set=models.SHIPPED_KEY)
+    assert r["litert"] is None and r["authors"] is None
+    assert "litert" not in r["metrics_json"] and "LiteRT" not in r["notice"] and "LiteRT" not in r["verdict"]
+    assert list(r["metrics"]["Model"]) == ["FP32", "PTQ-INT8", "QAT-INT8"]
+
+
+@needs_paper
+@needs_litert_runtime
+def test_api_litert_picture_beside_the_paper_set(client, tmp_path):
+    """Through the public API: the picture is a PNG of the photo's size, with its row."""
+    image = small_photo(tmp_path)
+    r = api_compare(client, image)
+    out = load(r["litert"])
+    assert out.shape == load(image).shape
+    js = r["metrics_json"]["litert"]
+    table = r["metrics"]
+    row = next(row for row in table["data"] if row[0] == litert.LABEL)
+    col = next(i for i, h in enumerate(table["headers"]) if h.startswith("Agreement") and "PSNR" in h)
+    assert row[col] == f"{js['agreement_psnr_db']:.2f}"
+    assert litert.LABEL in r["notice"] and litert.LABEL in r["verdict"]

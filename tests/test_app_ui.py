@@ -5,6 +5,7 @@ busy-machine warning, and the Train tab's ETA.
 """
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -153,6 +154,54 @@ def test_benchmark_of_one_size_is_a_bar_chart(tmp_path):
     for colour in ("#1f77b4", "#d62728", "#2ca02c"):
         rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(one.astype(int) - rgb).sum(axis=2) < 10).sum() > 5000, colour
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
+                    reason="ai-edge-litert is not installed: no LiteRT rows to time")
+def test_benchmark_times_the_int8_models_on_litert(monkeypatch, tmp_path):
+    """With LiteRT (the default where it is installed): a row per INT8 model's LiteRT export, timed
+    in the same rounds, named after the model it was written from, with its own file's size."""
+    from app import models
+    from app.benchmark.handlers import _run
+
+    if models.shipped_missing():
+        pytest.skip("the restoration set is not in checkpoints/")
+    monkeypatch.setenv("QATIE_CACHE_DIR", str(tmp_path))
+    *_, last = _run(models.SHIPPED_KEY, None, ["256×256"], 1, 1, litert=True)
+    table = last["table"]
+    assert list(table["Model"]) == ["FP32", "PTQ-INT8", "QAT-INT8", "PTQ-INT8 on LiteRT", "QAT-INT8 on LiteRT"]
+    written = sorted((tmp_path / "litert").glob("*-256x256.tflite"))
+    assert [f.name.split("-")[0] for f in written] == ["int8_ptq", "int8_qat"]
+    on_litert = table[table["Model"].str.endswith("on LiteRT")]
+    assert list(on_litert["File MB"]) == [round(f.stat().st_size / 1e6, 2) for f in written]
+    assert (on_litert["Median ms"] > 0).all() and "on LiteRT" in last["status"]
+    *_, plain = _run(models.SHIPPED_KEY, None, ["256×256"], 1, 1, litert=False)
+    assert list(plain["table"]["Model"]) == ["FP32", "PTQ-INT8", "QAT-INT8"] and "LiteRT" not in plain["status"]
+
+
+def test_benchmark_chart_draws_the_litert_rows(tmp_path):
+    from PIL import Image
+
+    from app.benchmark.handlers import _plot, row_name
+
+    rows = [_bench_row("fp32", 130, 128, 140), _bench_row("ptq", 58, 56, 60), _bench_row("qat", 59, 57, 61)]
+    lite = [dict(_bench_row(r, 50, 49, 51), kind="litert") for r in ("ptq", "qat")]
+    assert [row_name(r) for r in rows + lite] == ["FP32", "PTQ-INT8", "QAT-INT8", "PTQ-INT8 on LiteRT",
+                                                 "QAT-INT8 on LiteRT"]
+    with Image.open(_plot(rows, 2, tmp_path / "three.png")) as im:
+        three = np.asarray(im.convert("RGB"))
+    with Image.open(_plot(rows + lite, 2, tmp_path / "five.png")) as im:
+        five = np.asarray(im.convert("RGB"))
+
+    def bars(img, colour) -> int:
+        """How many separate runs of columns hold this colour (one per bar)."""
+        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+        cols = (np.abs(img.astype(int) - rgb).sum(axis=2) < 10).any(axis=0)
+        return int(np.count_nonzero(cols[1:] & ~cols[:-1]) + cols[0])
+
+    # One bar per model: the INT8 models' colours twice (the LiteRT bars hatched), FP32 once.
+    assert [bars(three, c) for c in ("#1f77b4", "#d62728", "#2ca02c")] == [1, 1, 1]
+    assert [bars(five, c) for c in ("#1f77b4", "#d62728", "#2ca02c")] == [1, 2, 2]
 
 
 def test_model_card_tables_each_have_a_heading_and_no_internal_paths(tmp_path):
