@@ -35,6 +35,8 @@ log = logging.getLogger("qatie.app")
 CSS = """
 #zoom img, #slider-crop img, #out-input img, #out-fp32 img, #out-ptq img, #out-qat img, #out-authors img,
 #out-litert img { image-rendering: pixelated; }
+#litert-row > * { max-width: calc(50% - var(--layout-gap) / 2); }
+#litert-note p { margin: 0.2em 0; }
 #notice p { margin: 0.2em 0; }
 #header h2 { margin: 0 0 0.2em 0; }
 #header p { margin: 0; }
@@ -148,8 +150,9 @@ def build_demo() -> gr.Blocks:
         compare.model_set.change(_inspect_paths, [compare.model_set, session_sets], inspect_paths,
                                  api_visibility="private")
         compare.model_set.change(lambda key: (gr.update(visible=_authors_visible(key)),
-                                              gr.update(visible=_litert_visible(key))),
-                                 compare.model_set, [compare.out_authors, compare.out_litert],
+                                              gr.update(visible=_litert_visible(key)),
+                                              gr.update(visible=_authors_visible(key) or _litert_visible(key))),
+                                 compare.model_set, [compare.out_authors, compare.out_litert, compare.litert_note],
                                  api_visibility="private", queue=False)
         inspect_panel.wire(compare.inspect, compare.image_in, inspect_paths,
                            to_paths=lambda v: v or {r: str(p) for r, p in models.shipped_paths(default_set).items()})

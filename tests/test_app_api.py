@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
        "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors",
-       "litert")
+       "litert", "litert_note")
 
 
 @pytest.fixture(scope="module")

@@ -128,8 +128,14 @@ def test_first_view_shows_the_answer_at_desktop_size(server, browser):
         if ui._authors_visible(ui.DEFAULT_SET):
             pg.wait_for_function(SHOWN.replace("{id}", "out-authors"))
             assert "as released" in pg.inner_text("#out-authors label")
-            assert "as released" in pg.inner_text("#notice")
+            assert "as released" in pg.inner_text("#litert-note")
             pictures.append("out-authors")
+        # And QATIE's own QAT-INT8 on LiteRT beside it (ai-edge-litert; its model is in checkpoints/).
+        if ui._litert_visible(ui.DEFAULT_SET):
+            pg.wait_for_function(SHOWN.replace("{id}", "out-litert"))
+            assert "on LiteRT" in pg.inner_text("#out-litert label")
+            assert "on LiteRT" in pg.inner_text("#litert-note")
+            pictures.append("out-litert")
         # The full pictures' labels are not cut off by the toolbar buttons.
         for elem in pictures:
             cut = pg.evaluate(f"() => {{ const l = document.querySelector('#{elem} label');"
@@ -152,9 +158,10 @@ def test_first_view_shows_the_answer_at_desktop_size(server, browser):
         assert not pg.outside, f"the page fetched resources from outside the app: {pg.outside[:5]}"
         pg.get_by_text("Details: the measurements").click()  # closed again for the screenshot
         # Every picture says what it shows (screen readers).
-        alts = pg.evaluate("() => [...document.querySelectorAll('#zoom img, #heatmap img, #out-input img, "
-                           "#out-fp32 img, #out-ptq img, #out-qat img')].map(i => i.alt)")
-        assert len(alts) == 6 and all(len(a) > 15 for a in alts), alts
+        shown = ["zoom", "heatmap"] + pictures
+        alts = pg.evaluate("() => [...document.querySelectorAll('" + ", ".join(f"#{e} img" for e in shown)
+                           + "')].map(i => i.alt)")
+        assert len(alts) == len(shown) and all(len(a) > 15 for a in alts), alts
         save_screenshot(pg, SCREENSHOT)
         print(f"desktop: page load → comparison on screen {pg.load_s:.2f} s")
 

@@ -35,7 +35,7 @@ needs_litert_runtime = pytest.mark.skipif(not LITERT, reason="ai-edge-litert is 
                                           "'qatie[tflite]'): QATIE's QAT-INT8 on LiteRT cannot be written or run")
 OUT = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics", "heatmap", "zoom",
        "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop", "heatmap_ref", "authors",
-       "litert")
+       "litert", "litert_note")
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 
 
@@ -204,7 +204,7 @@ def test_api_authors_tflite_as_released(client, tmp_path):
     r = api_compare(client, image)
     src, fp32, out = load(image), load(r["fp32"]), load(r["authors"])
     assert out.shape == src.shape
-    assert "as released" in r["notice"] and "100×100 tiles" in r["verdict"], (r["notice"], r["verdict"])
+    assert "as released" in r["litert_note"] and "100×100 tiles" in r["verdict"], (r["litert_note"], r["verdict"])
     js = r["metrics_json"]["authors_tflite"]
     assert js["label"] == authors.LABEL and js["file"] == authors.PATH.name
     # Scored on exactly the pixels shown, like the INT8 rows.
@@ -302,7 +302,8 @@ def test_litert_picture_is_for_the_paper_sets_own_qat_model():
     assert ui._litert_visible(models.PAPER_KEY) is LITERT
     assert litert.unavailable_notice() == ("" if LITERT else litert.INSTALL_NOTICE)
     assert list(app_compare.BESIDE) == ["authors", "litert"]
-    assert app_compare.OUTPUT_NAMES[-3:] == ("authors", "litert", "state"), "new outputs go last (API positions)"
+    assert app_compare.OUTPUT_NAMES[-4:] == ("authors", "litert", "litert_note", "state"), \
+        "new outputs go last (API positions)"
 
 
 def test_the_page_has_the_litert_picture_with_alt_text_and_the_benchmark_option():
@@ -380,8 +381,8 @@ def test_litert_picture_stops_at_the_compare_deadline(monkeypatch, tmp_path):
 @needs_litert_runtime
 def test_compare_shows_qatie_qat_on_litert_rated_like_the_int8_models(monkeypatch, tmp_path):
     """Without the authors' file (no ../shared), the LiteRT picture is still there: scored on the
-    pixels shown, in the table with the same perceptual cells, and the notice and the verdict
-    say what the table says. It is the QAT model: its agreement with FP32 is the QAT row's
+    pixels shown, in the table with the same perceptual cells, and the line over the LiteRT
+    pictures and the verdict say what the table says. It is the QAT model: its agreement with FP32 is the QAT row's
     within the LiteRT export's tolerance."""
     from qatie.analysis.perceptual import CLASSES
     from qatie.metrics import error_levels, psnr
@@ -409,7 +410,7 @@ def test_compare_shows_qatie_qat_on_litert_rated_like_the_int8_models(monkeypatc
     assert row["Looks (vs FP32)"] == p["class_name"] == CLASSES[p["class"]].name
     assert row["Agreement with full precision: PSNR (dB)"] == f"{js['agreement_psnr_db']:.2f}"
     assert row["Latency (ms)"].endswith("(1 core)") and abs(int(row["Latency (ms)"].split()[0]) - js["latency_ms"]) <= 1
-    assert f"**{litert.LABEL}**: {p['class_name']} (" in r["notice"]
+    assert f"**{litert.LABEL}**: {p['class_name']} (" in r["litert_note"] and litert.LABEL not in r["notice"]
     details = next(par for par in r["verdict"].split("\n\n") if par.startswith(f"**{litert.LABEL}**"))
     assert CLASSES[p["class"]].sentence in details and litert.LATENCY_IS in details
     assert f"{js['agreement_psnr_db']:.2f} dB" in details
@@ -424,6 +425,7 @@ def test_without_ai_edge_litert_the_litert_picture_is_a_notice(monkeypatch, tmp_
     r = final_compare(small_photo(tmp_path), model_set=models.PAPER_KEY)
     assert r["litert"] is None and "litert" not in r["metrics_json"]
     assert litert.INSTALL_NOTICE in r["notice"] and "pip install ai-edge-litert" in r["notice"]
+    assert not r["litert_note"]
     assert litert.LABEL not in list(r["metrics"]["Model"]) and litert.LABEL not in r["verdict"]
 
 
@@ -432,6 +434,7 @@ def test_restoration_set_has_no_litert_picture(tmp_path):
     r = final_compare(small_photo(tmp_path, 96, 128), model_set=models.SHIPPED_KEY)
     assert r["litert"] is None and r["authors"] is None
     assert "litert" not in r["metrics_json"] and "LiteRT" not in r["notice"] and "LiteRT" not in r["verdict"]
+    assert not r["litert_note"]
     assert list(r["metrics"]["Model"]) == ["FP32", "PTQ-INT8", "QAT-INT8"]
 
 
@@ -448,4 +451,4 @@ def test_api_litert_picture_beside_the_paper_set(client, tmp_path):
     row = next(row for row in table["data"] if row[0] == litert.LABEL)
     col = next(i for i, h in enumerate(table["headers"]) if h.startswith("Agreement") and "PSNR" in h)
     assert row[col] == f"{js['agreement_psnr_db']:.2f}"
-    assert litert.LABEL in r["notice"] and litert.LABEL in r["verdict"]
+    assert litert.LABEL in r["litert_note"] and litert.LABEL in r["verdict"]

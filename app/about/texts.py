@@ -64,7 +64,11 @@ weights came from. That is what makes the comparison fair.
 {PAPER} The network is its three-scale design (gated encoder blocks, multi-scale refinement).
 The app opens with **the authors' own weights** (a DPED enhancer: iPhone photo → DSLR look),
 imported from their released INT8 TFLite model and quantized here both ways; where `ai-edge-litert`
-is installed, their INT8 model also runs as released, as a fourth picture. QATIE's own
+is installed, their INT8 model also runs as released, as a fourth picture, and beside it
+**QATIE QAT-INT8 on LiteRT**: QATIE's own QAT-INT8 model written to LiteRT — the phone runtime
+the paper targets — with QATIE's own scales, at the photo's size. LiteRT's XNNPACK convs compute
+exactly QATIE's integer sums, so that picture is what QATIE's INT8 model gives on a phone
+(docs/litert.md); both are rated like the other INT8 pictures. QATIE's own
 **restoration models** (the same network trained here for noise, blur and JPEG) are the other
 built-in set, under *Advanced › Models*.
 
@@ -116,7 +120,8 @@ built-in set, under *Advanced › Models*.
   created once and warm; the first pass produced the outputs, more passes stream in while they fit
   the compare's time budget ({config.TIMING_BUDGET_S:g} s) and no other visitor waits, and the table
   shows their median. Photos above {config.MAX_INPUT_MP:g} MP are downscaled unless you tick *Full size
-  (tiled)*.
+  (tiled)*. The two LiteRT pictures run beside the analysis: their latency is the CPU time of
+  their run on one core.
 """
 
 HEATMAP_HELP = ("Top: where a viewer would notice — each INT8 model's colour difference from FP32 (CIEDE2000 "

@@ -39,7 +39,7 @@ log = logging.getLogger("qatie.app")
 #: as they are); `as_slots` lays one out in this order for Gradio's event outputs (app/compare/layout.py).
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
                 "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
-                "heatmap_ref", "authors", "litert", "state")
+                "heatmap_ref", "authors", "litert", "litert_note", "state")
 #: The INT8 pictures computed beside the analysis (paper set, with ai-edge-litert), by output name:
 #: the authors' TFLite file as released, and QATIE's own QAT-INT8 written to LiteRT. Each module
 #: offers the same names: LABEL, NAME, JSON_KEY, DOWNLOAD_NAME, LATENCY_IS, applies, available,
@@ -194,7 +194,7 @@ def compare(image, reference=None, simulate=False, seed=0, full_size=False, mode
     vs FP32), zoom (worst-region crops), zoom x %, zoom y %, metrics (JSON), downloads, headline
     (one line of HTML), worst-region FP32↔INT8 slider, heatmaps vs the reference, the authors' INT8
     TFLite output and QATIE's QAT-INT8 on LiteRT (paper set with ai-edge-litert; else None), the
-    result state. `model_set` None
+    line over those two (how each is rated), the result state. `model_set` None
     means the default set (`models.default_set()`).
     """
     for update in compare_named(image, reference, simulate, seed, full_size, model_set, custom_fp32, custom_ptq,
@@ -382,7 +382,8 @@ class CompareRun:
             notice=self.notice("Timing more runs…" if more else ""), heatmap=heat, heatmap_ref=heat_ref,
             zoom=self.zoom_path, zoom_x=self.zx, zoom_y=self.zy, slider_crop=self.crop_pair,
             slider_ptq=(self.shown["fp32"], self.shown["ptq"]), slider_qat=(self.shown["fp32"], self.shown["qat"]),
-            headline=headline(self.result, self.latencies, self.sizes), state=self.state)
+            headline=headline(self.result, self.latencies, self.sizes), litert_note=self._litert_note(),
+            state=self.state)
         if self.downloads is not None:
             update["downloads"] = self.downloads
         self.mark("analysis ready")
@@ -480,7 +481,7 @@ class CompareRun:
             ex["path"] = render.save_png(_display(out)[0], self.request_dir / f"{name}.png")
             if self.downloads is not None:  # full-size mode: its full-size output too
                 self.downloads.append(render.save_png(out, self.request_dir / mod.DOWNLOAD_NAME))
-            ex["note"] = f"**{mod.LABEL}**: {picture_short(ex['metrics'])} (see *Details*)."
+            ex["rated"] = f"**{mod.LABEL}**: {picture_short(ex['metrics'])}"
             ex["details"] = (f"**{mod.LABEL}**: {how}; agreement with the paper FP32 "
                              f"{core._num(ex['metrics']['agreement_psnr_db'], '.2f')} dB; "
                              + picture_rating(ex["metrics"]) + f" Latency: {mod.LATENCY_IS}.")
@@ -491,11 +492,20 @@ class CompareRun:
             self._beside_failed(name, exc)
         ex["beside"] = None
         update = self._measured(final=self.more_rounds == 0 and not self._pending())
-        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""), **{name: ex["path"]})
+        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""),
+                      litert_note=self._litert_note(), **{name: ex["path"]})
         if self.downloads is not None:
             update["downloads"] = self.downloads
         self.mark(f"{name} picture ready")
         return update
+
+    def _litert_note(self) -> str:
+        """The line over the LiteRT pictures: how each is rated (its row in the table, in words)."""
+        rated = [ex["rated"] for ex in self.extras.values() if ex.get("rated")]
+        if not rated:
+            return "⏳ On LiteRT, the phone runtime: computing beside the analysis…" if self._pending() else ""
+        return ("**On LiteRT, the phone runtime** — rated like the INT8 models (numbers and latency: *Details*): "
+                + "; ".join(rated) + ".")
 
     def _beside_failed(self, name: str, exc: BaseException) -> None:
         mod = BESIDE[name]
@@ -534,7 +544,7 @@ class CompareRun:
                  "zoom_y": self.zy, "downloads": self.downloads,
                  "headline": headline(self.result, self.latencies, self.sizes), "slider_crop": self.crop_pair,
                  "heatmap_ref": self.heat_ref, **{name: ex["path"] for name, ex in self.extras.items()},
-                 "state": self.state}
+                 "litert_note": self._litert_note(), "state": self.state}
         if self.cache_key is not None:  # the files and the full result, for the next click on this example
             self.keep_dir = True
             example_cache.remember(self.cache_key, final)

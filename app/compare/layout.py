@@ -65,6 +65,7 @@ class CompareTab:
     out_qat: gr.Image
     out_authors: gr.Image
     out_litert: gr.Image
+    litert_note: gr.Markdown
     slider_ptq: gr.ImageSlider
     slider_qat: gr.ImageSlider
     inspect: inspect_panel.Panel
@@ -177,11 +178,14 @@ def _results_column(authors_visible: bool, litert_visible: bool) -> dict:
                                buttons=["fullscreen"], min_width=120)
             out_qat = gr.Image(label="QAT-INT8", format="png", interactive=False, elem_id="out-qat", alt_text="The QAT-INT8 model's output",
                                buttons=["fullscreen"], min_width=120)
-            # The authors' own INT8 TFLite (paper set, with ai-edge-litert installed).
+        # The paper set's pictures on LiteRT (with ai-edge-litert installed), a row of their own under
+        # the line that rates them: the authors' INT8 TFLite as released, and QATIE's own QAT-INT8
+        # written to LiteRT with its own scales.
+        litert_note = gr.Markdown("", elem_id="litert-note", visible=authors_visible or litert_visible)
+        with gr.Row(equal_height=True, elem_id="litert-row"):
             out_authors = gr.Image(label=authors.LABEL, format="png", interactive=False,
                                    elem_id="out-authors", alt_text="The authors' INT8 TFLite model's output, run as released", buttons=["fullscreen"], min_width=120,
                                    visible=authors_visible)
-            # QATIE's own QAT-INT8 written to LiteRT with its own scales (paper set, with ai-edge-litert).
             out_litert = gr.Image(label=litert.LABEL, format="png", interactive=False, elem_id="out-litert",
                                   alt_text="QATIE's QAT-INT8 model's output on LiteRT, the phone runtime, with "
                                            "QATIE's own quantization scales",
@@ -196,7 +200,7 @@ def _results_column(authors_visible: bool, litert_visible: bool) -> dict:
                 zoom_x=zoom_x, zoom_y=zoom_y, zoom_window=zoom_window, heatmap=heatmap, heatmap_ref=heatmap_ref,
                 verdict_md=verdict_md, metrics_df=metrics_df, metrics_json=metrics_json, downloads=downloads,
                 out_input=out_input, out_fp32=out_fp32, out_ptq=out_ptq, out_qat=out_qat, out_authors=out_authors,
-                out_litert=out_litert, slider_ptq=slider_ptq, slider_qat=slider_qat, inspect=inspect)
+                out_litert=out_litert, litert_note=litert_note, slider_ptq=slider_ptq, slider_qat=slider_qat, inspect=inspect)
 
 
 def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state: gr.State, default_set: str) -> None:
@@ -211,7 +215,7 @@ def wire(tab: CompareTab, demo: gr.Blocks, session_sets: gr.State, result_state:
                "zoom_x": tab.zoom_x, "zoom_y": tab.zoom_y, "metrics_json": tab.metrics_json,
                "downloads": tab.downloads, "headline": tab.headline_html, "slider_crop": tab.slider_crop,
                "heatmap_ref": tab.heatmap_ref, "authors": tab.out_authors, "litert": tab.out_litert,
-               "state": result_state}
+               "litert_note": tab.litert_note, "state": result_state}
     compare_outputs = [by_name[name] for name in compare.OUTPUT_NAMES]  # the order `compare.as_slots` lays out
     tab.run_btn.click(compare.compare_ui, compare_inputs, compare_outputs, api_visibility="private",
                       preprocess=False, concurrency_limit=config.HEAVY_ADMIT, concurrency_id=guard.HEAVY,
