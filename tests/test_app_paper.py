@@ -363,6 +363,23 @@ def test_litert_beside_gives_the_plain_run_exactly(monkeypatch, tmp_path):
 
 @needs_paper
 @needs_litert_runtime
+def test_writing_and_running_the_litert_file_never_imports_torch(tmp_path):
+    """The compare path stays torch-free when it writes a LiteRT file (a fresh cache) and runs it."""
+    import os
+
+    code = ("import sys; sys.path.insert(0, '.'); import numpy as np; from app.compare import litert; "
+            "from app.boundary import guard; from app import models; "
+            "b = litert.Beside(np.full((64, 96, 3), 128, np.uint8), models.shipped_paths('paper')['qat'], False, "
+            "guard.Deadline(120, 'x')); out, ms, how = b.finish(); "
+            "print('written' in how, out.shape == (64, 96, 3), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "QATIE_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["True", "True", "False"], out.stdout
+
+
+@needs_paper
+@needs_litert_runtime
 def test_litert_picture_stops_at_the_compare_deadline(monkeypatch, tmp_path):
     import time
 
