@@ -206,5 +206,5 @@ def test_pyproject_console_script_and_package_data():
     meta = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     assert meta["project"]["scripts"]["qatie"] == "qatie.cli.main:main"
     assert "clean_split.json" in meta["tool"]["setuptools"]["package-data"]["qatie.data"]
-    assert meta["project"]["optional-dependencies"]["tflite"] == ["ai-edge-litert"]
+    assert meta["project"]["optional-dependencies"]["tflite"] == ["ai-edge-litert>=2.3", "flatbuffers>=24"]
     assert (REPO_ROOT / "qatie" / "data" / "clean_split.json").is_file()

@@ -1,6 +1,7 @@
 """`qatie report`: one run on copies of the shipped models (tiny sizes, one image, four
 calibration images, no ../shared) must evaluate all five INT8/FP32 variants, time the same five,
 score and time the paper set, and fill the manifest."""
+import importlib.util
 import json
 import shutil
 
@@ -74,7 +75,9 @@ def test_report_scores_and_times_the_paper_set_at_the_size_asked(card):
         pytest.skip("the paper set is not in checkpoints/")
     out, _, tmp = card
     paper = out["paper"]
-    assert paper["size"] == "64×96" and [r["model"] for r in paper["benchmark"]["results"]] == list(PAPER)
+    # with ai-edge-litert, each INT8 model also runs as its LiteRT export, in the same rounds
+    lite = [f"{m}@litert" for m in PAPER[1:]] if importlib.util.find_spec("ai_edge_litert") else []
+    assert paper["size"] == "64×96" and [r["model"] for r in paper["benchmark"]["results"]] == list(PAPER) + lite
     assert all(r["size"] == "64x96" and r["median_ms"] > 0 for r in paper["benchmark"]["results"])
     band = TOLERANCES["real_int8_vs_fp32_psnr_db"]
     for m in PAPER[1:]:  # the INT8 versions are real INT8 models of the paper network
