@@ -162,8 +162,8 @@ class Beside:
             made += f" in {self.written_s:.1f} s"
         tiles = f" in overlapping {w}×{h} tiles, blended as the ONNX models' are" if self._tiled else ""
         return (f"{self._onnx.name} written to LiteRT at {w}×{h} with QATIE's own scales ({made}), run by "
-                f"LiteRT's XNNPACK kernels on one thread{tiles} — its convs compute QATIE's exact integer sums "
-                "(docs/litert.md)")
+                f"LiteRT's XNNPACK kernels on one thread{tiles} — each of its ops proved against QATIE's integer "
+                "arithmetic, convs exact (docs/litert.md)")
 
     def finish(self) -> tuple[np.ndarray, float, str]:
         """(uint8 output, CPU ms on one core, how the file was made and run)."""
