@@ -34,6 +34,10 @@ def test_readme_api_example_runs(tmp_path):
         assert (tmp_path / "runs" / "api_demo" / f).is_file(), f
     for f in ("ptq.onnx", "qat.onnx"):  # what the Python API writes is exact on every CPU
         assert_exact_on_every_cpu(tmp_path / "runs" / "api_demo" / f)
+    from qatie.runtime.litert import LiteRTEnhancer  # the LiteRT file runs at the size it was written for
+
+    lite = LiteRTEnhancer(tmp_path / "runs" / "api_demo" / "qat.tflite")
+    assert lite.size == (256, 256) and lite.enhance(np.full((256, 256, 3), 0.5, np.float32)).shape == (256, 256, 3)
 
 
 def test_api_names_do_not_shadow_the_stage_modules():
