@@ -116,6 +116,9 @@ def test_cli_export_and_size_errors(tmp_path):
     bad = subprocess.run(cmd[:-4] + ["--size", "8x1920", "--out", str(tmp_path / "x.tflite")],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "at least 16" in bad.stderr
+    with pytest.raises(QatieError, match="at least 16"):  # the writer itself checks, whoever calls it
+        to_tflite(QAT, tmp_path / "tiny.tflite", 8, 8)
+    assert not (tmp_path / "tiny.tflite").exists()
     with pytest.raises(QatieError, match="HxW"):
         check_size("full-hd")
 

@@ -61,12 +61,18 @@ def _schema():
 def check_size(text: str) -> tuple[int, int]:
     """'1920x1080' → (1920, 1080): HEIGHTxWIDTH, the order LiteRT lists an NHWC input's dims and the
     authors name their files (their 1920x1080 file takes 1920 rows × 1080 columns: portrait)."""
-    h, w = parse_size(text)
-    if min(h, w) < MIN_SIDE:
-        raise QatieError(f"size {text}: both sides must be at least {MIN_SIDE} pixels")
-    if h * w > MAX_PIXELS:
-        raise QatieError(f"size {text}: at most {MAX_PIXELS / 1e6:.1f} MP ({h * w / 1e6:.1f} MP asked)")
-    return h, w
+    return check_hw(*parse_size(text))
+
+
+def check_hw(height: int, width: int) -> tuple[int, int]:
+    """A size a LiteRT file can be written for: the graph reflect-pads to a multiple of 8, which
+    needs sides of at least `MIN_SIDE`; at most `MAX_PIXELS`."""
+    if min(height, width) < MIN_SIDE:
+        raise QatieError(f"size {height}x{width}: both sides must be at least {MIN_SIDE} pixels for a LiteRT file")
+    if height * width > MAX_PIXELS:
+        raise QatieError(f"size {height}x{width}: at most {MAX_PIXELS / 1e6:.1f} MP for a LiteRT file "
+                         f"({height * width / 1e6:.1f} MP asked)")
+    return height, width
 
 
 @dataclass
@@ -396,6 +402,7 @@ class _Writer:
 
 def to_tflite(onnx_path, out, height: int, width: int) -> Path:
     """Write the LiteRT INT8 model of a QATIE INT8 ONNX model for a fixed H×W input."""
+    check_hw(height, width)
     data = _Writer(read_onnx_int8(onnx_path)).network(height, width)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

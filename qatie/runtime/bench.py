@@ -241,8 +241,9 @@ def run_benchmark(
     ref = _TFLiteFile(reference_tflite, threads) if reference_tflite else None
     machine = machine_info(threads)
     reference_info = None
-    if ref is not None:
+    if ref is not None or litert:
         machine["ai_edge_litert"] = _litert_version()
+    if ref is not None:
         reference_info = _reference_info(ref, sizes)
 
     rows: list[dict] = []
