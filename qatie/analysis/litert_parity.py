@@ -25,7 +25,6 @@ from qatie.export.to_tflite import read_onnx_int8
 from qatie.runtime.int8_reference import IntConv, conv_u8
 from qatie.runtime.litert import interpreter
 
-_COPIES = {"PAD", "CONCATENATION", "MAX_POOL_2D", "DEPTH_TO_SPACE", "SLICE"}
 
 
 @dataclass

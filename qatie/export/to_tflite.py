@@ -43,7 +43,8 @@ ONNX_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Constant", "Conv", 
                       "InstanceNormalization", "Slice", "Pad", "MaxPool", "Split", "Clip"})
 LEAKY_SLOPE = 0.2
 MAX_PIXELS = 4096 * 4096
-#: Op versions as LiteRT's converter writes them for these types (int8 kernels, float tanh).
+#: Each op's version for the types used here (LiteRT versions an op by what it supports: int8
+#: kernels from version 2, per-channel int8 convs 3, the float ones 1).
 _VERSIONS = {"CONV_2D": 3, "PAD": 2, "TANH": 1, "QUANTIZE": 2, "DEQUANTIZE": 2, "CONCATENATION": 2, "MUL": 2,
              "ADD": 2, "SUB": 1, "MEAN": 1, "SQUARED_DIFFERENCE": 1, "RSQRT": 1, "LEAKY_RELU": 2, "MAX_POOL_2D": 2,
              "DEPTH_TO_SPACE": 2, "SLICE": 2, "MIRROR_PAD": 1}
