@@ -290,7 +290,10 @@ def cmd_litert_proof(args) -> int:
     from qatie.runtime.litert import litert_file
 
     onnx_path = int8_onnx(args.model)
-    fp32 = args.fp32 or (REPO_ROOT / SHIPPED_MODELS["paper" if onnx_path.name.startswith("paper") else "fp32"])
+    own_fp32 = {"paper-qat": "paper", "paper-ptq": "paper", "qat": "fp32", "ptq": "fp32"}.get(args.model)
+    if not (args.fp32 or own_fp32):
+        raise QatieError(f"--fp32: which FP32 model is {args.model}'s? (a shipped INT8 name knows its own)")
+    fp32 = args.fp32 or REPO_ROOT / SHIPPED_MODELS[own_fp32]
     images = {Path(p).name: read_image(p) for p in args.images} if args.images else default_images((120, 136))
     out = {"machine": machine_summary(args.threads), "model": str(onnx_path), "proof": {}, "agreement": []}
     with tempfile.TemporaryDirectory() as tmp:

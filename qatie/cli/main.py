@@ -203,7 +203,8 @@ def _litert_proof(sub) -> None:
                          "integer sums of qatie.runtime.int8_reference), per kernel set; then each photo's "
                          "LiteRT and ONNX INT8 outputs against FP32 (docs/litert.md).")
     cmd.add_argument("--model", default="paper-qat", help="a shipped INT8 model name or an INT8 .onnx")
-    cmd.add_argument("--fp32", default=None, help="the FP32 .onnx to score against (default: the set's own)")
+    cmd.add_argument("--fp32", default=None, help="the FP32 .onnx to score against (default: a shipped model's own; "
+                                                  "needed for an .onnx path)")
     cmd.add_argument("--images", nargs="*", help="photos (default: 120×136 crops of astronaut, coffee, chelsea)")
     cmd.add_argument("--kernels", default="xnnpack,builtin",
                      help="LiteRT kernel sets to prove: xnnpack, builtin (\"\" = only the agreement with FP32)")
