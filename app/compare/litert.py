@@ -72,13 +72,13 @@ def cache_folder() -> Path:
 def file_for(onnx_path: Path, height: int, width: int) -> tuple[Path, float | None]:
     """(the LiteRT file of `onnx_path` at H×W, seconds spent writing it — None when it was cached).
     The cache folder is kept small: least recently used files go first (a used file is touched)."""
-    from qatie.runtime.litert import litert_file
+    from qatie.runtime.litert import litert_file, litert_path
 
     folder = cache_folder()
     t0 = time.perf_counter()
-    known = set(folder.glob("*.tflite")) if folder.is_dir() else set()
+    cached = litert_path(onnx_path, height, width, folder).is_file()
     path = litert_file(onnx_path, height, width, folder)
-    written = None if path in known else time.perf_counter() - t0
+    written = None if cached else time.perf_counter() - t0
     try:
         os.utime(path)
     except OSError:

@@ -78,15 +78,20 @@ class LiteRTEnhancer:
 _CACHE_LOCK = threading.Lock()
 
 
-def litert_file(onnx_path, height: int, width: int, cache_dir) -> Path:
-    """The LiteRT file of an INT8 ONNX model at H×W, written into `cache_dir` the first time
-    (named by the model's content hash and the size, so a changed model is written anew)."""
-    from qatie.export.to_tflite import to_tflite
-
+def litert_path(onnx_path, height: int, width: int, cache_dir) -> Path:
+    """Where `litert_file` keeps the LiteRT file of an INT8 ONNX model at H×W: named by the model's
+    content hash (and its sidecar's) and the size, so a changed model is written anew."""
     onnx_path = Path(onnx_path)
     side = onnx_path.with_suffix(".json")
     key = file_sha(onnx_path, 12) + (file_sha(side, 4) if side.is_file() else "")
-    out = Path(cache_dir) / f"{onnx_path.stem}-{key}-{height}x{width}.tflite"
+    return Path(cache_dir) / f"{onnx_path.stem}-{key}-{height}x{width}.tflite"
+
+
+def litert_file(onnx_path, height: int, width: int, cache_dir) -> Path:
+    """The LiteRT file of an INT8 ONNX model at H×W (`litert_path`), written the first time."""
+    from qatie.export.to_tflite import to_tflite
+
+    out = litert_path(onnx_path, height, width, cache_dir)
     with _CACHE_LOCK:
         if not out.is_file():
             atomic_write(out, lambda tmp: to_tflite(onnx_path, tmp, height, width))
