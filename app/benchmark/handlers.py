@@ -7,7 +7,6 @@ cache folder) is timed in the same rounds: rows "… on LiteRT". No torch.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ from qatie.runtime import bench
 
 from app import config, models, outputs, render
 from app.boundary import guard
+from app.compare.litert import available as litert_available  # LiteRT rows can be timed
 from app.boundary import slots
 from app.compare.handlers import user_error
 
@@ -33,11 +33,6 @@ DEFAULT_SIZES = ["256×256", "512×512", "1280×720 (720p)"]
 COLORS = {"fp32": "#1f77b4", "ptq": "#d62728", "qat": "#2ca02c"}
 LITERT_SUFFIX = " on LiteRT"
 log = logging.getLogger("qatie.app")
-
-
-def litert_available() -> bool:
-    """LiteRT rows can be timed (ai-edge-litert installed; checked without importing it)."""
-    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def row_name(r: dict) -> str:
