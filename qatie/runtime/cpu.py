@@ -70,6 +70,8 @@ def cpu_flags() -> frozenset[str]:
     """This CPU's features as Linux flag names: numpy's run-time detection wins for the features
     it knows; /proc/cpuinfo adds the others (avx_vnni, amx_int8, amx_tile, i8mm)."""
     _, flags = _proc_cpuinfo()
+    if os.environ.get("QATIE_CPU_MASKED") == "avx2":  # qatie.runtime.cpu_mask: CPUID hides these too
+        flags -= {"avx_vnni", "amx_int8", "amx_tile", "amx_bf16"}
     for np_name, flag in _NUMPY_FLAGS.items():
         detected = _numpy_features().get(np_name)
         if detected is True:
