@@ -56,6 +56,19 @@ def test_error_levels_and_agreement():
     assert ag["psnr_vs_fp32"] == psnr(b, a)
 
 
+def test_error_levels_of_8_bit_images_equal_those_of_their_float_copies():
+    """The int16 path for uint8 images gives the float path's levels (on every pair of values)."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    b[0, :, :] = np.arange(256, dtype=np.uint8)[:80, None]  # every value against zero-ish
+    a[0, :, :] = 0
+    fast = error_levels(a, b)
+    slow = error_levels(a.astype(np.float32) / np.float32(255), b.astype(np.float32) / np.float32(255))
+    assert fast.dtype == np.float32 and np.array_equal(fast, slow)
+    assert fast.max() == 255 and np.array_equal(fast, np.abs(a.astype(int) - b).max(axis=2))
+
+
 # ---------------------------------------------------------------------------- evaluation
 
 

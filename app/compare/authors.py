@@ -59,10 +59,12 @@ def applies(model_set: models.ModelSet, overrides: dict) -> bool:
 
 class Beside:
     """The authors' picture computed beside the comparison's analysis, so it adds little to the
-    time a visitor waits: a background thread runs the 100×100 tiles with a one-thread interpreter
-    while the analysis runs; `finish()` then joins in with a second interpreter on the tiles left.
-    TFLite interpreters are not thread-safe, hence one per thread, fresh per request (about 40 ms
-    to load the 1 MB file); TFLite releases the GIL while a tile runs.
+    time a visitor waits: on the comparison's pictures' thread, `background()` runs the 100×100
+    tiles with a one-thread interpreter (`app.compare.beside` decides when); `finish()` then joins
+    in from the request's thread with a second interpreter on the tiles left, and waits for the
+    tile in progress. TFLite interpreters are not thread-safe, hence one per thread, fresh per
+    request (about 40 ms to load the 1 MB file; the load holds Python's GIL for 3 ms); TFLite
+    releases the GIL while a tile runs. Without `background()`, `finish()` runs every tile.
 
     Its latency is the CPU time its tiles took on one core (summed over both threads): the
     wall-clock time of a run shared with the analysis would measure neither."""
@@ -79,16 +81,16 @@ class Beside:
         self._cpu_s = 0.0
         self._error: BaseException | None = None
         self._lock = threading.Lock()
-        self._thread = None
-        if self._run is not None:
-            self._thread = threading.Thread(target=self._work, args=(self._model,), daemon=True,
-                                            name="authors-tflite")
-            self._thread.start()
 
-    def _work(self, model) -> None:
+    def background(self, until: float | None = None) -> None:
+        """Tiles on the pictures' thread, until none are left or `until` (`time.perf_counter()`)."""
+        if self._run is not None:
+            self._work(self._model, until)
+
+    def _work(self, model, until: float | None = None) -> None:
         c0 = time.thread_time()
         try:
-            self._run.work(lambda tile: (self._deadline.check(), model.run_tile(tile))[1])
+            self._run.work(lambda tile: (self._deadline.check(), model.run_tile(tile))[1], until)
         except BaseException as exc:  # noqa: BLE001 — re-raised by finish() in the request's thread
             self._error = exc
             self._run.cancel()
@@ -106,7 +108,7 @@ class Beside:
             self._deadline.check()
             return to_uint8(y), (time.thread_time() - c0) * 1000.0, self.how
         self._work(AuthorsTFLite(PATH, threads=1))
-        self._thread.join()
+        self._run.wait()  # the pictures' thread may be finishing a tile
         if self._error is not None:
             raise self._error
         self._deadline.check()
@@ -119,5 +121,6 @@ class Beside:
 
 
 def start(prep, model_set: models.ModelSet, deadline) -> Beside:
-    """The picture of this comparison (`prep`: `app.compare.pipeline.Prepared`), started."""
+    """The picture of this comparison (`prep`: `app.compare.pipeline.Prepared`), ready for its
+    `background()` work (`app.compare.beside.schedule`)."""
     return Beside(prep.image, deadline)

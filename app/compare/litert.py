@@ -7,9 +7,9 @@ are, every tensor on its own quantization grid — LiteRT's XNNPACK convs then c
 integer sums; docs/litert.md). A LiteRT file has one fixed input size, so the file is written at
 this photo's size (in full-size mode: at the ONNX models' tile size, run in the same blended
 tiles), once per size, into the cache folder (`qatie.runtime.litert.litert_file`; about 0.7 s the
-first time). It runs on one thread beside the analysis, like the authors' file, and is rated
-on the same scale as the other INT8 pictures: next to the authors' file as released, it shows
-what the same runtime gives with QATIE's scales. Needs the optional package `ai-edge-litert`,
+first time). It runs on one thread beside the analysis (`app.compare.beside`), and is rated on
+the same scale as the other INT8 pictures: next to the authors' file as released, it shows what
+the same runtime gives with QATIE's scales. Needs the optional package `ai-edge-litert`,
 imported only when a paper-set comparison runs, so the app's start-up never loads it.
 """
 from __future__ import annotations
@@ -38,10 +38,6 @@ INSTALL_NOTICE = ("QATIE's QAT-INT8 on LiteRT (the phone runtime) is not shown: 
 #: What the latency shown for this picture is (`Beside`).
 LATENCY_IS = ("the CPU time of its LiteRT run on one core (it runs beside the analysis; writing and loading "
               "the file for this photo's size are not counted)")
-#: How much lower this picture's thread runs than the request's (Linux niceness): the analysis and
-#: the authors' tiles, which the visitor waits for first, get the cores while they run, and this
-#: picture takes what they leave (the work is the same; the table comes sooner).
-NICE = 10
 #: The cache folder keeps at most this many megabytes of LiteRT files (about 1.1 MB each: one per
 #: photo size seen), the least recently used dropped first.
 CACHE_MAX_MB = 40.0
@@ -88,26 +84,18 @@ def file_for(onnx_path: Path, height: int, width: int) -> tuple[Path, float | No
     return path, written
 
 
-def _yield_cores() -> None:
-    """Lower the calling thread's priority by `NICE` (Linux: a thread id is a process id to
-    setpriority); elsewhere, or where it is refused, it runs as it is."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE))
-    except (AttributeError, OSError):
-        pass
-
-
 class _Stopped(Exception):
     """The request ended: the tiles left are not run."""
 
 
 class Beside:
-    """This picture computed beside the comparison's analysis: a background thread writes (or
-    finds) the LiteRT file for the photo's size, loads it into a one-thread interpreter (fresh per
-    request: interpreters are not thread-safe, and one holds its whole tensor arena — measured
-    0.38 GB for a 1-MP photo, 0.72 GB at 2 MP — so it is let go as soon as it has run) and runs it
-    at a lower priority (`NICE`); LiteRT releases the GIL while it runs. `finish()`
-    waits for it.
+    """This picture computed beside the comparison's analysis: `background()`, on the comparison's
+    pictures' thread (`app.compare.beside` decides when), writes (or finds) the LiteRT file for the
+    photo's size, loads it into a one-thread interpreter (fresh per request: interpreters are not
+    thread-safe, and one holds its whole tensor arena — measured 0.38 GB for a 1-MP photo, 0.72 GB
+    at 2 MP — so it is let go as soon as it has run) and runs it; LiteRT releases the GIL while it
+    runs, but not while it loads (~0.2 s). `finish()` waits for it — or does it all itself where
+    `background()` never started.
 
     Its latency is the CPU time of the run on one core: the wall-clock time of a run shared with
     the analysis would measure neither."""
@@ -125,19 +113,23 @@ class Beside:
         self._cpu_s = 0.0
         self._error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, daemon=True, name="qatie-litert")
-        self._thread.start()
+        self._claim = threading.Lock()  # whoever takes it first runs the picture
+        self._done = threading.Event()
 
     def _check(self) -> None:
         if self._stop.is_set():
             raise _Stopped()
         self._deadline.check()
 
+    def background(self) -> None:
+        """The whole picture, on the pictures' thread (unless `finish()` already took it)."""
+        if self._claim.acquire(blocking=False):
+            self._work()
+
     def _work(self) -> None:
         from qatie.runtime.enhancer import run_tiled
         from qatie.runtime.litert import LiteRTEnhancer
 
-        _yield_cores()
         try:
             self._check()
             self.file, self.written_s = file_for(self._onnx, *self.size)
@@ -153,6 +145,8 @@ class Beside:
             self._out = to_uint8(y)
         except BaseException as exc:  # noqa: BLE001 — re-raised by finish() in the request's thread
             self._error = exc
+        finally:
+            self._done.set()
 
     @property
     def how(self) -> str:
@@ -167,7 +161,9 @@ class Beside:
 
     def finish(self) -> tuple[np.ndarray, float, str]:
         """(uint8 output, CPU ms on one core, how the file was made and run)."""
-        self._thread.join()
+        if self._claim.acquire(blocking=False):
+            self._work()
+        self._done.wait()
         if self._error is not None:
             raise self._error
         self._deadline.check()
@@ -179,5 +175,6 @@ class Beside:
 
 
 def start(prep, model_set: models.ModelSet, deadline) -> Beside:
-    """The picture of this comparison (`prep`: `app.compare.pipeline.Prepared`), started."""
+    """The picture of this comparison (`prep`: `app.compare.pipeline.Prepared`), ready for its
+    `background()` work (`app.compare.beside.schedule`)."""
     return Beside(prep.image, model_set.paths["qat"], prep.tiled, deadline)

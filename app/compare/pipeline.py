@@ -201,7 +201,7 @@ def analyse(prep: Prepared, outputs: dict[str, np.ndarray]) -> dict:
     masks = region_masks(outputs["fp32"])
     for role in ("ptq", "qat"):
         out = _f(outputs[role])
-        err = error_levels(out, fp)
+        err = error_levels(outputs[role], outputs["fp32"])
         maps[f"{role}_vs_fp32"] = err
         models[role].update({
             "agreement_psnr_db": psnr(out, fp),
@@ -220,7 +220,7 @@ def analyse(prep: Prepared, outputs: dict[str, np.ndarray]) -> dict:
         result["input"] = {"psnr_db": psnr(inp, ref), "ssim": ssim(inp, ref)}
         for role in ROLES:
             out = _f(outputs[role])
-            err = error_levels(out, ref)
+            err = error_levels(outputs[role], prep.reference)
             maps[f"{role}_vs_ref"] = err
             models[role].update({"psnr_db": psnr(out, ref), "ssim": ssim(out, ref),
                                  "max_levels_vs_ref": float(err.max())})
@@ -363,7 +363,7 @@ def measure_picture(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.nd
     out, fp = _f(out_u8), _f(fp32_u8)
     with ThreadPoolExecutor(max_workers=1) as pool:  # SSIM (scipy, GIL released) on the other core
         agreement_ssim = pool.submit(ssim, out, fp)
-        err = error_levels(out, fp)
+        err = error_levels(out_u8, fp32_u8)
         m = {"agreement_psnr_db": psnr(out, fp), "max_levels": float(err.max()),
              "mean_levels": float(err.mean()), "share_over_2_levels": float((err > 2).mean())}
         if result is not None and "fp32_lab" in result:

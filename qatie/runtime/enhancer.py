@@ -301,25 +301,40 @@ class TiledRun:
         self._finished: dict[int, np.ndarray] = {}
         self._blended = 0
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # a tile blended, or the run cancelled
+        self._cancelled = False
 
-    def work(self, fn: Callable[[np.ndarray], np.ndarray]) -> int:
-        """Run `fn` on tiles until none are left; returns how many this call ran."""
+    def work(self, fn: Callable[[np.ndarray], np.ndarray], until: float | None = None) -> int:
+        """Run `fn` on tiles until none are left (or, with `until`, a `time.perf_counter()` time, no
+        new tile after it); returns how many this call ran. A tile `fn` raised on stays undone."""
         ran = 0
-        while True:
+        while until is None or time.perf_counter() < until:
             try:
                 k = self._todo.popleft()
             except IndexError:
-                return ran
+                break
             y0, x0 = self.ys[k // len(self.xs)], self.xs[k % len(self.xs)]
             res = fn(np.ascontiguousarray(self.img[y0:y0 + self.th, x0:x0 + self.tw]))  # th×tw×3
             ran += 1
             with self._lock:
                 self._finished[k] = res
                 self._blend_ready()
+                self._settled.notify_all()
+        return ran
+
+    def wait(self) -> bool:
+        """Block until every tile is blended (True) or the run was cancelled (False): what a
+        worker that ran out of tiles waits for while another finishes its last one."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._blended in (self.count, -1) or self._cancelled)
+            return self._blended in (self.count, -1)
 
     def cancel(self) -> None:
         """Leave the tiles not yet started (workers stop after their current one)."""
         self._todo.clear()
+        with self._settled:
+            self._cancelled = True
+            self._settled.notify_all()
 
     def _blend_ready(self) -> None:
         while self._blended in self._finished:
