@@ -307,9 +307,9 @@ class CompareRun:
             yield self._blank()
             yield self._run_models()
             yield self._analyse()
-            for name in self._pending():
-                update = self._beside_picture(name)
-                if self._pending() or (self.more_rounds and self._round_fits()):  # else the final update carries it
+            if self._pending():
+                update = self._beside_pictures()
+                if self.more_rounds and self._round_fits():  # else the final update, right after, carries it
                     yield update
             yield from self._timing_rounds()
             yield self._final()
@@ -487,33 +487,51 @@ class CompareRun:
             except Exception as exc:  # an optional extra: the comparison stands without it
                 self._beside_failed(name, exc)
 
-    def _beside_picture(self, name: str) -> dict:
-        """`name`'s picture once it is done: rated like the INT8 models, shown, in the table."""
+    def _beside_pictures(self) -> dict:
+        """The pictures computed beside the analysis, once all are in (the request's thread joins
+        the authors' tiles first): rated like the INT8 models — both ratings at once, one per
+        core, as nothing else is left to run — shown, in the table."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names, done = self._pending(), {}
+        for name in names:
+            try:
+                runner = self.extras[name]["beside"]
+                done[name] = (*runner.finish(), runner.file)
+            except guard.DeadlineError as exc:
+                raise user_error(exc, f"running {BESIDE[name].NAME}") from None
+            except Exception as exc:  # an optional extra: the comparison stands without it
+                self._beside_failed(name, exc)
+            self.extras[name]["beside"] = None
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="qatie-rate") as pool:
+            full = dict(zip(done, pool.map(lambda name: self._rate_picture(name, *done[name]), done)))
+        if self.downloads is not None:  # full-size mode: their full-size outputs too
+            self.downloads.extend(path for path in full.values() if path)
+        update = self._measured(final=self.more_rounds == 0)
+        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""),
+                      litert_note=self._litert_note(), **{name: self.extras[name]["path"] for name in names})
+        if self.downloads is not None:
+            update["downloads"] = self.downloads
+        self.mark("pictures ready")
+        return update
+
+    def _rate_picture(self, name: str, out: np.ndarray, ms: float, how: str, file: Path) -> str | None:
+        """Rate and save one finished picture (`extras[name]`); the path of its full-size PNG in
+        full-size mode."""
         mod, ex = BESIDE[name], self.extras[name]
         try:
-            out, ms, how = ex["beside"].finish()
             ex["metrics"] = core.measure_picture(out, self.outputs["fp32"], self.prep.reference, self.result)
-            ex.update(ms=ms, how=how, file=ex["beside"].file.name, file_mb=ex["beside"].file.stat().st_size / 1e6)
+            ex.update(ms=ms, how=how, file=file.name, file_mb=file.stat().st_size / 1e6)
             ex["path"] = render.save_png(_display(out)[0], self.request_dir / f"{name}.png")
-            if self.downloads is not None:  # full-size mode: its full-size output too
-                self.downloads.append(render.save_png(out, self.request_dir / mod.DOWNLOAD_NAME))
             ex["rated"] = f"**{mod.LABEL}**: {picture_short(ex['metrics'])}"
             ex["details"] = (f"**{mod.LABEL}**: {how}; agreement with the paper FP32 "
                              f"{core._num(ex['metrics']['agreement_psnr_db'], '.2f')} dB; "
                              + picture_rating(ex["metrics"]) + f" Latency: {mod.LATENCY_IS}.")
-        except guard.DeadlineError as exc:
-            raise user_error(exc, f"running {mod.NAME}") from None
+            return render.save_png(out, self.request_dir / mod.DOWNLOAD_NAME) if self.downloads is not None else None
         except Exception as exc:  # an optional extra: the comparison stands without it
             ex["metrics"] = None
             self._beside_failed(name, exc)
-        ex["beside"] = None
-        update = self._measured(final=self.more_rounds == 0 and not self._pending())
-        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""),
-                      litert_note=self._litert_note(), **{name: ex["path"]})
-        if self.downloads is not None:
-            update["downloads"] = self.downloads
-        self.mark(f"{name} picture ready")
-        return update
+            return None
 
     def _litert_note(self) -> str:
         """The line over the LiteRT pictures: how each is rated (its row in the table, in words)."""
