@@ -65,12 +65,17 @@ def _numpy_features() -> dict[str, bool]:
     return dict(feats)
 
 
+def masked() -> bool:
+    """This process runs under `qatie.runtime.cpu_mask` (AVX-512, VNNI and AMX hidden from CPUID)."""
+    return os.environ.get("QATIE_CPU_MASKED") == "avx2" and "cpu_mask" in os.environ.get("LD_PRELOAD", "")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """This CPU's features as Linux flag names: numpy's run-time detection wins for the features
     it knows; /proc/cpuinfo adds the others (avx_vnni, amx_int8, amx_tile, i8mm)."""
     _, flags = _proc_cpuinfo()
-    if os.environ.get("QATIE_CPU_MASKED") == "avx2":  # qatie.runtime.cpu_mask: CPUID hides these too
+    if masked():  # CPUID hides these too
         flags -= {"avx_vnni", "amx_int8", "amx_tile", "amx_bf16"}
     for np_name, flag in _NUMPY_FLAGS.items():
         detected = _numpy_features().get(np_name)
@@ -108,8 +113,13 @@ def int8_exact(path: str) -> Optional[bool]:
 
 
 def cpu_name() -> Optional[str]:
+    """The CPU's model name — marked when `qatie.runtime.cpu_mask` hides its newer features, so a
+    figure measured that way never passes for the CPU's own."""
     name, _ = _proc_cpuinfo()
-    return name or platform.processor() or None
+    name = name or platform.processor() or None
+    if name and masked():
+        name += " (AVX-512/VNNI hidden: qatie.runtime.cpu_mask)"
+    return name
 
 
 def machine_summary(threads: Optional[int] = None) -> dict:
