@@ -4,6 +4,7 @@ they give on this CPU's own kernels. The product's result on both kernel familie
 machine (on a CPU without VNNI both runs use AVX2; the first test then checks only the mask)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -78,6 +79,25 @@ def test_shipped_int8_outputs_are_bit_identical_on_avx2_kernels():
         b = np.frombuffer(bytes.fromhex(native[name]), np.uint8)
         assert a.size == 192 * 256 * 3 and np.array_equal(a, b), (
             f"{name}: {int((a != b).sum())} values differ between AVX2 kernels and {int8_path()}")
+
+
+#: The paper QAT-INT8 model written to LiteRT and run by XNNPACK on a bundled example crop (hex bytes).
+LITERT_OUTPUT = """
+import sys, tempfile
+from qatie.imageio import read_image, to_uint8
+from qatie.runtime.litert import LiteRTEnhancer, litert_file
+img = read_image("assets/examples/astronaut_input.png")[:96, :128]
+with tempfile.TemporaryDirectory() as d:
+    print(to_uint8(LiteRTEnhancer(litert_file("checkpoints/paper_int8_qat.onnx", 96, 128, d)).enhance(img)).tobytes().hex())
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None or not (CKPT / "paper_int8_qat.onnx").is_file(),
+                    reason="needs ai-edge-litert and the shipped paper models")
+def test_qatie_litert_output_is_bit_identical_on_xnnpack_avx2_kernels():
+    """The LiteRT file of the paper QAT-INT8 model gives the same bytes on XNNPACK's AVX2 int8 kernels
+    as on this CPU's (`qatie litert-proof` under the mask: every conv exact there too)."""
+    assert _python(LITERT_OUTPUT, masked=True) == _python(LITERT_OUTPUT, masked=False)
 
 
 def test_the_command_line_runs_a_command_masked_and_says_why_it_cannot():
