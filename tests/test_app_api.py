@@ -575,3 +575,25 @@ def test_train_cancel_stops_the_worker(server):
     while time.time() < deadline and me.predict(api_name="/debug_modules")["training_threads"]:
         time.sleep(0.3)
     assert me.predict(api_name="/debug_modules")["training_threads"] == 0, "training kept running after cancel"
+
+
+def test_measure_times_each_stage_of_a_compare_as_a_browser_sees_it(server, tmp_path):
+    """`python -m app.measure`'s client: the outputs, the metrics, each LiteRT picture shown and the
+    final update, in that order, every file of them downloaded once."""
+    from app import measure
+    from app.compare import authors, litert
+
+    c = Client(server.url, verbose=False, download_files=False)
+    warm_up, photo = measure.one_mp_photos(2, tmp_path)
+    measure.time_compare(c, warm_up)  # a new client's first job may see its first updates late (measure skips it too)
+    r = measure.time_compare(c, photo)
+    assert 0 < r["first_outputs_s"] <= r["analysis_s"] <= r["final_s"]
+    shown = {"authors_s": litert.available() and authors.PATH.is_file(), "litert_s": litert.available()}
+    for key, expected in shown.items():  # the paper set, which the server opens with
+        assert (r[key] is not None) == expected, (key, r)
+        if expected:
+            assert r["analysis_s"] <= r[key] <= r["final_s"]
+    if shown["authors_s"] and shown["litert_s"]:
+        assert r["authors_s"] <= r["litert_s"], "the authors' picture comes first: LiteRT's run follows, alone"
+    assert set(r["latency_ms"]) == {"fp32", "ptq", "qat"}
+    assert "picture" in measure._pictures_text({"litert_s": 1.0}) and measure._pictures_text({}) == ""

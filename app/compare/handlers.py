@@ -40,10 +40,11 @@ log = logging.getLogger("qatie.app")
 OUTPUT_NAMES = ("notice", "input", "fp32", "ptq", "qat", "slider_ptq", "slider_qat", "verdict", "metrics",
                 "heatmap", "zoom", "zoom_x", "zoom_y", "metrics_json", "downloads", "headline", "slider_crop",
                 "heatmap_ref", "authors", "litert", "litert_note", "state")
-#: The INT8 pictures computed beside the analysis (paper set, with ai-edge-litert), by output name:
-#: the authors' TFLite file as released, and QATIE's own QAT-INT8 written to LiteRT. Each module
-#: offers the same names: LABEL, NAME, JSON_KEY, DOWNLOAD_NAME, LATENCY_IS, applies, available,
-#: unavailable_notice, start (→ an object with finish(), cancel() and file).
+#: The INT8 pictures prepared beside the analysis (paper set, with ai-edge-litert), by output name,
+#: in the order they are finished: the authors' TFLite file as released (its tiles beside the
+#: analysis), and QATIE's own QAT-INT8 written to LiteRT (loaded beside it, run after it, alone).
+#: Each module offers the same names: LABEL, NAME, JSON_KEY, DOWNLOAD_NAME, LATENCY_IS, applies,
+#: available, unavailable_notice, start (→ an object with background(), finish(), cancel() and file).
 BESIDE = {"authors": authors, "litert": litert}
 #: Fixed colour scales (8-bit levels) of the error displays, so a colour means the same on every
 #: photo: quantization error (INT8 vs FP32) and each model against the reference.
@@ -250,8 +251,9 @@ class CompareRun:
     1. blank the previous result at once, the headline saying what runs;
     2. ONE pass of each model: the three outputs (and the input as the models got it), and each
        model's first latency sample;
-    3. the analysis (table, verdict, maps, zoom, sliders) — the LiteRT pictures (paper set: QATIE's
-       QAT-INT8 on LiteRT, the authors' TFLite file) are computed beside it and follow;
+    3. the analysis (table, verdict, maps, zoom, sliders) — the LiteRT pictures (paper set: the
+       authors' TFLite file, QATIE's QAT-INT8 on LiteRT) are prepared beside it (`app.compare.beside`)
+       and follow: the authors' tiles joined by this thread, then LiteRT's run, alone;
     4. more interleaved timing rounds while they fit the time budget, so the latency shown ends as
        the median of the passes.
 
@@ -307,9 +309,9 @@ class CompareRun:
             yield self._blank()
             yield self._run_models()
             yield self._analyse()
-            if self._pending():
-                update = self._beside_pictures()
-                if self.more_rounds and self._round_fits():  # else the final update, right after, carries it
+            for name in self._pending():  # the authors' first: LiteRT's run then has the machine to itself
+                update = self._beside_picture(name)
+                if self._pending() or (self.more_rounds and self._round_fits()):  # else the final update carries it
                     yield update
             yield from self._timing_rounds()
             yield self._final()
@@ -330,7 +332,7 @@ class CompareRun:
                        " ".join(ex["note"] for ex in self.extras.values() if ex["note"]))
 
     def _pending(self) -> list[str]:
-        """The pictures still computing beside the analysis."""
+        """The pictures not yet finished."""
         return [name for name, ex in self.extras.items() if ex["beside"] is not None]
 
     # -- 1. blank the previous result ------------------------------------------------------
@@ -470,10 +472,10 @@ class CompareRun:
         return {"verdict": text, "metrics": pd.DataFrame(rows, columns=headers), "metrics_json": js}
 
     def _shown_beside(self) -> list[str]:
-        """The pictures computed beside the analysis that are in (rated)."""
+        """The pictures that are in (rated)."""
         return [name for name, ex in self.extras.items() if ex["metrics"] is not None]
 
-    # -- 3b. the pictures computed beside the analysis -------------------------------------------
+    # -- 3b. the pictures prepared beside the analysis -------------------------------------------
     def _start_beside(self, name: str) -> None:
         """Prepare `name`'s picture (`BESIDE`) where it applies; `beside.schedule` then runs it on
         the core the analysis leaves."""
@@ -487,57 +489,40 @@ class CompareRun:
             except Exception as exc:  # an optional extra: the comparison stands without it
                 self._beside_failed(name, exc)
 
-    def _beside_pictures(self) -> dict:
-        """The pictures computed beside the analysis, once all are in (the request's thread joins
-        the authors' tiles first): rated like the INT8 models — both ratings at once, one per
-        core, as nothing else is left to run — shown, in the table."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        names, done = self._pending(), {}
-        for name in names:
-            try:
-                runner = self.extras[name]["beside"]
-                done[name] = (*runner.finish(), runner.file)
-            except guard.DeadlineError as exc:
-                raise user_error(exc, f"running {BESIDE[name].NAME}") from None
-            except Exception as exc:  # an optional extra: the comparison stands without it
-                self._beside_failed(name, exc)
-            self.extras[name]["beside"] = None
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="qatie-rate") as pool:
-            full = dict(zip(done, pool.map(lambda name: self._rate_picture(name, *done[name]), done)))
-        if self.downloads is not None:  # full-size mode: their full-size outputs too
-            self.downloads.extend(path for path in full.values() if path)
-        update = self._measured(final=self.more_rounds == 0)
-        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""),
-                      litert_note=self._litert_note(), **{name: self.extras[name]["path"] for name in names})
-        if self.downloads is not None:
-            update["downloads"] = self.downloads
-        self.mark("pictures ready")
-        return update
-
-    def _rate_picture(self, name: str, out: np.ndarray, ms: float, how: str, file: Path) -> str | None:
-        """Rate and save one finished picture (`extras[name]`); the path of its full-size PNG in
-        full-size mode."""
+    def _beside_picture(self, name: str) -> dict:
+        """`name`'s picture once it is in (the authors' tiles joined by this thread; LiteRT's run done
+        here, alone): rated like the INT8 models, shown, in the table."""
         mod, ex = BESIDE[name], self.extras[name]
         try:
+            out, ms, how = ex["beside"].finish()
             ex["metrics"] = core.measure_picture(out, self.outputs["fp32"], self.prep.reference, self.result)
-            ex.update(ms=ms, how=how, file=file.name, file_mb=file.stat().st_size / 1e6)
+            ex.update(ms=ms, how=how, file=ex["beside"].file.name, file_mb=ex["beside"].file.stat().st_size / 1e6)
             ex["path"] = render.save_png(_display(out)[0], self.request_dir / f"{name}.png")
+            if self.downloads is not None:  # full-size mode: its full-size output too
+                self.downloads.append(render.save_png(out, self.request_dir / mod.DOWNLOAD_NAME))
             ex["rated"] = f"**{mod.LABEL}**: {picture_short(ex['metrics'])}"
             ex["details"] = (f"**{mod.LABEL}**: {how}; agreement with the paper FP32 "
                              f"{core._num(ex['metrics']['agreement_psnr_db'], '.2f')} dB; "
                              + picture_rating(ex["metrics"]) + f" Latency: {mod.LATENCY_IS}.")
-            return render.save_png(out, self.request_dir / mod.DOWNLOAD_NAME) if self.downloads is not None else None
+        except guard.DeadlineError as exc:
+            raise user_error(exc, f"running {mod.NAME}") from None
         except Exception as exc:  # an optional extra: the comparison stands without it
             ex["metrics"] = None
             self._beside_failed(name, exc)
-            return None
+        ex["beside"] = None
+        update = self._measured(final=self.more_rounds == 0 and not self._pending())
+        update.update(notice=self.notice("Timing more runs…" if self.more_rounds else ""),
+                      litert_note=self._litert_note(), **{name: ex["path"]})
+        if self.downloads is not None:
+            update["downloads"] = self.downloads
+        self.mark(f"{name} picture ready")
+        return update
 
     def _litert_note(self) -> str:
         """The line over the LiteRT pictures: how each is rated (its row in the table, in words)."""
         rated = [ex["rated"] for ex in self.extras.values() if ex.get("rated")]
         if not rated:
-            return "⏳ On LiteRT, the phone runtime: computing beside the analysis…" if self._pending() else ""
+            return "⏳ On LiteRT, the phone runtime: computing…" if self._pending() else ""
         return ("**On LiteRT, the phone runtime** — rated like the INT8 models (numbers and latency: *Details*): "
                 + "; ".join(rated) + ".")
 

@@ -7,9 +7,9 @@ are, every tensor on its own quantization grid — LiteRT's XNNPACK convs then c
 integer sums; docs/litert.md). A LiteRT file has one fixed input size, so the file is written at
 this photo's size (in full-size mode: at the ONNX models' tile size, run in the same blended
 tiles), once per size, into the cache folder (`qatie.runtime.litert.litert_file`; about 0.7 s the
-first time). It runs on one thread beside the analysis (`app.compare.beside`), and is rated on
-the same scale as the other INT8 pictures: next to the authors' file as released, it shows what
-the same runtime gives with QATIE's scales. Needs the optional package `ai-edge-litert`,
+first time), loaded beside the analysis (`app.compare.beside`) and run after it on two threads,
+and is rated on the same scale as the other INT8 pictures: next to the authors' file as released,
+it shows what the same runtime gives with QATIE's scales. Needs the optional package `ai-edge-litert`,
 imported only when a paper-set comparison runs, so the app's start-up never loads it.
 """
 from __future__ import annotations
@@ -35,9 +35,12 @@ JSON_KEY = "litert"
 DOWNLOAD_NAME = "full_qat_litert.png"
 INSTALL_NOTICE = ("QATIE's QAT-INT8 on LiteRT (the phone runtime) is not shown: `pip install ai-edge-litert` "
                   "adds it as a picture.")
+#: Threads of its interpreter: it runs alone, after the analysis, like the ONNX models' timed passes.
+THREADS = 2
 #: What the latency shown for this picture is (`Beside`).
-LATENCY_IS = ("the CPU time of its LiteRT run on one core (it runs beside the analysis; writing and loading "
-              "the file for this photo's size are not counted)")
+LATENCY_IS = (f"the wall-clock time of one LiteRT run on {THREADS} threads, after the analysis and the authors' "
+              "picture, with nothing else running (writing and loading the file for this photo's size are not "
+              "counted)")
 #: The cache folder keeps at most this many megabytes of LiteRT files (about 1.1 MB each: one per
 #: photo size seen), the least recently used dropped first.
 CACHE_MAX_MB = 40.0
@@ -89,16 +92,15 @@ class _Stopped(Exception):
 
 
 class Beside:
-    """This picture computed beside the comparison's analysis: `background()`, on the comparison's
-    pictures' thread (`app.compare.beside` decides when), writes (or finds) the LiteRT file for the
-    photo's size, loads it into a one-thread interpreter (fresh per request: interpreters are not
-    thread-safe, and one holds its whole tensor arena — measured 0.38 GB for a 1-MP photo, 0.72 GB
-    at 2 MP — so it is let go as soon as it has run) and runs it; LiteRT releases the GIL while it
-    runs, but not while it loads (~0.2 s). `finish()` waits for it — or does it all itself where
-    `background()` never started.
-
-    Its latency is the CPU time of the run on one core: the wall-clock time of a run shared with
-    the analysis would measure neither."""
+    """This picture, prepared beside the comparison's analysis and run after it: `background()`, on
+    the comparison's pictures' thread once the authors' tiles are taken (`app.compare.beside`),
+    writes (or finds) the LiteRT file for the photo's size and loads it into an interpreter of
+    `THREADS` threads (fresh per request: interpreters are not thread-safe, and one holds its
+    whole tensor arena — measured 0.38 GB for a 1-MP photo, 0.72 GB at 2 MP — so it is let go as
+    soon as it has run); the load holds Python's GIL for ~0.2 s, hence not while the outputs'
+    files are being served. `finish()`, in the request's thread once the analysis and the authors'
+    picture are done, runs it — alone on the machine, so its latency is a wall-clock time like the
+    ONNX models' — or does it all itself where `background()` never started."""
 
     def __init__(self, image_u8: np.ndarray, onnx_path, tiled: bool, deadline):
         self._deadline = deadline
@@ -109,12 +111,11 @@ class Beside:
         self.size = (min(config.TILE, h), min(config.TILE, w)) if self._tiled else (h, w)
         self.file: Path | None = None
         self.written_s: float | None = None
-        self._out: np.ndarray | None = None
-        self._cpu_s = 0.0
+        self._model = None
         self._error: BaseException | None = None
         self._stop = threading.Event()
-        self._claim = threading.Lock()  # whoever takes it first runs the picture
-        self._done = threading.Event()
+        self._claim = threading.Lock()  # whoever takes it first prepares the interpreter
+        self._prepared = threading.Event()
 
     def _check(self) -> None:
         if self._stop.is_set():
@@ -122,31 +123,22 @@ class Beside:
         self._deadline.check()
 
     def background(self) -> None:
-        """The whole picture, on the pictures' thread (unless `finish()` already took it)."""
+        """Write (or find) the file and load the interpreter, unless `finish()` already did."""
         if self._claim.acquire(blocking=False):
-            self._work()
+            self._prepare()
 
-    def _work(self) -> None:
-        from qatie.runtime.enhancer import run_tiled
+    def _prepare(self) -> None:
         from qatie.runtime.litert import LiteRTEnhancer
 
         try:
             self._check()
             self.file, self.written_s = file_for(self._onnx, *self.size)
             self._check()
-            model = LiteRTEnhancer(self.file, threads=1)
-            c0 = time.thread_time()
-            if self._tiled:
-                y = run_tiled(lambda tile: (self._check(), model.enhance(tile))[1], self._image, config.TILE,
-                              config.TILE_OVERLAP)
-            else:
-                y = model.enhance(self._image)
-            self._cpu_s = time.thread_time() - c0
-            self._out = to_uint8(y)
+            self._model = LiteRTEnhancer(self.file, threads=THREADS)
         except BaseException as exc:  # noqa: BLE001 — re-raised by finish() in the request's thread
             self._error = exc
         finally:
-            self._done.set()
+            self._prepared.set()
 
     @property
     def how(self) -> str:
@@ -156,18 +148,29 @@ class Beside:
             made += f" in {self.written_s:.1f} s"
         tiles = f" in overlapping {w}×{h} tiles, blended as the ONNX models' are" if self._tiled else ""
         return (f"{self._onnx.name} written to LiteRT at {w}×{h} with QATIE's own scales ({made}), run by "
-                f"LiteRT's XNNPACK kernels on one thread{tiles} — each of its ops proved against QATIE's integer "
-                "arithmetic, convs exact (docs/litert.md)")
+                f"LiteRT's XNNPACK kernels on {THREADS} threads{tiles} — each of its ops proved against QATIE's "
+                "integer arithmetic, convs exact (docs/litert.md)")
 
     def finish(self) -> tuple[np.ndarray, float, str]:
-        """(uint8 output, CPU ms on one core, how the file was made and run)."""
+        """(uint8 output, wall-clock ms of the run, how the file was made and run)."""
+        from qatie.runtime.enhancer import run_tiled
+
         if self._claim.acquire(blocking=False):
-            self._work()
-        self._done.wait()
+            self._prepare()
+        self._prepared.wait()
         if self._error is not None:
             raise self._error
+        model, self._model = self._model, None  # its arena goes with it once the run is done
+        t0 = time.perf_counter()
+        if self._tiled:
+            y = run_tiled(lambda tile: (self._check(), model.enhance(tile))[1], self._image, config.TILE,
+                          config.TILE_OVERLAP)
+        else:
+            self._check()
+            y = model.enhance(self._image)
+        ms = (time.perf_counter() - t0) * 1000.0
         self._deadline.check()
-        return self._out, self._cpu_s * 1000.0, self.how
+        return to_uint8(y), ms, self.how
 
     def cancel(self) -> None:
         """Stop before the next tile (the request ended); a whole-image run cannot be interrupted."""

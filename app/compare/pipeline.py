@@ -350,7 +350,7 @@ def table(result: dict, latencies: dict[str, list[float]], sizes_mb: dict[str, f
 
 
 # --------------------------------------------------------------------------------------------
-# Another INT8 picture of the same photo (the paper set's LiteRT pictures, computed beside the analysis)
+# Another INT8 picture of the same photo (the paper set's LiteRT pictures)
 # --------------------------------------------------------------------------------------------
 
 def measure_picture(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.ndarray | None,
@@ -377,8 +377,8 @@ def measure_picture(out_u8: np.ndarray, fp32_u8: np.ndarray, reference_u8: np.nd
 
 def picture_row(headers: list[str], label: str, metrics: dict, ms: float, file_mb: float) -> list[str]:
     """The metrics table's row of such a picture (`measure_picture`), cell by cell from the column
-    names (the table has different columns with and without a reference); its latency is CPU
-    time on one core."""
+    names (the table has different columns with and without a reference); its latency is the
+    picture's own (`LATENCY_IS` of its module)."""
     def cell(h: str) -> str:
         if h == "Model":
             return label
