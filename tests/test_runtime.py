@@ -455,3 +455,30 @@ def test_benchmark_with_tflite_reference(models):
     assert rows[("fp32", "24x40")]["ratio_to_reference"] is None
     assert res["reference"]["size"] == "100x100"
     assert "x reference" in bench.format_table(res)
+
+
+def test_tiled_run_shared_by_two_workers_blends_as_one_and_wait_covers_the_slow_tile():
+    """Two workers share the tiles (one slow); the one that runs out first `wait`s for the other's
+    last tile; the result equals a single worker's; a cancelled run releases `wait` with False."""
+    img = np.random.default_rng(0).random((70, 90, 3)).astype(np.float32)
+    fn = lambda tile: np.sqrt(tile)  # noqa: E731
+    alone = rt.run_tiled(fn, img, 32, 4)
+    run = rt.TiledRun(img, 32, 4)
+    started = threading.Event()
+
+    def slow(tile):
+        started.set()
+        time.sleep(0.3)
+        return fn(tile)
+
+    t = threading.Thread(target=run.work, args=(slow,))
+    t.start()
+    started.wait()
+    ran = run.work(fn)
+    t0 = time.perf_counter()
+    assert run.wait() and time.perf_counter() - t0 > 0.05, "wait returned before the slow tile was in"
+    t.join()
+    assert ran == run.count - 1 and np.array_equal(run.result(), alone)
+    cancelled = rt.TiledRun(img, 32, 4)
+    cancelled.cancel()
+    assert cancelled.wait() is False

@@ -82,15 +82,15 @@ class Beside:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
 
-    def background(self, until: float | None = None) -> None:
-        """Tiles on the pictures' thread, until none are left or `until` (`time.perf_counter()`)."""
+    def background(self) -> None:
+        """Tiles on the pictures' thread, until none are left."""
         if self._run is not None:
-            self._work(self._model, until)
+            self._work(self._model)
 
-    def _work(self, model, until: float | None = None) -> None:
+    def _work(self, model) -> None:
         c0 = time.thread_time()
         try:
-            self._run.work(lambda tile: (self._deadline.check(), model.run_tile(tile))[1], until)
+            self._run.work(lambda tile: (self._deadline.check(), model.run_tile(tile))[1])
         except BaseException as exc:  # noqa: BLE001 — re-raised by finish() in the request's thread
             self._error = exc
             self._run.cancel()

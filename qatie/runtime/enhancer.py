@@ -304,11 +304,11 @@ class TiledRun:
         self._settled = threading.Condition(self._lock)  # a tile blended, or the run cancelled
         self._cancelled = False
 
-    def work(self, fn: Callable[[np.ndarray], np.ndarray], until: float | None = None) -> int:
-        """Run `fn` on tiles until none are left (or, with `until`, a `time.perf_counter()` time, no
-        new tile after it); returns how many this call ran. A tile `fn` raised on stays undone."""
+    def work(self, fn: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Run `fn` on tiles until none are left; returns how many this call ran. A tile `fn`
+        raised on stays undone (`cancel` then releases whoever `wait`s)."""
         ran = 0
-        while until is None or time.perf_counter() < until:
+        while True:
             try:
                 k = self._todo.popleft()
             except IndexError:
