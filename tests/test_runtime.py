@@ -464,19 +464,20 @@ def test_tiled_run_shared_by_two_workers_blends_as_one_and_wait_covers_the_slow_
     fn = lambda tile: np.sqrt(tile)  # noqa: E731
     alone = rt.run_tiled(fn, img, 32, 4)
     run = rt.TiledRun(img, 32, 4)
-    started = threading.Event()
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
 
     def slow(tile):
         started.set()
-        time.sleep(0.3)
+        release.wait()  # held until this thread has run out of tiles
+        returned.set()
         return fn(tile)
 
     t = threading.Thread(target=run.work, args=(slow,))
     t.start()
     started.wait()
     ran = run.work(fn)
-    t0 = time.perf_counter()
-    assert run.wait() and time.perf_counter() - t0 > 0.05, "wait returned before the slow tile was in"
+    threading.Timer(0.2, release.set).start()
+    assert run.wait() and returned.is_set(), "wait returned before the slow tile was in"
     t.join()
     assert ran == run.count - 1 and np.array_equal(run.result(), alone)
     cancelled = rt.TiledRun(img, 32, 4)
