@@ -120,8 +120,9 @@ built-in set, under *Advanced › Models*.
   created once and warm; the first pass produced the outputs, more passes stream in while they fit
   the compare's time budget ({config.TIMING_BUDGET_S:g} s) and no other visitor waits, and the table
   shows their median. Photos above {config.MAX_INPUT_MP:g} MP are downscaled unless you tick *Full size
-  (tiled)*. The two LiteRT pictures run beside the analysis: their latency is the CPU time of
-  their run on one core.
+  (tiled)*. The authors' TFLite picture runs in tiles beside the analysis: its latency is the CPU
+  time of its tiles on one core. QATIE's QAT-INT8 on LiteRT runs after it, alone on two threads: its
+  latency is the wall-clock time of that run.
 """
 
 HEATMAP_HELP = ("Top: where a viewer would notice — each INT8 model's colour difference from FP32 (CIEDE2000 "
