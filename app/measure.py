@@ -105,7 +105,9 @@ def time_compare(client, photo: Path) -> dict:
     js = result["metrics_json"]
     return {"photo": photo.name, "first_outputs_s": first_images, "analysis_s": analysis, "final_s": final,
             "authors_s": pictures.get("authors"), "litert_s": pictures.get("litert"),
-            "latency_ms": js.get("latency_ms") if isinstance(js, dict) else None}
+            "latency_ms": js.get("latency_ms") if isinstance(js, dict) else None,
+            "picture_latency_ms": {k: js[k]["latency_ms"] for k in ("authors_tflite", "litert")
+                                   if isinstance(js, dict) and k in js}}
 
 
 def _file_urls(value) -> list[str]:
@@ -320,7 +322,8 @@ def main(argv=None) -> int:
         lat = r["latency_ms"] or {}
         print(f"{r['photo']}: outputs on client {r['first_outputs_s']:.2f} s, metrics {r['analysis_s']:.2f} s, "
               + _pictures_text(r) + f"final {r['final_s']:.2f} s; model medians (ms) "
-              + ", ".join(f"{k} {v['median_ms']:.0f}" for k, v in lat.items()))
+              + ", ".join(f"{k} {v['median_ms']:.0f}" for k, v in lat.items())
+              + "".join(f", {k} {v:.0f}" for k, v in (r.get("picture_latency_ms") or {}).items()))
     m = report["median"]
     print(f"median over {len(report['runs'])} 1-MP photos (1224×816 JPEG): three outputs on the client after "
           f"{m['first_outputs_s']:.2f} s, metrics {m['analysis_s']:.2f} s, " + _pictures_text(m)

@@ -596,4 +596,5 @@ def test_measure_times_each_stage_of_a_compare_as_a_browser_sees_it(server, tmp_
     if shown["authors_s"] and shown["litert_s"]:
         assert r["authors_s"] <= r["litert_s"], "the authors' picture comes first: LiteRT's run follows, alone"
     assert set(r["latency_ms"]) == {"fp32", "ptq", "qat"}
+    assert ("litert" in r["picture_latency_ms"]) == shown["litert_s"]
     assert "picture" in measure._pictures_text({"litert_s": 1.0}) and measure._pictures_text({}) == ""
