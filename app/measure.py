@@ -89,9 +89,7 @@ def time_compare(client, photo: Path) -> dict:
                 first_images = now
             if analysis is None and isinstance(upd["verdict"], str) and upd["verdict"]:
                 analysis = now
-            for name in ("authors", "litert"):
-                if name not in pictures and _file_urls(upd[name]):
-                    pictures[name] = now
+            _note_pictures(upd, pictures, now)
         seen = len(outs)
         if job.done():
             break
@@ -99,15 +97,24 @@ def time_compare(client, photo: Path) -> dict:
     result = named(job.result())
     _fetch_new(result, fetched)
     final = time.perf_counter() - t0
-    for name in ("authors", "litert"):
-        if name not in pictures and _file_urls(result[name]):
-            pictures[name] = final
+    _note_pictures(result, pictures, final)
     js = result["metrics_json"]
     return {"photo": photo.name, "first_outputs_s": first_images, "analysis_s": analysis, "final_s": final,
             "authors_s": pictures.get("authors"), "litert_s": pictures.get("litert"),
             "latency_ms": js.get("latency_ms") if isinstance(js, dict) else None,
             "picture_latency_ms": {k: js[k]["latency_ms"] for k in ("authors_tflite", "litert")
                                    if isinstance(js, dict) and k in js}}
+
+
+#: The paper set's two LiteRT pictures (`/compare` outputs), timed when each is first on screen.
+PICTURES = ("authors", "litert")
+
+
+def _note_pictures(update: dict, pictures: dict[str, float], now: float) -> None:
+    """Record `now` for each picture this update shows for the first time."""
+    for name in PICTURES:
+        if name not in pictures and _file_urls(update[name]):
+            pictures[name] = now
 
 
 def _file_urls(value) -> list[str]:
@@ -149,7 +156,7 @@ def measure(url: str, runs: int, folder: Path) -> dict:
     time_compare(client, photos[-1])  # the first call of a fresh server pays for warm-up: not counted
     rows = [time_compare(client, p) for p in photos[:runs]]
     med = {k: statistics.median(r[k] for r in rows) for k in ("first_outputs_s", "analysis_s", "final_s")}
-    for k in ("authors_s", "litert_s"):  # the paper set's pictures, where shown
+    for k in (f"{name}_s" for name in PICTURES):  # where shown
         if all(r[k] is not None for r in rows):
             med[k] = statistics.median(r[k] for r in rows)
     return {"runs": rows, "median": med}
